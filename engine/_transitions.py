@@ -1,0 +1,173 @@
+"""The one module that imports ``transitions``: machines, diagrams and a slow driver.
+
+Everything here is built from a :class:`~engine.machine.Declaration`; nothing
+is declared twice. Three uses:
+
+* :func:`build_machine` - a ``transitions.Machine`` (no auto transitions) with
+  the declared states and rows, for inspection and markup;
+* :func:`mermaid` - the machine as mermaid ``stateDiagram-v2`` text, through
+  ``transitions``' own mermaid engine (no binary needed);
+* :class:`TransitionsDriver` - runs an object's hooks through ``transitions``'
+  dispatch. It is 30-55x slower than the compiled table and exists to
+  cross-check the compiler and to measure that cost; never use it at runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transitions import Machine
+from transitions.core import EventData
+
+from engine.errors import IllegalTransitionError
+from engine.machine import Declaration, describe
+
+__all__ = ["TransitionsDriver", "build_machine", "machine_rows", "mermaid"]
+
+
+def machine_rows(declaration: Declaration) -> list[dict[str, Any]]:
+    """The declaration's rows as ``transitions`` expects them (lists for multi-valued keys)."""
+    rows = []
+    for row in declaration.transitions:
+        rows.append(
+            {key: list(value) if isinstance(value, tuple) else value for key, value in row.items()}
+        )
+    return rows
+
+
+def build_machine(declaration: Declaration, model: Any = None) -> Machine:
+    """A ``transitions.Machine`` with the declaration's states and rows.
+
+    Guards and hooks stay names; they resolve on ``model`` only if a trigger fires.
+    """
+    return Machine(
+        model=model if model is not None else Machine.self_literal,
+        states=list(declaration.state_names()),
+        initial=declaration.initial,
+        transitions=machine_rows(declaration),
+        auto_transitions=False,
+        name=declaration.name,
+    )
+
+
+def mermaid(declaration: Declaration, *, title: str | None = None) -> str:
+    """The declaration as a mermaid ``stateDiagram-v2``, guards shown on the edges."""
+    from transitions.extensions import GraphMachine
+
+    machine = GraphMachine(
+        states=list(declaration.state_names()),
+        initial=declaration.initial,
+        transitions=machine_rows(declaration),
+        auto_transitions=False,
+        graph_engine="mermaid",
+        show_conditions=True,
+        title=title or declaration.name,
+        name=declaration.name,
+    )
+    graph = machine.get_graph()
+    text: str = graph.source
+    return text + ("" if text.endswith("\n") else "\n")
+
+
+class TransitionsDriver:
+    """Fire a declaration's triggers on ``obj`` through ``transitions``' own dispatch.
+
+    The prelude hooks run as ``prepare_event``; a gate prelude that returns False
+    makes every row's extra ``gate`` condition fail, so nothing moves.
+    ``transitions`` evaluates conditions row by row, so a guard shared by two rows
+    would run twice when the first row fails; the driver remembers each guard's
+    result for the duration of one call, which is the declared semantics (and the
+    reference's). The current state is ``driver.state`` (kept by ``transitions``);
+    ``obj``'s own state is not touched.
+    """
+
+    state: str
+
+    def __init__(self, declaration: Declaration, obj: Any) -> None:
+        self.declaration = declaration
+        self.obj = obj
+        self._gate_open = True
+        self._guard_results: dict[str, bool] = {}
+        self._preludes = {t.name: t.prelude for t in declaration.triggers}
+        self._gates = {h.name for h in declaration.hooks if h.gate}
+        rows = []
+        for row in machine_rows(declaration):
+            trigger = row["trigger"]
+            converted: dict[str, Any] = {
+                "trigger": trigger,
+                "source": row["source"],
+                "dest": row["dest"],
+            }
+            conditions = [self._guard(name, True) for name in _listed(row.get("conditions"))]
+            unless = [self._guard(name, False) for name in _listed(row.get("unless"))]
+            if self._preludes[trigger] in self._gates:
+                conditions.insert(0, self._gate_condition)
+            converted["conditions"] = conditions + unless
+            converted["before"] = [self._hook(name) for name in _listed(row.get("before"))]
+            rows.append(converted)
+        self.machine = Machine(
+            model=self,
+            states=list(declaration.state_names()),
+            initial=declaration.initial,
+            transitions=rows,
+            auto_transitions=False,
+            send_event=True,
+            prepare_event=[self._prelude],
+            name=declaration.name,
+        )
+
+    def fire(self, trigger: str, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+        """Fire ``trigger``; one invalid in the current state raises IllegalTransitionError."""
+        if trigger not in self.machine.get_triggers(self.state):
+            raise IllegalTransitionError(
+                f"{trigger} is not allowed on {describe(self.obj)} in {self.state!r} "
+                "(transitions dispatch)",
+                modifier=self.obj,
+                state=self.state,
+                trigger=trigger,
+                rule="?",
+                allowed=(),
+            )
+        self._guard_results.clear()
+        self.machine.events[trigger].trigger(self, state, event, kwargs)
+
+    def _prelude(self, data: EventData) -> None:
+        name = self._preludes[data.event.name]
+        self._gate_open = True
+        if name is None:
+            return
+        state, event, kwargs = data.args
+        hook = getattr(self.obj, name)
+        if name not in self._gates:
+            hook(state, event, **kwargs)
+            return
+        result = hook(state, **kwargs)
+        if result is not True and result is not False:
+            raise TypeError(f"{name} returned {result!r}, expected a bool")
+        self._gate_open = result
+
+    def _gate_condition(self, _: EventData) -> bool:
+        return self._gate_open
+
+    def _guard(self, name: str, target: bool) -> Callable[[EventData], bool]:
+        def check(data: EventData) -> bool:
+            if name not in self._guard_results:
+                _, event, _ = data.args
+                self._guard_results[name] = bool(getattr(self.obj, name)(event))
+            return self._guard_results[name] is target
+
+        return check
+
+    def _hook(self, name: str) -> Callable[[EventData], None]:
+        def call(data: EventData) -> None:
+            state, event, kwargs = data.args
+            getattr(self.obj, name)(state, event, **kwargs)
+
+        return call
+
+
+def _listed(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

@@ -1,0 +1,257 @@
+"""``ModifierInterface`` and ``Modifier``: the lifecycle users subclass.
+
+A modifier is an attrs class. Subclass :class:`Modifier`, implement
+``on_initialize`` (return ``True``), and override whichever of ``on_start``,
+``on_update``, ``on_end``, ``on_event``, ``on_finalize`` you need::
+
+    import attrs
+    from engine import Modifier
+
+    @attrs.define
+    class PrintModifier(Modifier):
+        message: str = "hello"
+
+        def on_initialize(self, state, **kwargs):
+            return True
+
+        def on_update(self, state, event, **kwargs):
+            print(self.message, event.current_index)
+
+The lifecycle itself is :data:`engine.lifecycle.LIFECYCLE`, compiled once per
+class when the class is defined. ``initialize``, ``update_event`` and
+``finalize`` dispatch through the compiled table; a call the table rejects
+raises :class:`~engine.errors.IllegalTransitionError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import attrs
+
+from engine._validate import check_optional_int, check_optional_number, check_optional_str
+from engine.errors import ConfigTypeError, DeclarationError
+from engine.events import Event, EventType
+from engine.lifecycle import LIFECYCLE, LifecycleState
+from engine.machine import CompiledMachine, CompiledState, Declaration, compile_machine
+from engine.state import State
+
+__all__ = ["START_PROBE", "Modifier", "ModifierInterface"]
+
+START_PROBE = Event(EventType.BATCH_START, global_step=0)
+"""The synthetic event ``initialize`` asks ``should_start`` about (step 0, as the reference)."""
+
+_STATE_ATTR = "_lc"
+
+
+class ModifierInterface(abc.ABC):
+    """The contract every modifier (and every stage of modifiers) fulfils."""
+
+    @property
+    @abc.abstractmethod
+    def initialized(self) -> bool:
+        """True once ``initialize`` has completed."""
+
+    @property
+    @abc.abstractmethod
+    def finalized(self) -> bool:
+        """True once ``finalize`` has completed."""
+
+    @abc.abstractmethod
+    def initialize(self, state: State, **kwargs: Any) -> None:
+        """Prepare to modify the run described by ``state``."""
+
+    @abc.abstractmethod
+    def finalize(self, state: State, **kwargs: Any) -> None:
+        """Finish: apply the final result and release what ``initialize`` took."""
+
+    @abc.abstractmethod
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        """React to one training-loop event."""
+
+
+def _check_index(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_optional_int(type(instance).__name__, attribute.name, value, minimum=0)
+
+
+def _check_group(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_optional_str(type(instance).__name__, attribute.name, value)
+
+
+def _check_bound(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_optional_number(type(instance).__name__, attribute.name, value)
+
+
+def _check_update(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_optional_number(type(instance).__name__, attribute.name, value, minimum=0)
+
+
+def _initial_state(instance: Modifier) -> CompiledState:
+    return type(instance).__compiled_lifecycle__.initial
+
+
+@attrs.define(kw_only=True, eq=False)
+class Modifier(ModifierInterface):
+    """Base class of every modifier: a declared lifecycle plus the schedule fields.
+
+    Attributes:
+        index: position within its stage (set by the stage).
+        group: the stage or group it belongs to (set by the stage).
+        start: the schedule index at which the window opens; ``None`` never opens
+            it, ``-1`` or ``0`` opens it at ``initialize`` (one-shot).
+        end: the index at which it closes (``None``: never).
+        update: the update interval, for modifiers that call ``event.should_update``.
+
+    Class attributes:
+        __lifecycle__: the declaration to compile (default :data:`LIFECYCLE`).
+    """
+
+    __lifecycle__: ClassVar[Declaration] = LIFECYCLE
+    __compiled_lifecycle__: ClassVar[CompiledMachine]
+
+    index: int | None = attrs.field(default=None, validator=_check_index)
+    group: str | None = attrs.field(default=None, validator=_check_group)
+    start: float | None = attrs.field(default=None, validator=_check_bound)
+    end: float | None = attrs.field(default=None, validator=_check_bound)
+    update: float | None = attrs.field(default=None, validator=_check_update)
+    _lc: CompiledState = attrs.field(
+        init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__compiled_lifecycle__ = _compile_for(cls)
+
+    # --- read-only views of the lifecycle state --------------------------------------------
+
+    @property
+    def lifecycle_state(self) -> LifecycleState | str:
+        """The current state: a :class:`LifecycleState` (a plain str for custom lifecycles)."""
+        name = self._lc.name
+        return _STATE_MEMBERS.get(name, name)
+
+    @property
+    def initialized(self) -> bool:
+        """True once ``initialize`` has completed (and still after ``finalize``)."""
+        return self._lc.flags["initialized"]
+
+    @property
+    def started(self) -> bool:
+        """True once the window has opened (``on_start`` has run)."""
+        return self._lc.flags["started"]
+
+    @property
+    def ended(self) -> bool:
+        """True once the window has closed (``on_end`` has run)."""
+        return self._lc.flags["ended"]
+
+    @property
+    def finalized(self) -> bool:
+        """True once ``finalize`` has completed."""
+        return self._lc.flags["finalized"]
+
+    @property
+    def lifecycle_label(self) -> str:
+        """How errors name this modifier: class, group and index."""
+        return f"{type(self).__name__}(group={self.group!r}, index={self.index!r})"
+
+    # --- lifecycle calls (dispatched through the compiled table) ----------------------------
+
+    def initialize(self, state: State, **kwargs: Any) -> None:
+        """Run ``on_initialize``; if True, open the window when ``should_start`` holds at step 0.
+
+        Raises:
+            IllegalTransitionError: already initialized or finalized (nothing runs).
+            HookReturnError: ``on_initialize`` returned a non-bool (state unchanged).
+        """
+        self._lc.calls["initialize"](self, state, START_PROBE, kwargs)
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Call ``on_event``, then open, update or close the window as the table says.
+
+        Raises:
+            IllegalTransitionError: not initialized, or already finalized (nothing runs).
+        """
+        try:
+            cell = self._lc[event.type_]
+        except (AttributeError, KeyError):
+            raise _not_an_event(self, event) from None
+        cell(self, state, event, kwargs)
+
+    def finalize(self, state: State, **kwargs: Any) -> None:
+        """Run ``on_finalize``; if it returns True, the modifier is finalized.
+
+        Raises:
+            IllegalTransitionError: not initialized, or already finalized (nothing runs).
+            HookReturnError: ``on_finalize`` returned a non-bool (state unchanged).
+        """
+        self._lc.calls["finalize"](self, state, None, kwargs)
+
+    # --- guards -----------------------------------------------------------------------------
+
+    def should_start(self, event: Event) -> bool:
+        """Whether ``event`` lies in ``[start, end)``; never when ``start`` is None."""
+        if self.start is None:
+            return False
+        current = event.current_index
+        return self.start <= current and (self.end is None or current < self.end)
+
+    def should_end(self, event: Event) -> bool:
+        """Whether ``event`` is at or past ``end``; never when ``end`` is None."""
+        return self.end is not None and event.current_index >= self.end
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        """Set up; return True to become initialized, False to stay uninitialized."""
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        """Tear down; return True to become finalized, False to stay finalizable."""
+        return True
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called once, when the window opens."""
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called for every event inside the window (and with the opening/closing events)."""
+
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called once, when the window closes."""
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called first for every event between ``initialize`` and ``finalize``."""
+
+
+_STATE_MEMBERS: dict[str, LifecycleState] = {member.value: member for member in LifecycleState}
+
+
+def _compile_for(cls: type[Any]) -> CompiledMachine:
+    """Compile ``cls.__lifecycle__`` and check every hook and guard is a method of ``cls``."""
+    compiled = compile_machine(cls.__lifecycle__, state_attr=_STATE_ATTR)
+    declaration = compiled.declaration
+    for name in (*declaration.guards, *(hook.name for hook in declaration.hooks)):
+        if not callable(getattr(cls, name, None)):
+            raise DeclarationError(
+                f"{cls.__name__}.{name} is not callable, but the lifecycle "
+                f"{declaration.name!r} calls it. To fix, define {name} as a method.",
+                declaration=declaration.name,
+                where=name,
+            )
+    return compiled
+
+
+def _not_an_event(modifier: Modifier, event: Any) -> ConfigTypeError:
+    known = ", ".join(member.name for member in EventType)
+    return ConfigTypeError(
+        f"{modifier.lifecycle_label}.update_event needs an Event with an EventType type_, got "
+        f"{event!r}. Known types: {known}. To fix, pass e.g. Event(EventType.BATCH_START, "
+        "global_step=...).",
+        owner=type(modifier).__name__,
+        field="event",
+        value=event,
+    )
+
+
+Modifier.__compiled_lifecycle__ = _compile_for(Modifier)

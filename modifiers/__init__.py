@@ -1,0 +1,3 @@
+"""Real torch modifiers for modfsm (pruning, quantization); found by name by the factory."""
+
+__all__: list[str] = []

@@ -1,0 +1,272 @@
+"""Independent, flag-based models of the modifier lifecycle. Never imports ``engine``.
+
+:class:`ReferenceModifier` is the reference (llm-compressor's ``Modifier``,
+v0.6.0-v0.14) as ``../shared/FINDINGS.md`` section 1 describes it: four
+booleans and a few ``if`` chains, quirks included.
+
+:class:`SpecModifier` is what modfsm specifies (``specs/lifecycle.md``): the
+reference, with the deviations D1-D4 applied. The engine must behave exactly
+like ``SpecModifier`` on every call sequence, and exactly like
+``ReferenceModifier`` on every sequence in which the hooks return True.
+
+Both record every hook *and guard* call in ``log`` as
+``(name, event type or None, current_index or None)``, so a comparison also
+checks that guards are consulted at the same moments. Hook results and failures
+are scripted through ``returns`` and ``fail``; guards can be forced through
+``forced`` (for abstract traces), otherwise they compute the reference rule
+from ``start`` and ``end``.
+
+Events are duck-typed: anything with ``type_`` (a str or str enum whose value
+is e.g. ``"batch_start"``) and ``current_index``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = [
+    "FLAG_NAMES",
+    "Flags",
+    "HookFailure",
+    "LogEntry",
+    "ProbeEvent",
+    "Recorder",
+    "ReferenceModifier",
+    "SpecModifier",
+]
+
+FLAG_NAMES = ("initialized", "started", "ended", "finalized")
+
+BATCH_START = "batch_start"
+BATCH_END = "batch_end"
+
+
+class Flags(NamedTuple):
+    """The four reference flags."""
+
+    initialized: bool
+    started: bool
+    ended: bool
+    finalized: bool
+
+
+class LogEntry(NamedTuple):
+    """One hook or guard call."""
+
+    name: str
+    event_type: str | None
+    current_index: float | None
+
+
+class ProbeEvent(NamedTuple):
+    """The synthetic event ``initialize`` asks ``should_start`` about: BATCH_START, step 0."""
+
+    type_: str = BATCH_START
+    current_index: int = 0
+
+
+class HookFailure(Exception):
+    """Raised by a hook or guard scripted to fail."""
+
+
+def _type_name(event: Any) -> str:
+    value = getattr(event.type_, "value", event.type_)
+    return str(value)
+
+
+class Recorder:
+    """Hooks and guards that record each call and follow a script.
+
+    Mixed into :class:`ReferenceModifier` here, and into an engine ``Modifier``
+    by the tests, so both sides log and fail identically. Needs the attributes
+    ``log``, ``returns``, ``fail`` and ``forced``, and a ``_start_rule`` /
+    ``_end_rule`` for unforced guards.
+    """
+
+    log: list[LogEntry]
+    # hook name -> value it returns (gates default to True)
+    returns: dict[str, Any]
+    # hook or guard name -> number of further calls before it raises HookFailure
+    fail: dict[str, int]
+    # guard name -> forced outcome (absent: compute the rule)
+    forced: dict[str, bool]
+
+    def _record(self, name: str, event: Any = None) -> None:
+        if event is None:
+            self.log.append(LogEntry(name, None, None))
+        else:
+            self.log.append(LogEntry(name, _type_name(event), event.current_index))
+        remaining = self.fail.get(name)
+        if remaining is not None:
+            if remaining == 0:
+                del self.fail[name]
+                raise HookFailure(name)
+            self.fail[name] = remaining - 1
+
+    def _start_rule(self, event: Any) -> bool:
+        raise NotImplementedError
+
+    def _end_rule(self, event: Any) -> bool:
+        raise NotImplementedError
+
+    def on_initialize(self, state: Any, **kwargs: Any) -> Any:
+        self._record("on_initialize")
+        return self.returns.get("on_initialize", True)
+
+    def on_finalize(self, state: Any, **kwargs: Any) -> Any:
+        self._record("on_finalize")
+        return self.returns.get("on_finalize", True)
+
+    def on_start(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_start", event)
+
+    def on_update(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_update", event)
+
+    def on_end(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_end", event)
+
+    def on_event(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_event", event)
+
+    def should_start(self, event: Any) -> bool:
+        self._record("should_start", event)
+        forced = self.forced.get("should_start")
+        return self._start_rule(event) if forced is None else forced
+
+    def should_end(self, event: Any) -> bool:
+        self._record("should_end", event)
+        forced = self.forced.get("should_end")
+        return self._end_rule(event) if forced is None else forced
+
+
+class ReferenceModifier(Recorder):
+    """The reference lifecycle, flag for flag."""
+
+    def __init__(self, start: float | None = None, end: float | None = None) -> None:
+        self.start = start
+        self.end = end
+        self.initialized_: Any = False
+        self.started_ = False
+        self.ended_ = False
+        self.finalized_: Any = False
+        self.log = []
+        self.returns = {}
+        self.fail = {}
+        self.forced = {}
+
+    def flags(self) -> Flags:
+        """The four flags as bools (the reference stores hook results; read them truthily)."""
+        return Flags(
+            bool(self.initialized_), bool(self.started_), bool(self.ended_), bool(self.finalized_)
+        )
+
+    def _start_rule(self, event: Any) -> bool:
+        if self.start is None:
+            return False
+        current = event.current_index
+        return bool(self.start <= current and (self.end is None or current < self.end))
+
+    def _end_rule(self, event: Any) -> bool:
+        return self.end is not None and event.current_index >= self.end
+
+    # --- the lifecycle ---------------------------------------------------------------------
+
+    def initialize(self, state: Any) -> None:
+        if self.initialized_:
+            raise RuntimeError("Cannot initialize a modifier that has already been initialized")
+        if self.finalized_:
+            raise RuntimeError("Cannot initialize a modifier that has already been finalized")
+        self.initialized_ = self.on_initialize(state)
+        probe = ProbeEvent()
+        if self.should_start(probe):
+            self.on_start(state, probe)
+            self.started_ = True
+
+    def update_event(self, state: Any, event: Any) -> None:
+        if not self.initialized_:
+            raise RuntimeError("Cannot update an uninitialized modifier")
+        if self.finalized_:
+            raise RuntimeError("Cannot update a finalized modifier")
+        self.on_event(state, event)
+        kind = _type_name(event)
+        if kind == BATCH_START and not self.started_ and self.should_start(event):
+            self.on_start(state, event)
+            self.started_ = True
+            self.on_update(state, event)
+            return
+        if kind == BATCH_END and not self.ended_ and self.should_end(event):
+            self.on_end(state, event)
+            self.ended_ = True
+            self.on_update(state, event)
+            return
+        if self.started_ and not self.ended_:
+            self.on_update(state, event)
+
+    def finalize(self, state: Any) -> None:
+        if self.finalized_:
+            raise RuntimeError("cannot finalize a modifier twice")
+        if not self.initialized_:
+            raise RuntimeError("cannot finalize an uninitialized modifier")
+        self.finalized_ = self.on_finalize(state)
+
+
+class SpecModifier(ReferenceModifier):
+    """The reference with modfsm's deviations (``specs/lifecycle.md``, section Deviations).
+
+    D1. ``on_initialize`` returning False leaves the modifier uninitialized and
+        does not consult ``should_start`` or call ``on_start``.
+    D2. A gate hook (``on_initialize``/``on_finalize``) returning anything but a
+        bool raises ``TypeError``; the flags are unchanged.
+    D3. A call is atomic: the flags change only after every hook and guard of the
+        call returned. If one raises, the exception propagates and the flags are
+        as before the call (the hooks that ran have run).
+    D4. The flags are always bools.
+    """
+
+    def _gate(self, name: str, result: Any) -> bool:
+        if result is True or result is False:
+            return result
+        raise TypeError(f"{name} returned {result!r}, expected True or False")
+
+    def initialize(self, state: Any) -> None:
+        if self.initialized_:
+            raise RuntimeError("already initialized")
+        if self.finalized_:
+            raise RuntimeError("already finalized")
+        if not self._gate("on_initialize", self.on_initialize(state)):
+            return
+        probe = ProbeEvent()
+        started = False
+        if self.should_start(probe):
+            self.on_start(state, probe)
+            started = True
+        self.initialized_, self.started_ = True, started
+
+    def update_event(self, state: Any, event: Any) -> None:
+        if not self.initialized_:
+            raise RuntimeError("not initialized")
+        if self.finalized_:
+            raise RuntimeError("already finalized")
+        self.on_event(state, event)
+        kind = _type_name(event)
+        if kind == BATCH_START and not self.started_ and self.should_start(event):
+            self.on_start(state, event)
+            self.on_update(state, event)
+            self.started_ = True
+            return
+        if kind == BATCH_END and not self.ended_ and self.should_end(event):
+            self.on_end(state, event)
+            self.on_update(state, event)
+            self.ended_ = True
+            return
+        if self.started_ and not self.ended_:
+            self.on_update(state, event)
+
+    def finalize(self, state: Any) -> None:
+        if self.finalized_:
+            raise RuntimeError("already finalized")
+        if not self.initialized_:
+            raise RuntimeError("not initialized")
+        if self._gate("on_finalize", self.on_finalize(state)):
+            self.finalized_ = True

@@ -1,0 +1,104 @@
+"""Test doubles and helpers shared by the lifecycle tests.
+
+:class:`RecordingModifier` is an engine ``Modifier`` whose hooks and guards come
+from :class:`specs.reference.Recorder`, so it logs and fails exactly like the
+independent models in ``specs/reference.py``. :func:`apply` runs one call on
+either side and returns a comparable :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import attrs
+
+from engine import Event, EventType, Modifier, State
+from engine.machine import CompiledState
+from specs.reference import Flags, HookFailure, LogEntry, Recorder, ReferenceModifier
+
+STATE = State()
+
+
+@attrs.define(eq=False)
+class RecordingModifier(Recorder, Modifier):
+    """An engine modifier that records hook and guard calls and follows a script."""
+
+    log: list[LogEntry] = attrs.field(factory=list)
+    returns: dict[str, Any] = attrs.field(factory=dict)
+    fail: dict[str, int] = attrs.field(factory=dict)
+    forced: dict[str, bool] = attrs.field(factory=dict)
+
+    def _start_rule(self, event: Any) -> bool:
+        return Modifier.should_start(self, event)
+
+    def _end_rule(self, event: Any) -> bool:
+        return Modifier.should_end(self, event)
+
+
+@attrs.define
+class NoopModifier(Modifier):
+    """The smallest concrete modifier: a plain subclass with no new fields."""
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+
+Call = tuple[str, Event | None]
+"""("initialize", None), ("finalize", None) or ("update", event)."""
+
+INITIALIZE: Call = ("initialize", None)
+FINALIZE: Call = ("finalize", None)
+
+
+def update(type_: EventType | str, step: int = 0, steps_per_epoch: int | None = None) -> Call:
+    """An update_event call with an event of ``type_`` at ``step``."""
+    return ("update", Event(type_, global_step=step, steps_per_epoch=steps_per_epoch))
+
+
+class Outcome(NamedTuple):
+    """What one call did: how it failed (if it did), the flags after, the calls it made."""
+
+    error: str | None
+    flags: Flags
+    log: tuple[LogEntry, ...]
+
+
+def error_kind(exc: BaseException) -> str:
+    """Classify an exception the way the specification distinguishes them."""
+    if isinstance(exc, HookFailure):
+        return "hook-raised"
+    if isinstance(exc, RuntimeError):
+        return "illegal"
+    if isinstance(exc, TypeError):
+        return "bad-return"
+    raise AssertionError(f"unexpected exception {exc!r}")
+
+
+def flags_of(model: RecordingModifier | ReferenceModifier) -> Flags:
+    """The four flags of either side."""
+    if isinstance(model, ReferenceModifier):
+        return model.flags()
+    return Flags(model.initialized, model.started, model.ended, model.finalized)
+
+
+def apply(model: RecordingModifier | ReferenceModifier, call: Call) -> Outcome:
+    """Run ``call`` on ``model`` and describe what happened."""
+    before = len(model.log)
+    error = None
+    kind, event = call
+    try:
+        if kind == "initialize":
+            model.initialize(STATE)
+        elif kind == "finalize":
+            model.finalize(STATE)
+        else:
+            assert event is not None, "an update call carries an event"
+            model.update_event(STATE, event)
+    except Exception as exc:
+        error = error_kind(exc)
+    return Outcome(error, flags_of(model), tuple(model.log[before:]))
+
+
+def put_in_state(modifier: Modifier, state: CompiledState) -> None:
+    """Place ``modifier`` directly in ``state`` (for cell-by-cell tests)."""
+    object.__setattr__(modifier, "_lc", state)

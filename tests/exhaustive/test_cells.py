@@ -1,0 +1,164 @@
+"""Every (state x input x guard outcome x gate result) cell of the lifecycle.
+
+For each cell, four readings must agree:
+
+1. the declaration, read directly from its rows by :func:`expected_from_rows`
+   (this test's own interpreter, independent of the compiler);
+2. the compiled table (the engine);
+3. ``transitions``' dispatch of the same declaration;
+4. the spec model (and, where gates return True, the reference model), placed
+   in the same flags.
+
+Illegal cells must raise and change nothing: no hook, no guard, same state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, NamedTuple
+
+import pytest
+
+from engine import LIFECYCLE, EventType
+from engine.lifecycle import LifecycleState
+from engine.modifier import Modifier
+from specs.reference import Flags, ReferenceModifier, SpecModifier
+from tests.doubles import put_in_state
+from tests.exhaustive.sides import DriverSide, EngineSide, Letter, ModelSide
+
+STATES = [s.name for s in LIFECYCLE.states]
+FLAGS = {s.name: Flags(*(s.flags[f] for f in LIFECYCLE.flags)) for s in LIFECYCLE.states}
+INPUTS: list[tuple[str, EventType | None]] = [
+    ("initialize", None),
+    ("finalize", None),
+    *(("update", t) for t in EventType),
+]
+VALUATIONS = [
+    {"should_start": a, "should_end": b} for a, b in itertools.product([True, False], repeat=2)
+]
+GATE_RESULTS: list[Any] = [True, False, None]
+
+
+class Expected(NamedTuple):
+    error: str | None
+    calls: tuple[str, ...]
+    state: str
+
+
+def _listed(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def expected_from_rows(state: str, trigger: str, guards: dict[str, bool], gate: Any) -> Expected:
+    """Read the declaration literally: rejection, prelude, matching row, hooks, dest."""
+    for rule in LIFECYCLE.rejections:
+        if state in rule.states and trigger in rule.triggers:
+            return Expected("illegal", (), state)
+    spec = next(t for t in LIFECYCLE.triggers if t.name == trigger)
+    calls: list[str] = []
+    if spec.prelude is not None:
+        calls.append(spec.prelude)
+        if next(h for h in LIFECYCLE.hooks if h.name == spec.prelude).gate:
+            if gate is False:
+                return Expected(None, tuple(calls), state)
+            if gate is not True:
+                return Expected("bad-return", tuple(calls), state)
+    matching = []
+    for row in LIFECYCLE.transitions:
+        if row["trigger"] != trigger or state not in _listed(row["source"]):
+            continue
+        conditions, unless = _listed(row.get("conditions")), _listed(row.get("unless"))
+        consulted = [*conditions, *unless]
+        if all(guards[g] for g in conditions) and not any(guards[g] for g in unless):
+            matching.append((consulted, row))
+    assert len(matching) == 1, f"declaration is not deterministic at ({state}, {trigger})"
+    consulted, row = matching[0]
+    calls.extend(consulted)
+    calls.extend(_listed(row.get("before")))
+    return Expected(None, tuple(calls), row["dest"] or state)
+
+
+def letter_for(kind: str, type_: EventType | None, guards: dict[str, bool], gate: Any) -> Letter:
+    from engine import Event
+
+    returns = {"on_initialize": gate, "on_finalize": gate}
+    call = (kind, None) if type_ is None else (kind, Event(type_, global_step=0))
+    return Letter(call, guards, returns)
+
+
+def trigger_of(kind: str, type_: EventType | None) -> str:
+    return kind if type_ is None else LIFECYCLE.event_triggers[type_]
+
+
+def place_model(model: ReferenceModifier, state: str) -> None:
+    model.initialized_, model.started_, model.ended_, model.finalized_ = FLAGS[state]
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize(("kind", "type_"), INPUTS, ids=lambda v: getattr(v, "name", v))
+def test_cell_agrees_across_declaration_engine_transitions_and_models(
+    state: str, kind: str, type_: EventType | None
+) -> None:
+    compiled = Modifier.__compiled_lifecycle__
+    trigger = trigger_of(kind, type_)
+    for guards, gate in itertools.product(VALUATIONS, GATE_RESULTS):
+        expected = expected_from_rows(state, trigger, guards, gate)
+        letter = letter_for(kind, type_, guards, gate)
+
+        engine = EngineSide()
+        put_in_state(engine.modifier, compiled.states[state])
+        got = engine.apply(letter)
+        where = f"({state}, {letter}, gate={gate})"
+        assert (got.error, tuple(e.name for e in got.log)) == expected[:2], where
+        assert engine.modifier.lifecycle_state == expected.state, where
+        assert got.flags == FLAGS[expected.state], where
+
+        driver = DriverSide()
+        driver.driver.machine.set_state(state, model=driver.driver)
+        assert driver.apply(letter) == got, f"transitions dispatch differs at {where}"
+
+        spec = ModelSide(SpecModifier())
+        place_model(spec.model, state)
+        assert spec.apply(letter) == got, f"spec model differs at {where}"
+
+        if gate is True:
+            reference = ModelSide(ReferenceModifier())
+            place_model(reference.model, state)
+            assert reference.apply(letter) == got, f"reference model differs at {where}"
+
+
+def test_illegal_cells_are_exactly_the_declared_rejections() -> None:
+    plans = Modifier.__compiled_lifecycle__.plans
+    illegal = {key for key, plan in plans.items() if plan.rejection is not None}
+    declared = {(s, t) for rule in LIFECYCLE.rejections for s in rule.states for t in rule.triggers}
+    assert illegal == declared
+    assert len(plans) == len(STATES) * len(LIFECYCLE.triggers)
+
+
+def test_states_and_their_flags_cover_every_combination_the_reference_reaches() -> None:
+    # Initialized: any started/ended pair; created: all False.
+    reachable = {FLAGS[s] for s in STATES}
+    expected = {Flags(False, False, False, False)} | {
+        Flags(True, started, ended, finalized)
+        for started, ended, finalized in itertools.product([False, True], repeat=3)
+    }
+    assert reachable == expected
+    assert [s.value for s in LifecycleState] == STATES
+
+
+def test_the_illegal_cell_leaves_the_modifier_untouched() -> None:
+    compiled = Modifier.__compiled_lifecycle__
+    for (state, trigger), plan in compiled.plans.items():
+        if plan.rejection is None:
+            continue
+        engine = EngineSide()
+        put_in_state(engine.modifier, compiled.states[state])
+        kind = trigger if trigger in ("initialize", "finalize") else "update"
+        type_ = {"batch_start": EventType.BATCH_START, "batch_end": EventType.BATCH_END,
+                 "other_event": EventType.OPTIM_PRE_STEP}.get(trigger)  # fmt: skip
+        outcome = engine.apply(letter_for(kind, type_, VALUATIONS[0], True))
+        assert outcome.error == "illegal"
+        assert outcome.log == ()
+        assert engine.modifier.lifecycle_state == state
