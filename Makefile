@@ -27,7 +27,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/dispatch.py
+	$(BIN)/python -m benchmarks.dispatch
 
 clean:
 	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -38,7 +38,7 @@ import attrs
 from engine._validate import check_int, check_optional_int
 from engine.errors import ConfigError, ConfigTypeError
 
-__all__ = ["Event", "EventType", "simplest_fraction"]
+__all__ = ["TRAINING_STEP_EVENTS", "Event", "EventType", "simplest_fraction"]
 
 
 class EventType(enum.StrEnum):
@@ -58,6 +58,16 @@ class EventType(enum.StrEnum):
     CALIBRATION_EPOCH_END = "calibration_epoch_end"
     OPTIM_PRE_STEP = "optim_pre_step"
     OPTIM_POST_STEP = "optim_post_step"
+
+
+TRAINING_STEP_EVENTS = (
+    EventType.BATCH_START,
+    EventType.LOSS_CALCULATED,
+    EventType.OPTIM_PRE_STEP,
+    EventType.OPTIM_POST_STEP,
+    EventType.BATCH_END,
+)
+"""The events of one training step, in the order the loop fires them."""
 
 
 def _to_event_type(value: Any) -> EventType:

@@ -26,6 +26,7 @@ raises :class:`~engine.errors.IllegalTransitionError` and changes nothing.
 from __future__ import annotations
 
 import abc
+from math import inf, isfinite
 from typing import Any, ClassVar
 
 import attrs
@@ -71,19 +72,31 @@ class ModifierInterface(abc.ABC):
         """React to one training-loop event."""
 
 
+# Field validators. Each returns at once for the common valid values and leaves
+# the message to the shared checks in engine._validate.
+
+
 def _check_index(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or (type(value) is int and value >= 0):
+        return
     check_optional_int(type(instance).__name__, attribute.name, value, minimum=0)
 
 
 def _check_group(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or type(value) is str:
+        return
     check_optional_str(type(instance).__name__, attribute.name, value)
 
 
 def _check_bound(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or type(value) is int or (type(value) is float and isfinite(value)):
+        return
     check_optional_number(type(instance).__name__, attribute.name, value)
 
 
 def _check_update(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or (type(value) in (int, float) and 0 <= value < inf):
+        return
     check_optional_number(type(instance).__name__, attribute.name, value, minimum=0)
 
 

@@ -1,0 +1,21 @@
+"""The dispatch benchmark runs and reports every figure (values are not asserted here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.dispatch import main
+
+
+def test_quick_benchmark_reports_all_phases(tmp_path: Path) -> None:
+    target = tmp_path / "figures.json"
+    assert main(["--quick", "--json", str(target)]) == 0
+    figures = json.loads(target.read_text(encoding="utf-8"))
+    assert [p["phase"] for p in figures["phases"]] == ["waiting", "active", "ended"]
+    for phase in figures["phases"]:
+        assert phase["baseline_ns"] > 0
+        assert phase["modfsm_ns"] > 0
+        assert phase["ratio_q1"] <= phase["ratio_median"] <= phase["ratio_q3"]
+    assert figures["memory"]["modfsm_bytes"] > 0
+    assert figures["construction"]["compile_us"] > 0

@@ -1,0 +1,50 @@
+"""The README's first screen is true: its example prints what it shows, its diagram and
+demo excerpt match what the code produces."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+from engine import LIFECYCLE
+from engine._transitions import mermaid
+from engine.demo import run_demo
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
+
+def block(language: str, after: str = "") -> str:
+    """The first fenced block of ``language`` after the text ``after``."""
+    start = README.index(after) if after else 0
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(README, start)
+    assert match is not None, f"no {language} block after {after!r}"
+    return match.group(1)
+
+
+def test_the_example_prints_exactly_the_output_shown() -> None:
+    code = block("python")
+    shown = block("text", after="Output:")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    assert printed.getvalue() == shown
+
+
+def test_the_diagram_is_the_declared_state_changes() -> None:
+    shown = set(re.findall(r"^\s*(\w+) --> (\w+): (.+)$", block("mermaid"), re.M))
+    generated = set(re.findall(r"^\s*(\w+) --> (\w+): (.+)$", mermaid(LIFECYCLE), re.M))
+    assert shown == {edge for edge in generated if edge[0] != edge[1]}
+    assert "[*] --> created" in block("mermaid")
+
+
+def test_the_demo_excerpt_is_from_a_real_run() -> None:
+    shown = block("text", after="make demo` trains")
+    printed = io.StringIO()
+    run_demo(steps=12, seed=0, stream=printed)
+    actual = printed.getvalue().splitlines()
+    lines = [line for line in shown.splitlines() if line != "..."]
+    assert len(lines) >= 8
+    for line in lines:
+        assert line in actual, f"README demo line not in the demo's output: {line!r}"
