@@ -429,6 +429,15 @@ def test_flags_and_state_agree_in_every_state() -> None:
         assert flags == tuple(spec.flags[f] for f in names)
 
 
+@pytest.mark.parametrize("flag", ["initialized", "started", "ended", "finalized",
+                                  "lifecycle_state"])  # fmt: skip
+def test_lifecycle_flags_are_read_only(flag: str) -> None:
+    mod = make_in(S.STARTED)
+    with pytest.raises(AttributeError):
+        setattr(mod, flag, False)
+    assert mod.lifecycle_state is S.STARTED
+
+
 def test_log_entries_carry_the_event_type() -> None:
     mod = make_in(S.STARTED)
     step(mod, 2, LOSS)
