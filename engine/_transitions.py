@@ -27,12 +27,18 @@ __all__ = ["TransitionsDriver", "build_machine", "machine_rows", "mermaid"]
 
 
 def machine_rows(declaration: Declaration) -> list[dict[str, Any]]:
-    """The declaration's rows as ``transitions`` expects them (lists for multi-valued keys)."""
+    """The declaration's rows as ``transitions`` expects them (lists for multi-valued keys).
+
+    Ignored cells become internal rows with no callbacks, after the declared rows.
+    """
     rows = []
     for row in declaration.transitions:
         rows.append(
             {key: list(value) if isinstance(value, tuple) else value for key, value in row.items()}
         )
+    for rule in declaration.ignored:
+        for trigger in rule.triggers:
+            rows.append({"trigger": trigger, "source": list(rule.states), "dest": None})
     return rows
 
 
@@ -90,6 +96,12 @@ class TransitionsDriver:
         self._gate_open = True
         self._guard_results: dict[str, bool] = {}
         self._preludes = {t.name: t.prelude for t in declaration.triggers}
+        self._ignored = {
+            (state, trigger)
+            for rule in declaration.ignored
+            for state in rule.states
+            for trigger in rule.triggers
+        }
         self._gates = {h.name for h in declaration.hooks if h.gate}
         rows = []
         for row in machine_rows(declaration):
@@ -129,6 +141,8 @@ class TransitionsDriver:
                 rule="?",
                 allowed=(),
             )
+        if (self.state, trigger) in self._ignored:
+            return
         self._guard_results.clear()
         self.machine.events[trigger].trigger(self, state, event, kwargs)
 

@@ -95,11 +95,12 @@ _TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     {"trigger": "batch_start", "source": "ended_unstarted", "dest": None,              "unless": "should_start"},
     {"trigger": "batch_end",   "source": "ended_unstarted", "dest": None},
     {"trigger": "other_event", "source": "ended_unstarted", "dest": None},
-    # finalize: on_finalize returned True (False leaves the modifier where it is)
-    {"trigger": "finalize",    "source": "initialized",     "dest": "finalized_initialized"},
-    {"trigger": "finalize",    "source": "started",         "dest": "finalized_started"},
-    {"trigger": "finalize",    "source": "ended",           "dest": "finalized_ended"},
-    {"trigger": "finalize",    "source": "ended_unstarted", "dest": "finalized_ended_unstarted"},
+    # finalize: on_finalize returned True (False leaves the modifier where it is); every
+    # torch hook registered through the modifier is removed
+    {"trigger": "finalize",    "source": "initialized",     "dest": "finalized_initialized",     "before": "release_hooks"},
+    {"trigger": "finalize",    "source": "started",         "dest": "finalized_started",         "before": "release_hooks"},
+    {"trigger": "finalize",    "source": "ended",           "dest": "finalized_ended",           "before": "release_hooks"},
+    {"trigger": "finalize",    "source": "ended_unstarted", "dest": "finalized_ended_unstarted", "before": "release_hooks"},
 )
 # fmt: on
 
@@ -173,6 +174,7 @@ LIFECYCLE: Final = Declaration(
         HookSpec("on_start"),
         HookSpec("on_update"),
         HookSpec("on_end"),
+        HookSpec("release_hooks"),
     ),
     triggers=(
         TriggerSpec("initialize", "initialize", "on_initialize", "Modifier.initialize(state)"),

@@ -20,7 +20,7 @@ Every legal call runs the same three phases:
    stays where it was: a transition is committed only once all its hooks returned.
 
 A rejected call raises :class:`~engine.errors.IllegalTransitionError` before
-anything runs.
+anything runs; an ignored call returns before anything runs.
 
 :func:`compile_machine` validates a declaration, refuses what the compiler does
 not support, and turns it into one :class:`CompiledState` per state: a dict
@@ -46,6 +46,7 @@ __all__ = [
     "CompiledState",
     "Declaration",
     "HookSpec",
+    "Ignored",
     "Plan",
     "Rejection",
     "StateSpec",
@@ -124,6 +125,19 @@ class Rejection:
 
 
 @attrs.frozen
+class Ignored:
+    """Cells where ``triggers`` are accepted in ``states`` and do nothing at all.
+
+    No prelude, guard or hook runs and the state stays; used for absorbing states
+    that tolerate further calls (an applied stage, as in the reference).
+    """
+
+    states: tuple[str, ...]
+    triggers: tuple[str, ...]
+    reason: str
+
+
+@attrs.frozen
 class Declaration:
     """A complete machine declaration. See the module docstring for the semantics.
 
@@ -137,7 +151,11 @@ class Declaration:
         triggers: the triggers, with their preludes.
         event_triggers: event key (e.g. an ``EventType`` member) -> trigger name.
         transitions: rows in ``transitions``' dict format (see :data:`SUPPORTED_ROW_KEYS`).
-        rejections: the rules for every (state, trigger) that has no rows.
+        rejections: the rules that reject a (state, trigger) outright.
+        ignored: the (state, trigger) cells that accept a call and do nothing.
+
+    Every (state, trigger) cell is covered by exactly one of: rows, a rejection,
+    an ignore rule.
     """
 
     name: str
@@ -150,6 +168,7 @@ class Declaration:
     event_triggers: Mapping[Hashable, str]
     transitions: tuple[Mapping[str, Any], ...]
     rejections: tuple[Rejection, ...]
+    ignored: tuple[Ignored, ...] = ()
 
     def state_names(self) -> tuple[str, ...]:
         """The state names in declaration order."""
@@ -172,13 +191,15 @@ class Branch:
 class Plan:
     """A cell as data: the compiled reading of the declaration for one (state, trigger).
 
-    ``rejection`` is set for illegal cells. Otherwise ``prelude``/``gate`` say what
-    runs first; with ``guard`` None only ``when_true`` applies.
+    ``rejection`` is set for illegal cells and ``ignored`` for cells that do
+    nothing. Otherwise ``prelude``/``gate`` say what runs first; with ``guard``
+    None only ``when_true`` applies.
     """
 
     state: str
     trigger: str
     rejection: Rejection | None = None
+    ignored: Ignored | None = None
     prelude: str | None = None
     gate: bool = False
     guard: str | None = None
@@ -462,11 +483,15 @@ def _plan(decl: Declaration) -> dict[tuple[str, str], Plan]:
         trigger, sources, literal, branch = _read_row(decl, index, row, hooks)
         for source in sources:
             rows.setdefault((source, trigger), []).append((literal, branch, index))
-    rejected: dict[tuple[str, str], Rejection] = {}
-    for rule in decl.rejections:
+    covered: dict[tuple[str, str], Plan] = {}
+    rules: list[tuple[str, Rejection | Ignored]] = [
+        *((f"rejections[{rule.rule}]", rule) for rule in decl.rejections),
+        *((f"ignored[{index}]", rule) for index, rule in enumerate(decl.ignored)),
+    ]
+    for where, rule in rules:
         for state in rule.states:
             for trigger in rule.triggers:
-                where = f"rejections[{rule.rule}]"
+                key = (state, trigger)
                 if state not in decl.state_names() or trigger not in triggers:
                     raise _fail(
                         decl,
@@ -474,27 +499,30 @@ def _plan(decl: Declaration) -> dict[tuple[str, str], Plan]:
                         f"({state!r}, {trigger!r}) is not a declared cell",
                         "name declared states and triggers",
                     )
-                if (state, trigger) in rejected or (state, trigger) in rows:
+                if key in covered or key in rows:
                     raise _fail(
                         decl,
                         where,
                         f"({state}, {trigger}) is already covered",
-                        "cover each (state, trigger) by rows or by one rejection",
+                        "cover each (state, trigger) by rows, one rejection or one ignore rule",
                     )
-                rejected[(state, trigger)] = rule
+                if isinstance(rule, Rejection):
+                    covered[key] = Plan(state, trigger, rejection=rule)
+                else:
+                    covered[key] = Plan(state, trigger, ignored=rule)
     plans: dict[tuple[str, str], Plan] = {}
     for state in decl.state_names():
         for trigger, trig in triggers.items():
             key = (state, trigger)
-            if key in rejected:
-                plans[key] = Plan(state, trigger, rejection=rejected[key])
+            if key in covered:
+                plans[key] = covered[key]
                 continue
             if key not in rows:
                 raise _fail(
                     decl,
                     f"cell ({state}, {trigger})",
                     "has neither rows nor a rejection",
-                    "declare what the trigger does in this state, or reject it",
+                    "declare what the trigger does in this state, reject it or ignore it",
                 )
             prelude = trig.prelude
             gate = prelude is not None and hooks[prelude].gate
@@ -576,6 +604,8 @@ def _build(decl: Declaration, plans: Mapping[tuple[str, str], Plan], attr: str) 
             cell = _reject_cell(
                 plan.rejection, state, triggers[trigger], allowed[state], trigger in routed
             )
+        elif plan.ignored is not None:
+            cell = _ignore
         else:
             prelude = hooks[plan.prelude] if plan.prelude is not None else None
             cell = _move_cell(plan, prelude, states, attr)
@@ -584,6 +614,10 @@ def _build(decl: Declaration, plans: Mapping[tuple[str, str], Plan], attr: str) 
         for table in states.values():
             table[key] = table.calls[trigger]
     return CompiledMachine(decl, states, states[decl.initial], dict(plans), allowed)
+
+
+def _ignore(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+    """The cell of an ignored call: nothing runs, nothing changes."""
 
 
 def _reject_cell(

@@ -27,16 +27,20 @@ from __future__ import annotations
 
 import abc
 from math import inf, isfinite
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from engine._validate import check_optional_int, check_optional_number, check_optional_str
 from engine.errors import ConfigTypeError, DeclarationError
 from engine.events import Event, EventType
+from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
 from engine.machine import CompiledMachine, CompiledState, Declaration, compile_machine
 from engine.state import State
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 __all__ = ["START_PROBE", "Modifier", "ModifierInterface"]
 
@@ -48,6 +52,8 @@ _STATE_ATTR = "_lc"
 
 class ModifierInterface(abc.ABC):
     """The contract every modifier (and every stage of modifiers) fulfils."""
+
+    __slots__ = ()
 
     @property
     @abc.abstractmethod
@@ -105,8 +111,11 @@ def _initial_state(instance: Modifier) -> CompiledState:
 
 
 @attrs.define(kw_only=True, eq=False)
-class Modifier(ModifierInterface):
+class Modifier(ModifierInterface, HooksMixin):
     """Base class of every modifier: a declared lifecycle plus the schedule fields.
+
+    Register torch hooks with ``self.register_hook(...)`` (:class:`~engine.hooks.HooksMixin`):
+    every hook registered that way is removed when the modifier is finalized.
 
     Attributes:
         index: position within its stage (set by the stage).
@@ -130,6 +139,9 @@ class Modifier(ModifierInterface):
     update: float | None = attrs.field(default=None, validator=_check_update)
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
+    )
+    _hooks: set[RemovableHandle] | None = attrs.field(
+        init=False, repr=False, eq=False, default=None
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -235,6 +247,10 @@ class Modifier(ModifierInterface):
 
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
         """Called first for every event between ``initialize`` and ``finalize``."""
+
+    def release_hooks(self, state: State, event: Event | None, **kwargs: Any) -> None:
+        """Remove every torch hook registered through this modifier (run by ``finalize``)."""
+        self.remove_hooks()
 
 
 _STATE_MEMBERS: dict[str, LifecycleState] = {member.value: member for member in LifecycleState}

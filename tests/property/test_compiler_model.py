@@ -1,8 +1,8 @@
 """The compiler on arbitrary declarations: compiled dispatch == ``transitions`` dispatch.
 
 Hypothesis generates valid declarations of every shape the compiler accepts
-(rejections, unguarded rows, guarded pairs with moves on either branch, no
-prelude, notify preludes and gate preludes) and random call sequences with
+(rejections, ignored cells, unguarded rows, guarded pairs with moves on either
+branch, no prelude, notify preludes and gate preludes) and random call sequences with
 scripted guard outcomes and gate results. The compiled table and
 ``transitions``' own dispatch of the same declaration must make the same hook
 and guard calls, fail the same way and end in the same state.
@@ -20,6 +20,7 @@ from engine._transitions import TransitionsDriver
 from engine.machine import (
     Declaration,
     HookSpec,
+    Ignored,
     Rejection,
     StateSpec,
     TriggerSpec,
@@ -43,10 +44,13 @@ def declarations(draw: st.DrawFn) -> Declaration:
     hooks = st.lists(st.sampled_from(HOOKS), max_size=3)
     rows: list[dict[str, Any]] = []
     rejections: list[Rejection] = []
+    ignored: list[Ignored] = []
     for state in states:
         for trigger in TRIGGERS:
-            shape = draw(st.sampled_from(["reject", "row", "pair"]))
-            if shape == "reject":
+            shape = draw(st.sampled_from(["reject", "ignore", "row", "pair"]))
+            if shape == "ignore":
+                ignored.append(Ignored((state,), (trigger.name,), "nothing to do"))
+            elif shape == "reject":
                 rejections.append(
                     Rejection(f"R{len(rejections)}", (state,), (trigger.name,), "no", "don't")
                 )
@@ -74,6 +78,7 @@ def declarations(draw: st.DrawFn) -> Declaration:
         event_triggers={},
         transitions=tuple(draw(st.permutations(rows))),
         rejections=tuple(rejections),
+        ignored=tuple(ignored),
     )
 
 
