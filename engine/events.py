@@ -38,7 +38,7 @@ import attrs
 from engine._validate import check_int, check_optional_int
 from engine.errors import ConfigError, ConfigTypeError
 
-__all__ = ["TRAINING_STEP_EVENTS", "Event", "EventType", "simplest_fraction"]
+__all__ = ["TRAINING_STEP_EVENTS", "Event", "EventType", "not_an_event", "simplest_fraction"]
 
 
 class EventType(enum.StrEnum):
@@ -256,3 +256,16 @@ class Event:
                 value=changes[unknown[0]],
             )
         return attrs.evolve(self, **changes)
+
+
+def not_an_event(owner: Any, event: Any) -> ConfigTypeError:
+    """The error for ``owner.update_event`` given something that is not an :class:`Event`."""
+    label = getattr(owner, "lifecycle_label", type(owner).__name__)
+    known = ", ".join(member.name for member in EventType)
+    return ConfigTypeError(
+        f"{label}.update_event needs an Event with an EventType type_, got {event!r}. "
+        f"Known types: {known}. To fix, pass e.g. Event(EventType.BATCH_START, global_step=...).",
+        owner=type(owner).__name__,
+        field="event",
+        value=event,
+    )

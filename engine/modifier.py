@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from engine._validate import check_optional_int, check_optional_number, check_optional_str
-from engine.errors import ConfigTypeError, DeclarationError
-from engine.events import Event, EventType
+from engine.errors import DeclarationError
+from engine.events import Event, EventType, not_an_event
 from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
 from engine.machine import CompiledMachine, CompiledState, Declaration, compile_machine
@@ -201,7 +201,7 @@ class Modifier(ModifierInterface, HooksMixin):
         try:
             cell = self._lc[event.type_]
         except (AttributeError, KeyError):
-            raise _not_an_event(self, event) from None
+            raise not_an_event(self, event) from None
         cell(self, state, event, kwargs)
 
     def finalize(self, state: State, **kwargs: Any) -> None:
@@ -269,18 +269,6 @@ def _compile_for(cls: type[Any]) -> CompiledMachine:
                 where=name,
             )
     return compiled
-
-
-def _not_an_event(modifier: Modifier, event: Any) -> ConfigTypeError:
-    known = ", ".join(member.name for member in EventType)
-    return ConfigTypeError(
-        f"{modifier.lifecycle_label}.update_event needs an Event with an EventType type_, got "
-        f"{event!r}. Known types: {known}. To fix, pass e.g. Event(EventType.BATCH_START, "
-        "global_step=...).",
-        owner=type(modifier).__name__,
-        field="event",
-        value=event,
-    )
 
 
 Modifier.__compiled_lifecycle__ = _compile_for(Modifier)

@@ -32,7 +32,10 @@ __all__ = [
     "ProbeEvent",
     "Recorder",
     "ReferenceModifier",
+    "ReferenceStage",
     "SpecModifier",
+    "SpecStage",
+    "StageDeclined",
 ]
 
 FLAG_NAMES = ("initialized", "started", "ended", "finalized")
@@ -270,3 +273,99 @@ class SpecModifier(ReferenceModifier):
             raise RuntimeError("not initialized")
         if self._gate("on_finalize", self.on_finalize(state)):
             self.finalized_ = True
+
+
+class StageDeclined(RuntimeError):
+    """Raised by :class:`SpecStage` when a modifier declines (its gate returned False)."""
+
+
+class ReferenceStage:
+    """The reference's ``StageModifiers``: forwards to its modifiers, ignores calls once applied.
+
+    ``accelerator``: anything with ``wait_for_everyone()``, called after each
+    modifier in ``initialize`` and ``finalize`` (even one that was skipped).
+    """
+
+    def __init__(self, modifiers: list[ReferenceModifier]) -> None:
+        self.modifiers = modifiers
+        self.applied = False
+
+    def initialize(self, state: Any, accelerator: Any = None) -> None:
+        if self.applied:
+            return
+        for modifier in self.modifiers:
+            if not modifier.initialized_:
+                modifier.initialize(state)
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+
+    def update_event(self, state: Any, event: Any) -> None:
+        if self.applied:
+            return
+        for modifier in self.modifiers:
+            modifier.update_event(state, event)
+
+    def finalize(self, state: Any, accelerator: Any = None) -> None:
+        if self.applied:
+            return
+        for modifier in self.modifiers:
+            modifier.finalize(state)
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+        self.applied = True
+
+
+class SpecStage(ReferenceStage):
+    """modfsm's stage (``specs/stage.md``): the reference with deviations E1-E4.
+
+    E1. Events reach the modifiers only once the stage is initialized (every
+        modifier initialized through ``initialize``) and before its finalization
+        begins; otherwise the call raises before any modifier sees the event.
+    E2. ``finalize`` on a stage that is not initialized raises before any
+        modifier is finalized.
+    E3. ``initialize``/``finalize`` stop at the first modifier that raises (the
+        exception propagates) or declines (``StageDeclined``); the stage stays
+        where it was and the next call resumes: ``finalize`` skips modifiers
+        already finalized.
+    E4. The stage is applied only when every modifier is finalized.
+    """
+
+    def __init__(self, modifiers: list[ReferenceModifier]) -> None:
+        super().__init__(modifiers)
+        self.state = "pending"
+
+    def initialize(self, state: Any, accelerator: Any = None) -> None:
+        if self.applied:
+            return
+        for modifier in self.modifiers:
+            if not modifier.initialized_:
+                modifier.initialize(state)
+                if not modifier.initialized_:
+                    raise StageDeclined("a modifier declined to initialize")
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+        if self.state == "pending":
+            self.state = "initialized"
+
+    def update_event(self, state: Any, event: Any) -> None:
+        if self.applied:
+            return
+        if self.state != "initialized":
+            raise RuntimeError(f"a {self.state} stage takes no events")
+        super().update_event(state, event)
+
+    def finalize(self, state: Any, accelerator: Any = None) -> None:
+        if self.applied:
+            return
+        if self.state == "pending":
+            raise RuntimeError("a pending stage cannot be finalized")
+        self.state = "finalizing"
+        for modifier in self.modifiers:
+            if not modifier.finalized_:
+                modifier.finalize(state)
+                if not modifier.finalized_:
+                    raise StageDeclined("a modifier declined to finalize")
+            if accelerator is not None:
+                accelerator.wait_for_everyone()
+        self.state = "applied"
+        self.applied = True

@@ -14,7 +14,15 @@ import attrs
 
 from engine import Event, EventType, Modifier, State
 from engine.machine import CompiledState
-from specs.reference import Flags, HookFailure, LogEntry, Recorder, ReferenceModifier
+from engine.stage import StageError
+from specs.reference import (
+    Flags,
+    HookFailure,
+    LogEntry,
+    Recorder,
+    ReferenceModifier,
+    StageDeclined,
+)
 
 STATE = State()
 
@@ -67,6 +75,8 @@ def error_kind(exc: BaseException) -> str:
     """Classify an exception the way the specification distinguishes them."""
     if isinstance(exc, HookFailure):
         return "hook-raised"
+    if isinstance(exc, StageError | StageDeclined):
+        return "declined"
     if isinstance(exc, RuntimeError):
         return "illegal"
     if isinstance(exc, TypeError):

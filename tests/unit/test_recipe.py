@@ -1,0 +1,185 @@
+"""Recipes: reading the reference formats, validating before anything runs, building stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Event, EventType, State
+from engine.factory import ModifierFactory
+from engine.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
+from engine.stage import StageModifiers
+from tests.recipes.doubles import DOUBLES
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+GOOD = sorted((RECIPES / "good").glob("*.yaml"))
+BAD = sorted((RECIPES / "bad").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def doubles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the test doubles for reference types modfsm does not ship yet."""
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    for cls in DOUBLES:
+        ModifierFactory.register(cls.__name__, cls)
+
+
+def expected_problems(path: Path) -> list[str]:
+    prefix = "# expect: "
+    return [
+        line[len(prefix) :] for line in path.read_text().splitlines() if line.startswith(prefix)
+    ]
+
+
+def test_there_are_recipe_folders_to_check() -> None:
+    assert len(GOOD) >= 5
+    assert len(BAD) >= 15
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.stem)
+def test_every_good_recipe_loads_validates_and_builds(path: Path) -> None:
+    recipe = Recipe.load(path)
+    recipe.validate()
+    stages = recipe.build()
+    assert [s.group for s in stages] == [s.name for s in recipe.stages]
+    for position, (stage, spec) in enumerate(zip(stages, recipe.stages, strict=True)):
+        assert stage.index == position
+        assert [type(m).__name__ for m in stage.modifiers] == [m.type for m in spec.modifiers]
+        assert [(m.group, m.index) for m in stage.modifiers] == [
+            (spec.name, i) for i in range(len(spec.modifiers))
+        ]
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_every_bad_recipe_fails_with_exactly_its_expected_problems(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = expected_problems(path)
+    assert expected, f"{path.name} has no '# expect:' lines"
+
+    def must_not_build(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a rejected recipe built a modifier")
+
+    monkeypatch.setattr(ModifierFactory, "create", must_not_build)
+    with pytest.raises(RecipeError) as caught:
+        Recipe.load(path).build()
+    assert [str(problem) for problem in caught.value.problems] == expected
+    assert caught.value.origin == str(path)
+    assert str(caught.value).startswith(f"recipe {path} has {len(expected)} problem")
+
+
+def test_the_multi_stage_recipe_keeps_its_structure_and_extra_keys() -> None:
+    recipe = Recipe.load(RECIPES / "good" / "sparsify_finetune_quantize.yaml")
+    assert [s.name for s in recipe.stages] == [
+        "sparsity_stage", "finetuning_stage", "quantization_stage",
+    ]  # fmt: skip
+    assert [dict(s.args) for s in recipe.stages] == [
+        {"run_type": "train"}, {"run_type": "train"}, {"run_type": "oneshot"},
+    ]  # fmt: skip
+    first = recipe.stages[0].modifiers[0]
+    assert (first.type, first.group, first.index) == ("MagnitudePruningModifier", "pruning", 0)
+    assert first.args["targets"] == ("re:.*weight",)
+    assert first.kwargs()["targets"] == ["re:.*weight"]
+
+
+def test_top_level_groups_form_the_default_stage() -> None:
+    recipe = Recipe.load(RECIPES / "good" / "oneshot_top_level_groups.yaml")
+    (stage,) = recipe.stages
+    assert stage.name == "default_stage"
+    assert [(m.type, m.group, m.index) for m in stage.modifiers] == [
+        ("SmoothQuantModifier", "smoothing", 0), ("GPTQModifier", "quantization", 1),
+    ]  # fmt: skip
+    built = recipe.build()[0].modifiers[1]
+    assert built.config_groups["group_0"]["weights"]["num_bits"] == 4  # type: ignore[attr-defined]
+
+
+def test_the_stages_mapping_form_and_top_level_keys() -> None:
+    recipe = Recipe.load(RECIPES / "good" / "stages_mapping.yaml")
+    assert [s.name for s in recipe.stages] == ["prune", "quantize"]
+    assert dict(recipe.args) == {"version": 1.1}
+    assert recipe.stages[1].modifiers[0].group == ""
+    assert "stages:" in recipe.to_yaml()
+
+
+def test_one_class_twice_gives_two_independent_instances() -> None:
+    (stage,) = Recipe.load(RECIPES / "good" / "repeated_class.yaml").build()
+    first, second = stage.modifiers
+    assert type(first) is type(second)
+    assert first is not second
+    assert (first.targets, second.targets) == (["model.layers.0"], ["model.layers.1"])  # type: ignore[attr-defined]
+    assert (first.index, second.index) == (0, 1)
+
+
+def test_a_built_recipe_runs_through_its_stages() -> None:
+    stages = Recipe.load(RECIPES / "good" / "sparsify_finetune_quantize.yaml").build()
+    state = State()
+    for stage in stages:
+        stage.initialize(state)
+        for step in range(3):
+            stage.update_event(state, Event(EventType.BATCH_START, global_step=step))
+            stage.update_event(state, Event(EventType.BATCH_END, global_step=step + 1))
+        stage.finalize(state)
+    assert all(isinstance(s, StageModifiers) and s.applied for s in stages)
+    assert [m.lifecycle_state for m in stages[0].modifiers] == ["finalized_started"]
+    assert [m.lifecycle_state for m in stages[2].modifiers] == ["finalized_started"]
+
+
+def test_load_reads_paths_strings_and_dicts_alike() -> None:
+    path = RECIPES / "good" / "epoch_schedule.yaml"
+    from_path = Recipe.load(path)
+    assert Recipe.load(str(path)) == from_path
+    assert Recipe.load(path.read_text()) == from_path
+    assert Recipe.load(from_path.to_dict()) == from_path
+    assert from_path.stages[0].modifiers[0].args["update"] == 0.1
+
+
+def test_load_reports_a_missing_file() -> None:
+    with pytest.raises(RecipeError, match=r"(?s)recipe nowhere\.yaml has 1 problem.*cannot read"):
+        Recipe.load("nowhere.yaml")
+
+
+def test_load_refuses_other_sources() -> None:
+    with pytest.raises(RecipeError, match=r"cannot read a recipe from int"):
+        Recipe.load(3)  # type: ignore[arg-type]  # on purpose
+
+
+def test_yaml_tags_that_would_run_code_are_refused() -> None:
+    text = "a_stage:\n  modifiers: !!python/object/apply:os.system ['true']\n"
+    with pytest.raises(RecipeError, match=r"could not determine a constructor"):
+        Recipe.load(text)
+
+
+def test_specs_are_frozen_deeply() -> None:
+    spec = ModifierSpec("X", {"targets": ["a"], "nested": {"k": [1]}})
+    with pytest.raises(TypeError):
+        spec.args["targets"] = ["b"]  # type: ignore[index]  # read-only on purpose
+    assert spec.args["nested"]["k"] == (1,)
+    assert spec.kwargs() == {"targets": ["a"], "nested": {"k": [1]}}
+
+
+def test_to_yaml_writes_the_reference_format_and_reads_back_equal() -> None:
+    recipe = Recipe(
+        (
+            StageSpec("a_stage", (ModifierSpec("QuantizationModifier", {"scheme": "W8A8"},
+                                               "quantization", 0),), {"run_type": "oneshot"}),
+        ),
+        {"version": "1"},
+    )  # fmt: skip
+    text = recipe.to_yaml()
+    assert text == (
+        "version: '1'\n"
+        "a_stage:\n"
+        "  run_type: oneshot\n"
+        "  quantization_modifiers:\n"
+        "    QuantizationModifier:\n"
+        "      scheme: W8A8\n"
+    )
+    assert Recipe.load(text) == recipe
+
+
+def test_build_passes_the_allow_flags_to_the_factory() -> None:
+    recipe = Recipe.load("a_stage:\n  modifiers:\n    QuantizationModifier: {}\n")
+    with pytest.raises(RecipeError, match=r"it is registered, but registered modifiers are not"):
+        recipe.build(allow_registered=False)

@@ -1,0 +1,235 @@
+"""StageModifiers: reference semantics, the declared stage lifecycle, failures and resume."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from engine import (
+    ConfigError,
+    ConfigTypeError,
+    Event,
+    EventType,
+    IllegalTransitionError,
+    LifecycleState,
+    State,
+)
+from engine.stage import StageError, StageModifiers, StageState
+from engine.stage_lifecycle import STAGE_LIFECYCLE
+from specs.reference import HookFailure
+from tests.doubles import NoopModifier, RecordingModifier
+
+STATE = State()
+L = LifecycleState
+
+
+class Barrier:
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait_for_everyone(self) -> None:
+        self.waits += 1
+
+
+def stage_of(*modifiers: RecordingModifier, group: str | None = "prune_stage") -> StageModifiers:
+    return StageModifiers(list(modifiers), group=group, index=1)
+
+
+def names(modifier: RecordingModifier) -> list[str]:
+    return [entry.name for entry in modifier.log]
+
+
+def test_the_stage_sets_each_modifiers_index_and_group() -> None:
+    a, b = RecordingModifier(group="mine", index=7), RecordingModifier()
+    stage = stage_of(a, b)
+    assert [(m.group, m.index) for m in stage.modifiers] == [("prune_stage", 0), ("prune_stage", 1)]
+    assert stage.unique_id == "prune_stage_1"
+    ungrouped = StageModifiers([RecordingModifier(group="kept")])
+    assert ungrouped.modifiers[0].group == "kept"
+
+
+def test_initialize_update_finalize_follow_the_reference() -> None:
+    a, b = RecordingModifier(start=0), RecordingModifier(start=1, end=2)
+    stage = stage_of(a, b)
+    assert (stage.stage_state, stage.initialized, stage.finalized) == ("pending", False, False)
+    stage.initialize(STATE)
+    assert stage.stage_state is StageState.INITIALIZED
+    assert stage.initialized
+    stage.update_event(STATE, Event(EventType.BATCH_START, global_step=1))
+    assert (a.lifecycle_state, b.lifecycle_state) == (L.STARTED, L.STARTED)
+    stage.finalize(STATE)
+    assert (stage.stage_state, stage.applied, stage.finalized) == ("applied", True, True)
+
+
+def test_initialize_skips_modifiers_already_initialized() -> None:
+    a, b = RecordingModifier(), RecordingModifier()
+    a.initialize(STATE)
+    stage = stage_of(a, b)
+    stage.initialize(STATE)
+    assert names(a) == ["on_initialize", "should_start"]
+    assert names(b) == ["on_initialize", "should_start"]
+    stage.initialize(STATE)  # legal again, and a no-op for the modifiers
+    assert len(a.log) == 2
+
+
+def test_an_applied_stage_ignores_every_call() -> None:
+    a = RecordingModifier(start=0)
+    stage = stage_of(a)
+    stage.initialize(STATE)
+    stage.finalize(STATE)
+    a.log.clear()
+    stage.initialize(STATE)
+    stage.update_event(STATE, Event(EventType.BATCH_END))
+    stage.finalize(STATE)
+    assert a.log == []
+    assert StageModifiers([], applied=True).stage_state is StageState.APPLIED
+
+
+def test_the_accelerator_barrier_follows_every_modifier_and_reaches_them() -> None:
+    barrier = Barrier()
+    a, b = RecordingModifier(), RecordingModifier()
+    a.initialize(STATE)
+    stage = stage_of(a, b)
+    stage.initialize(STATE, accelerator=barrier)
+    assert barrier.waits == 2  # the skipped modifier too, as in the reference
+    stage.finalize(STATE, accelerator=barrier)
+    assert barrier.waits == 4
+
+
+def test_the_stage_logs_through_the_state(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="modfsm.system")
+    stage = stage_of(RecordingModifier())
+    stage.initialize(STATE)
+    stage.finalize(STATE)
+    assert [r.getMessage() for r in caplog.records] == [
+        "[stage] Modifiers initialized", "[stage] Modifiers finalized",
+    ]  # fmt: skip
+
+
+def test_events_before_initialize_are_rejected_before_any_modifier_sees_them() -> None:
+    a, b = RecordingModifier(), RecordingModifier()
+    a.initialize(STATE)
+    a.log.clear()
+    stage = stage_of(a, b)
+    with pytest.raises(IllegalTransitionError, match=r"it is 'pending'.*rule S1") as caught:
+        stage.update_event(STATE, Event(EventType.BATCH_START))
+    assert caught.value.modifier is stage
+    assert a.log == []
+
+
+def test_finalize_before_initialize_is_rejected() -> None:
+    a = RecordingModifier()
+    stage = stage_of(a)
+    with pytest.raises(IllegalTransitionError, match=r"rule S3"):
+        stage.finalize(STATE)
+    assert (stage.stage_state, a.log) == ("pending", [])
+
+
+def test_a_declining_modifier_stops_initialize_and_a_retry_resumes() -> None:
+    a, b, c = RecordingModifier(), RecordingModifier(), RecordingModifier()
+    b.returns["on_initialize"] = False
+    stage = stage_of(a, b, c)
+    with pytest.raises(StageError, match=r"index=1\)\.on_initialize returned False") as caught:
+        stage.initialize(STATE)
+    error = caught.value
+    assert (error.action, error.done, error.failed, error.not_attempted) == (
+        "initialize", (a,), b, (c,),
+    )  # fmt: skip
+    assert "not attempted: RecordingModifier(group='prune_stage', index=2)" in str(error)
+    assert "stays 'pending'" in str(error)
+    assert (stage.stage_state, c.log) == ("pending", [])
+    b.returns.clear()
+    stage.initialize(STATE)
+    assert stage.stage_state is StageState.INITIALIZED
+    assert names(a) == ["on_initialize", "should_start"]  # not initialized twice
+
+
+def test_a_raising_modifier_keeps_its_exception_with_the_stage_account() -> None:
+    a, b = RecordingModifier(), RecordingModifier(fail={"on_initialize": 0})
+    stage = stage_of(a, b)
+    with pytest.raises(HookFailure) as caught:
+        stage.initialize(STATE)
+    (note,) = caught.value.__notes__
+    assert "done: RecordingModifier(group='prune_stage', index=0)" in note
+    assert "calling initialize again resumes from" in note
+    assert stage.stage_state is StageState.PENDING
+
+
+def test_a_failed_finalize_leaves_the_stage_finalizing_then_resumes() -> None:
+    a, b = RecordingModifier(start=0), RecordingModifier(start=0)
+    stage = stage_of(a, b)
+    stage.initialize(STATE)
+    b.returns["on_finalize"] = False
+    with pytest.raises(StageError, match=r"stays 'finalizing'"):
+        stage.finalize(STATE)
+    assert stage.stage_state is StageState.FINALIZING
+    assert (a.finalized, b.finalized, stage.applied) == (True, False, False)
+    with pytest.raises(IllegalTransitionError, match=r"it is 'finalizing'.*rule S2"):
+        stage.update_event(STATE, Event(EventType.BATCH_END))
+    b.returns.clear()
+    stage.finalize(STATE)
+    assert stage.applied
+    assert names(a).count("on_finalize") == 1
+
+
+def test_an_event_that_fails_in_one_modifier_says_who_got_it() -> None:
+    a, b, c = (RecordingModifier(start=0) for _ in range(3))
+    stage = stage_of(a, b, c)
+    stage.initialize(STATE)
+    b.fail["on_update"] = 0
+    with pytest.raises(HookFailure) as caught:
+        stage.update_event(STATE, Event(EventType.LOSS_CALCULATED, global_step=4))
+    (note,) = caught.value.__notes__
+    assert "forwarded LOSS_CALCULATED at step 4" in note
+    assert "delivered to: RecordingModifier(group='prune_stage', index=0)" in note
+    assert "not delivered to: RecordingModifier(group='prune_stage', index=2)" in note
+    assert stage.stage_state is StageState.INITIALIZED
+
+
+def test_an_empty_stage_initializes_and_applies() -> None:
+    stage = StageModifiers()
+    stage.initialize(STATE)
+    stage.finalize(STATE)
+    assert stage.applied
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"modifiers": ["ConstantPruningModifier"]}, ConfigTypeError,
+         r"modifiers\[0\] must be a Modifier, got 'ConstantPruningModifier'"),
+        ({"index": -1}, ConfigError, r"StageModifiers.index must be >= 0"),
+        ({"group": 5}, ConfigTypeError, r"StageModifiers.group must be a str"),
+    ],
+)  # fmt: skip
+def test_bad_stage_arguments_are_rejected(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        StageModifiers(**kwargs)  # type: ignore[arg-type]  # wrong types on purpose
+
+
+def test_the_same_modifier_twice_is_rejected() -> None:
+    twice = NoopModifier()
+    with pytest.raises(ConfigError, match=r"modifiers\[1\] is the same object"):
+        StageModifiers([twice, twice])
+
+
+def test_unique_id_needs_a_group_and_an_index() -> None:
+    with pytest.raises(ConfigError, match="needs both a group and an index"):
+        _ = StageModifiers([]).unique_id
+
+
+def test_update_event_with_a_non_event_is_a_clear_error() -> None:
+    with pytest.raises(ConfigTypeError, match=r"update_event needs an Event"):
+        StageModifiers([]).update_event(STATE, "batch_start")  # type: ignore[arg-type]
+
+
+def test_the_stage_declaration_covers_every_cell() -> None:
+    from engine.stage import _COMPILED
+
+    assert len(_COMPILED.plans) == len(STAGE_LIFECYCLE.states) * len(STAGE_LIFECYCLE.triggers)
+    ignored = {key for key, plan in _COMPILED.plans.items() if plan.ignored is not None}
+    assert ignored == {("applied", t) for t in STAGE_LIFECYCLE.trigger_names()}
+    assert [s.value for s in StageState] == list(STAGE_LIFECYCLE.state_names())
