@@ -8,9 +8,12 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 from engine import LIFECYCLE
 from engine._transitions import mermaid
 from engine.demo import run_demo
+from engine.factory import ModifierFactory
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -23,9 +26,19 @@ def block(language: str, after: str = "") -> str:
     return match.group(1)
 
 
-def test_the_example_prints_exactly_the_output_shown() -> None:
-    code = block("python")
-    shown = block("text", after="Output:")
+EXAMPLES = re.findall(r"```python\n(.*?)```\n\nOutput:\n\n```text\n(.*?)```", README, re.S)
+
+
+def test_the_readme_has_its_examples() -> None:
+    assert len(EXAMPLES) >= 2
+    assert README.index("```python") < README.index("## Two commands")  # on the first screen
+
+
+@pytest.mark.parametrize(("code", "shown"), EXAMPLES, ids=lambda v: v.split("\n")[0][:30])
+def test_each_example_prints_exactly_the_output_shown(
+    code: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})

@@ -6,16 +6,22 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from engine import LIFECYCLE
 from engine.lifecycle import FINALIZED_STATES
+from engine.stage_lifecycle import STAGE_LIFECYCLE
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = (ROOT / "specs" / "lifecycle.md").read_text(encoding="utf-8")
+SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs").glob("*.md")}
+SPEC = SPECS["lifecycle"]
+CATALOG_PREFIX = {"lifecycle": "P", "stage": "ST", "recipe": "RC"}
 
 
-def table(marker: str) -> list[list[str]]:
-    """The rows of the markdown table that follows ``<!-- {marker}: ... -->``."""
-    lines = SPEC[SPEC.index(f"<!-- {marker}") :].splitlines()[1:]
+def table(marker: str, doc: str = "lifecycle") -> list[list[str]]:
+    """The rows of the markdown table that follows ``<!-- {marker}: ... -->`` in ``doc``."""
+    text = SPECS[doc]
+    lines = text[text.index(f"<!-- {marker}") :].splitlines()[1:]
     rows = []
     for line in lines:
         if not line.startswith("|"):
@@ -77,9 +83,35 @@ def test_the_rules_table_is_the_declared_rejections() -> None:
     assert documented == declared
 
 
-def test_every_test_the_catalog_names_exists() -> None:
-    references = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", SPEC)
-    assert len(references) >= 20
+def test_the_stage_tables_are_the_declared_stage_lifecycle() -> None:
+    states = [(r[0], r[1] == "yes") for r in table("stage-states-table", "stage")]
+    assert states == [(s.name, s.flags["applied"]) for s in STAGE_LIFECYCLE.states]
+    preludes = {t.name: t.prelude for t in STAGE_LIFECYCLE.triggers}
+    documented = set()
+    for state, trigger, prelude, hooks, dest in table("stage-transitions-table", "stage"):
+        assert (preludes[trigger] or "—") == prelude, (state, trigger)
+        documented.add((state, trigger, () if hooks == "—" else tuple(hooks.split(", ")),
+                        None if dest == "(stays)" else dest))  # fmt: skip
+    declared = {
+        (source, row["trigger"], listed(row.get("before")), row["dest"])
+        for row in STAGE_LIFECYCLE.transitions
+        for source in listed(row["source"])
+    }
+    assert documented == declared
+    rules = {
+        rule: (set(states.split(", ")), trigger, reason)
+        for rule, trigger, states, reason in table("stage-rules-table", "stage")
+    }
+    assert rules == {
+        r.rule: (set(r.states), r.triggers[0], r.reason) for r in STAGE_LIFECYCLE.rejections
+    }
+    assert all(len(r.triggers) == 1 for r in STAGE_LIFECYCLE.rejections)
+
+
+@pytest.mark.parametrize("doc", sorted(CATALOG_PREFIX))
+def test_every_test_a_catalog_names_exists(doc: str) -> None:
+    references = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", SPECS[doc])
+    assert len(references) >= 8
     for path, name in references:
         tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
         defined = {
@@ -91,14 +123,18 @@ def test_every_test_the_catalog_names_exists() -> None:
             for target in node.targets
             if isinstance(target, ast.Name)
         }
-        assert name in defined, f"specs/lifecycle.md names {path}::{name}, which does not exist"
+        assert name in defined, f"specs/{doc}.md names {path}::{name}, which does not exist"
 
 
-def test_every_property_names_at_least_one_test() -> None:
-    catalog = SPEC[SPEC.index("## 7. Property catalog") :]
-    blocks = re.split(r"\n- \*\*(P\d+) ", catalog)[1:]
+@pytest.mark.parametrize("doc", sorted(CATALOG_PREFIX))
+def test_every_property_names_at_least_one_test(doc: str) -> None:
+    text = SPECS[doc]
+    prefix = CATALOG_PREFIX[doc]
+    catalog = text[text.index("Property catalog") :]
+    blocks = re.split(rf"\n- \*\*({prefix}\d+) ", catalog)[1:]
     properties = dict(zip(blocks[::2], blocks[1::2], strict=True))
-    assert list(properties) == [f"P{n}" for n in range(1, len(properties) + 1)]
+    assert len(properties) >= 5
+    assert list(properties) == [f"{prefix}{n}" for n in range(1, len(properties) + 1)]
     for name, text in properties.items():
         assert "::" in text, f"{name} names no test"
 
