@@ -38,7 +38,14 @@ import attrs
 from engine._validate import check_int, check_optional_int
 from engine.errors import ConfigError, ConfigTypeError
 
-__all__ = ["TRAINING_STEP_EVENTS", "Event", "EventType", "not_an_event", "simplest_fraction"]
+__all__ = [
+    "TRAINING_STEP_EVENTS",
+    "Event",
+    "EventType",
+    "not_an_event",
+    "simplest_fraction",
+    "to_event_type",
+]
 
 
 class EventType(enum.StrEnum):
@@ -70,7 +77,8 @@ TRAINING_STEP_EVENTS = (
 """The events of one training step, in the order the loop fires them."""
 
 
-def _to_event_type(value: Any) -> EventType:
+def to_event_type(value: Any) -> EventType:
+    """``value`` as an :class:`EventType` (a member, or its name in any case), or a clear error."""
     if isinstance(value, EventType):
         return value
     if isinstance(value, str):
@@ -164,7 +172,7 @@ class Event:
         global_batch: batches seen so far.
     """
 
-    type_: EventType = attrs.field(converter=_to_event_type)
+    type_: EventType = attrs.field(converter=to_event_type)
     steps_per_epoch: int | None = attrs.field(default=None, validator=_positive_optional_int)
     batches_per_step: int | None = attrs.field(default=None, validator=_positive_optional_int)
     invocations_per_step: int = attrs.field(default=1, validator=_positive_int)

@@ -26,13 +26,14 @@ raises :class:`~engine.errors.IllegalTransitionError` and changes nothing.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from math import inf, isfinite
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from engine._validate import check_optional_int, check_optional_number, check_optional_str
-from engine.errors import DeclarationError
+from engine.errors import ConfigError, DeclarationError
 from engine.events import Event, EventType, not_an_event
 from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
@@ -247,6 +248,38 @@ class Modifier(ModifierInterface, HooksMixin):
 
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
         """Called first for every event between ``initialize`` and ``finalize``."""
+
+    # --- checkpoints (extension point) --------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The modifier's own state for a checkpoint (default: nothing).
+
+        Override to save what the modifier computed during the run (masks, scales,
+        counters). Return plain values and tensors only, so the checkpoint loads
+        with ``torch.load(weights_only=True)``. The lifecycle state is saved by
+        the session; do not include it.
+        """
+        return {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
+        """Restore what :meth:`state_dict` returned, when a session resumes.
+
+        No lifecycle hook runs on resume: if the modifier attaches anything to the
+        model in its current lifecycle state (torch hooks, masks), re-attach it
+        here, using ``state`` (the resumed run's model and optimizer).
+
+        Raises:
+            ConfigError: the default implementation was given a non-empty state.
+        """
+        if state_dict:
+            raise ConfigError(
+                f"{type(self).__name__}.load_state_dict got {sorted(state_dict)}, but the class "
+                "does not override load_state_dict. To fix, implement state_dict() and "
+                "load_state_dict() together.",
+                owner=type(self).__name__,
+                field="state_dict",
+                value=dict(state_dict),
+            )
 
     def release_hooks(self, state: State, event: Event | None, **kwargs: Any) -> None:
         """Remove every torch hook registered through this modifier (run by ``finalize``)."""

@@ -36,6 +36,7 @@ __all__ = [
     "SpecModifier",
     "SpecStage",
     "StageDeclined",
+    "StepGrammarModel",
 ]
 
 FLAG_NAMES = ("initialized", "started", "ended", "finalized")
@@ -369,3 +370,89 @@ class SpecStage(ReferenceStage):
                 accelerator.wait_for_everyone()
         self.state = "applied"
         self.applied = True
+
+
+class StepGrammarModel:
+    """The session's step grammar and counters, written procedurally (``specs/session.md``).
+
+    ``apply(event, partial=False)`` either raises ``RuntimeError`` (the event is out
+    of order; nothing changes) or returns the ``(global_step, global_batch)`` the
+    event carries. ``position`` names where the loop is, with the engine's names.
+    """
+
+    def __init__(self, batches_per_step: int = 1) -> None:
+        self.batches_per_step = batches_per_step
+        self.global_step = 0
+        self.global_batch = 0
+        self.batches_since_step = 0
+        self.in_batch = False
+        self.due = False
+        self.loss = False
+        self.stepping = False
+        self.stepped = False
+        self.calibrating = False
+        self.finalized = False
+
+    @property
+    def position(self) -> str:
+        if self.finalized:
+            return "finalized"
+        if self.calibrating:
+            return "calibrating"
+        if not self.in_batch:
+            return "idle"
+        if self.stepped:
+            return "stepped"
+        if self.stepping:
+            return "stepping"
+        base = "step_due" if self.due else "accumulating"
+        return f"{base}_loss" if self.loss else base
+
+    def apply(self, event: str, partial: bool = False) -> tuple[int, int]:
+        if self.finalized:
+            raise RuntimeError("finalized")
+        open_ = self.in_batch or self.calibrating
+        if event == "batch_start":
+            if open_:
+                raise RuntimeError("a batch or calibration epoch is open")
+            self.in_batch, self.loss, self.stepping, self.stepped = True, False, False, False
+            self.due = self.batches_since_step + 1 >= self.batches_per_step
+        elif event == "loss_calculated":
+            if not self.in_batch or self.loss or self.stepping or self.stepped:
+                raise RuntimeError("loss out of place")
+            self.loss = True
+        elif event == "optim_pre_step":
+            if not self.in_batch or self.stepping or self.stepped or partial == self.due:
+                raise RuntimeError("optimizer step out of place")
+            self.stepping = True
+        elif event == "optim_post_step":
+            if not self.stepping:
+                raise RuntimeError("optim_post_step without optim_pre_step")
+            self.stepping, self.stepped = False, True
+            self.global_step += 1
+            self.batches_since_step = 0
+        elif event == "batch_end":
+            if not self.in_batch or self.stepping or (self.due and not self.stepped):
+                raise RuntimeError("batch_end out of place")
+            self.global_batch += 1
+            if not self.stepped:
+                self.batches_since_step += 1
+            self.in_batch = False
+        elif event == "calibration_epoch_start":
+            if open_:
+                raise RuntimeError("a batch or calibration epoch is open")
+            self.calibrating = True
+        elif event == "sequential_epoch_end":
+            if not self.calibrating:
+                raise RuntimeError("no calibration epoch")
+        elif event == "calibration_epoch_end":
+            if not self.calibrating:
+                raise RuntimeError("no calibration epoch")
+            self.calibrating = False
+        elif event == "finalize":
+            if open_:
+                raise RuntimeError("a batch or calibration epoch is open")
+            self.finalized = True
+        else:
+            raise RuntimeError(f"{event} is not a loop event")
+        return self.global_step, self.global_batch

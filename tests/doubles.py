@@ -51,6 +51,36 @@ class NoopModifier(Modifier):
         return True
 
 
+@attrs.define(eq=False)
+class EventLog(Modifier):
+    """Uses the default guards; records every event it sees and every hook that runs."""
+
+    seen: list[tuple[str, int, int, float]] = attrs.field(factory=list)
+    hooks: list[tuple[str, str | None, float | None]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        self.hooks.append(("on_initialize", None, None))
+        return True
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append(
+            (event.type_.value, event.global_step, event.global_batch, event.current_index)
+        )
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.hooks.append(("on_start", event.type_.value, event.current_index))
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.hooks.append(("on_update", event.type_.value, event.current_index))
+
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.hooks.append(("on_end", event.type_.value, event.current_index))
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        self.hooks.append(("on_finalize", None, None))
+        return True
+
+
 Call = tuple[str, Event | None]
 """("initialize", None), ("finalize", None) or ("update", event)."""
 

@@ -1,0 +1,667 @@
+"""``Session``: modfsm in a hand-written training loop.
+
+A session owns the run's :class:`~engine.state.State`, the recipe's stages and
+the step counters, and turns the loop's calls into events that carry the real
+step::
+
+    session = Session()
+    session.initialize(model=model, optimizer=optimizer, recipe="recipe.yaml")
+    for batch in loader:
+        session.batch_start(batch)
+        loss = loss_fn(model(batch))
+        session.loss_calculated(loss)
+        loss.backward()
+        session.optim_pre_step()
+        optimizer.step()
+        session.optim_post_step()
+        session.batch_end()
+    session.finalize()
+
+The order of those calls is the step grammar, a declared machine
+(:data:`engine.session_grammar.SESSION_GRAMMAR`): an out-of-order call raises
+:class:`~engine.errors.IllegalTransitionError` naming the call, the position
+and what is expected next, and changes nothing. See ``specs/session.md`` for
+the grammar, the counters and the resume contract.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import attrs
+
+from engine._validate import check_optional_int
+from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
+from engine.events import Event, EventType, to_event_type
+from engine.machine import CompiledState, compile_machine
+from engine.modifier import Modifier
+from engine.recipe import DEFAULT_STAGE, Recipe
+from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
+from engine.stage import _COMPILED as _STAGE_MACHINE
+from engine.stage import StageModifiers
+from engine.state import Data, State
+from engine.trace import FORMAT, TraceRecorder, check_traceable, transition_records
+
+__all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_session"]
+
+STATE_DICT_FORMAT: Final = "modfsm.session/1"
+
+_GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
+_POSITIONS: Final = {member.value: member for member in SessionState}
+_LOCAL = threading.local()
+
+
+class SessionMismatchError(ConfigError):
+    """A saved session does not fit the recipe it is loaded into; the message lists how."""
+
+
+def active_session() -> Session:
+    """The innermost session entered with ``with`` in this thread.
+
+    Raises:
+        LifecycleError: no session is active in this thread.
+    """
+    stack: list[Session] = getattr(_LOCAL, "stack", [])
+    if not stack:
+        raise LifecycleError(
+            "no session is active in this thread. To fix, run the loop inside "
+            "'with Session() as session:'."
+        )
+    return stack[-1]
+
+
+def _default_position(session: Session) -> CompiledState:
+    return _GRAMMAR.initial
+
+
+@attrs.define(eq=False)
+class Session:
+    """The engine embedded in a training loop: state, stages, counters, grammar, trace.
+
+    Attributes:
+        state: the run's state (model, optimizer, data, ...), built by ``initialize``.
+        stages: the recipe's stages, in order.
+        batches_per_step: batches per optimizer step (gradient accumulation).
+        steps_per_epoch: optimizer steps per epoch, for epoch-based schedules.
+        global_step: optimizer steps completed.
+        global_batch: batches completed.
+        batches_since_step: batches completed since the last optimizer step.
+        trace: the trace recorder, when ``initialize(trace=...)`` asked for one.
+    """
+
+    state: State = attrs.field(factory=State)
+    stages: list[StageModifiers] = attrs.field(factory=list)
+    batches_per_step: int = 1
+    steps_per_epoch: int | None = None
+    global_step: int = 0
+    global_batch: int = 0
+    batches_since_step: int = 0
+    trace: TraceRecorder | None = None
+    _lc: CompiledState = attrs.field(
+        init=False, repr=False, default=attrs.Factory(_default_position, takes_self=True)
+    )
+    _ids: list[tuple[str, Modifier]] = attrs.field(init=False, repr=False, factory=list)
+    _resume: Mapping[str, Any] | None = attrs.field(init=False, repr=False, default=None)
+    _hook_handles: list[Any] = attrs.field(init=False, repr=False, factory=list)
+    _seq: int = attrs.field(init=False, repr=False, default=0)
+    _before: list[str] | None = attrs.field(init=False, repr=False, default=None)
+
+    # --- views ------------------------------------------------------------------------------
+
+    @property
+    def position(self) -> SessionState:
+        """Where the loop is in the step grammar."""
+        return _POSITIONS[self._lc.name]
+
+    @property
+    def modifiers(self) -> list[tuple[str, Modifier]]:
+        """Every modifier with its stable id (``"<stage>.<index>"``), in stage order."""
+        return list(self._ids)
+
+    @property
+    def lifecycle_label(self) -> str:
+        """How errors name the session."""
+        return "Session"
+
+    # --- the lifecycle -----------------------------------------------------------------------
+
+    def initialize(
+        self,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        recipe: Any = None,
+        steps_per_epoch: int | None = None,
+        batches_per_step: int | None = None,
+        teacher_model: Any = None,
+        calib_data: Any = None,
+        train_data: Any = None,
+        wrap_optimizer: bool = False,
+        trace: bool | str | Path = False,
+        allow_experimental: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Build the state and the recipe's stages, then initialize them (or resume).
+
+        Args:
+            model: the model to modify.
+            optimizer: its optimizer (needed for ``wrap_optimizer``).
+            recipe: a recipe (path, YAML text, dict or :class:`~engine.recipe.Recipe`),
+                a list of :class:`~engine.stage.StageModifiers`, a list of modifiers
+                (one stage), or None (no modifiers).
+            steps_per_epoch: set it to read schedules in epochs.
+            batches_per_step: batches per optimizer step (default 1).
+            teacher_model, calib_data, train_data: stored on the state.
+            wrap_optimizer: report ``optim_pre_step``/``optim_post_step`` from
+                ``optimizer.step()`` itself (torch step hooks, removed at finalize).
+            trace: True to keep a trace in memory, or a path to also stream it as JSONL.
+            allow_experimental: let the recipe use experimental modifiers.
+            **kwargs: passed to every modifier's ``initialize``.
+
+        If :meth:`load_state_dict` was called first, the session resumes: the
+        modifiers, stages, counters and position are restored from it and no
+        lifecycle hook runs (see ``specs/session.md``).
+        """
+        arguments = {
+            "model": model,
+            "optimizer": optimizer,
+            "recipe": recipe,
+            "steps_per_epoch": steps_per_epoch,
+            "batches_per_step": batches_per_step,
+            "teacher_model": teacher_model,
+            "calib_data": calib_data,
+            "train_data": train_data,
+            "wrap_optimizer": wrap_optimizer,
+            "trace": trace,
+            "allow_experimental": allow_experimental,
+            "modifier_kwargs": kwargs,
+        }
+        self._call("initialize", None, arguments)
+        if self._resume is not None:
+            saved, self._resume = self._resume, None
+            object.__setattr__(self, "_lc", _GRAMMAR.states[saved["position"]])
+            if self.trace is not None:
+                self._write_header()
+
+    def finalize(self, **kwargs: Any) -> None:
+        """Finalize every stage, in order; remove the optimizer hooks; close the trace."""
+        self._call("finalize", None, kwargs)
+        if self.trace is not None:
+            self.trace.close()
+
+    # --- loop events ---------------------------------------------------------------------------
+
+    def event(self, event_type: EventType | str, *, partial: bool = False, **kwargs: Any) -> None:
+        """Report ``event_type`` to the session (the callbacks below call this).
+
+        Args:
+            event_type: which event.
+            partial: with ``OPTIM_PRE_STEP``, step before the accumulation is complete.
+            **kwargs: ``batch_data=`` / ``loss=`` are stored on the state; everything
+                is passed to the modifiers' hooks.
+        """
+        kind = to_event_type(event_type)
+        trigger = SESSION_GRAMMAR.event_triggers[kind]
+        if partial:
+            if kind is not EventType.OPTIM_PRE_STEP:
+                raise ConfigError(
+                    f"Session.event: partial=True applies to OPTIM_PRE_STEP, not {kind.name}. "
+                    "To fix, drop partial=True.",
+                    owner="Session",
+                    field="partial",
+                    value=partial,
+                )
+            trigger = "partial_step"
+        steps, batches = COUNT_AFTER.get(kind, (0, 0))
+        event = Event(
+            kind,
+            steps_per_epoch=self.steps_per_epoch,
+            batches_per_step=self.batches_per_step,
+            global_step=self.global_step + steps,
+            global_batch=self.global_batch + batches,
+        )
+        self._call(trigger, event, kwargs)
+
+    def batch_start(self, batch_data: Any = None, **kwargs: Any) -> None:
+        """A batch begins (``batch_data`` is stored on the state)."""
+        self.event(EventType.BATCH_START, batch_data=batch_data, **kwargs)
+
+    def loss_calculated(self, loss: Any = None, **kwargs: Any) -> None:
+        """The batch's loss is known (stored on the state)."""
+        self.event(EventType.LOSS_CALCULATED, loss=loss, **kwargs)
+
+    def optim_pre_step(self, partial: bool = False, **kwargs: Any) -> None:
+        """The optimizer is about to step (``partial=True``: before the accumulation completes)."""
+        self.event(EventType.OPTIM_PRE_STEP, partial=partial, **kwargs)
+
+    def optim_post_step(self, **kwargs: Any) -> None:
+        """The optimizer stepped."""
+        self.event(EventType.OPTIM_POST_STEP, **kwargs)
+
+    def batch_end(self, **kwargs: Any) -> None:
+        """The batch is done."""
+        self.event(EventType.BATCH_END, **kwargs)
+
+    # --- context manager ---------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        stack: list[Session] = getattr(_LOCAL, "stack", None) or []
+        stack.append(self)
+        _LOCAL.stack = stack
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack: list[Session] = getattr(_LOCAL, "stack", [])
+        if self in stack:
+            stack.remove(self)
+        if exc is None:
+            if self.position is not SessionState.CREATED and not self._lc.flags["finalized"]:
+                self.finalize()
+            return
+        # The run failed: do not apply a broken result, but leave no torch hook behind.
+        for _, modifier in self._ids:
+            modifier.remove_hooks()
+        self._remove_optimizer_hooks()
+        if self.trace is not None:
+            self.trace.close()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: counters, position, stages, each modifier's state.
+
+        Only plain values (and whatever tensors modifiers return), so it works with
+        ``torch.save`` and ``torch.load(weights_only=True)``.
+        """
+        if self.position in (SessionState.CREATED, SessionState.FINALIZED):
+            raise IllegalTransitionError(
+                f"Session.state_dict is not allowed: the session is {self.position.value!r}. "
+                "Allowed: between initialize and finalize. To fix, save during the run.",
+                modifier=self,
+                state=self.position.value,
+                trigger="state_dict",
+                rule="-",
+                allowed=("session.state_dict",),
+            )
+        return {
+            "format": STATE_DICT_FORMAT,
+            "config": {
+                "batches_per_step": self.batches_per_step,
+                "steps_per_epoch": self.steps_per_epoch,
+            },
+            "counters": {
+                "global_step": self.global_step,
+                "global_batch": self.global_batch,
+                "batches_since_step": self.batches_since_step,
+            },
+            "position": self._lc.name,
+            "stages": [
+                {"name": _stage_label(stage, i), "state": stage.stage_state.value}
+                for i, stage in enumerate(self.stages)
+            ],
+            "modifiers": {
+                modifier_id: {
+                    "type": type(modifier).__name__,
+                    "lifecycle": modifier._lc.name,
+                    "state": modifier.state_dict(),
+                }
+                for modifier_id, modifier in self._ids
+            },
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume from ``state_dict`` at the next :meth:`initialize` (call it first).
+
+        Raises:
+            IllegalTransitionError: the session is already initialized.
+            ConfigError: ``state_dict`` is not a modfsm session state.
+        """
+        if self.position is not SessionState.CREATED:
+            raise IllegalTransitionError(
+                f"Session.load_state_dict is not allowed: the session is {self.position.value!r}. "
+                "Allowed: on a new Session, before initialize. To fix, build a new Session, "
+                "load the state, then initialize it.",
+                modifier=self,
+                state=self.position.value,
+                trigger="load_state_dict",
+                rule="-",
+                allowed=("session.load_state_dict", "session.initialize"),
+            )
+        _check_format(state_dict)
+        self._resume = state_dict
+
+    # --- the grammar's hooks and guard (called by its compiled table) ------------------------
+
+    def setup(self, state: Any, **arguments: Any) -> bool:
+        """Gate of ``initialize``: build everything; True once the stages are ready."""
+        steps_per_epoch = check_optional_int(
+            "Session", "steps_per_epoch", arguments["steps_per_epoch"], minimum=1
+        )
+        batches_per_step = check_optional_int(
+            "Session", "batches_per_step", arguments["batches_per_step"], minimum=1
+        )
+        stages = _stages(arguments["recipe"], arguments["allow_experimental"])
+        ids = _ids(stages)
+        resume = self._resume
+        if resume is not None:
+            saved = resume["config"]
+            steps_per_epoch = _agree("steps_per_epoch", steps_per_epoch, saved["steps_per_epoch"])
+            batches_per_step = _agree(
+                "batches_per_step", batches_per_step, saved["batches_per_step"]
+            )
+            _check_fits(resume, stages, ids)
+        if arguments["wrap_optimizer"] and arguments["optimizer"] is None:
+            raise ConfigError(
+                "Session.initialize: wrap_optimizer=True needs an optimizer. To fix, pass "
+                "optimizer=... or drop wrap_optimizer.",
+                owner="Session",
+                field="wrap_optimizer",
+                value=True,
+            )
+        run_state = State(
+            model=arguments["model"],
+            teacher_model=arguments["teacher_model"],
+            optimizer=arguments["optimizer"],
+            optim_wrapped=bool(arguments["wrap_optimizer"]),
+            data=Data(train=arguments["train_data"], calib=arguments["calib_data"]),
+        )
+        self.state, self.stages, self._ids = run_state, stages, ids
+        self.steps_per_epoch, self.batches_per_step = steps_per_epoch, batches_per_step or 1
+        trace = arguments["trace"]
+        if trace:
+            for _, modifier in ids:
+                check_traceable(type(modifier).__compiled_lifecycle__)
+            self.trace = TraceRecorder(path=None if trace is True else Path(trace))
+        try:
+            if resume is not None:
+                self._restore(resume)
+            else:
+                if self.trace is not None:
+                    self._write_header()
+                self._before = [modifier._lc.name for _, modifier in ids]
+                for stage in stages:
+                    stage.initialize(run_state, **arguments["modifier_kwargs"])
+        except BaseException:
+            # Nothing half-initialized may keep hooks on the model; a retry starts afresh.
+            for _, modifier in ids:
+                modifier.remove_hooks()
+            if self.trace is not None:
+                self.trace.close()
+            raise
+        if arguments["wrap_optimizer"]:
+            self._add_optimizer_hooks(arguments["optimizer"])
+        run_state.start_event = Event(
+            EventType.INITIALIZE,
+            steps_per_epoch=steps_per_epoch,
+            global_step=self.global_step,
+            global_batch=self.global_batch,
+        )
+        return True
+
+    def teardown(self, state: Any, **kwargs: Any) -> bool:
+        """Gate of ``finalize``: finalize every stage; True once all are applied."""
+        for stage in self.stages:
+            stage.finalize(self.state, **kwargs)
+        self._remove_optimizer_hooks()
+        return True
+
+    def completes_accumulation(self, event: Event) -> bool:
+        """Guard: the batch beginning now completes ``batches_per_step`` batches."""
+        return self.batches_since_step + 1 >= self.batches_per_step
+
+    def absorb(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: keep the event, and the batch or loss it came with, on the state."""
+        state.last_event = event
+        if "batch_data" in kwargs:
+            state.batch_data = kwargs["batch_data"]
+        if "loss" in kwargs:
+            state.loss = kwargs["loss"]
+
+    def send(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: send the event to every stage, in order."""
+        for stage in self.stages:
+            stage.update_event(state, event, **kwargs)
+
+    def count_step(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: the optimizer step is complete."""
+        self.global_step = event.global_step
+        self.batches_since_step = 0
+
+    def close_accumulating_batch(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: a batch that did not step is complete."""
+        self.global_batch = event.global_batch
+        self.batches_since_step += 1
+
+    def close_step_batch(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: a batch that stepped is complete."""
+        self.global_batch = event.global_batch
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _call(self, trigger: str, event: Event | None, kwargs: dict[str, Any]) -> None:
+        cell = self._lc.calls[trigger]
+        if self.trace is None and trigger != "initialize":
+            cell(self, self.state, event, kwargs)
+            return
+        before = None if trigger == "initialize" else [m._lc.name for _, m in self._ids]
+        try:
+            cell(self, self.state, event, kwargs)
+        except IllegalTransitionError as error:
+            if error.modifier is not self and self.trace is not None:
+                self._record_failure(trigger, event, error)
+            raise
+        except BaseException as error:
+            if self.trace is not None:
+                self._record_failure(trigger, event, error)
+            raise
+        if self.trace is None or self._resume is not None:
+            return
+        self._seq += 1
+        self.trace.add(
+            {
+                "kind": "call",
+                "seq": self._seq,
+                "trigger": trigger,
+                "event": None if event is None else event.type_.value,
+                "step": self.global_step if event is None else event.global_step,
+                "batch": self.global_batch if event is None else event.global_batch,
+                "position": self._lc.name,
+            }
+        )
+        if before is None:  # initialize: the states setup() saw before initializing
+            before = self._before or []
+        modifier_trigger = (
+            trigger
+            if event is None
+            else Modifier.__compiled_lifecycle__.declaration.event_triggers[event.type_]
+        )
+        for record in transition_records(self._seq, self._ids, before, modifier_trigger):
+            self.trace.add(record)
+
+    def _record_failure(self, trigger: str, event: Event | None, error: BaseException) -> None:
+        assert self.trace is not None
+        self.trace.add(
+            {
+                "kind": "failed",
+                "trigger": trigger,
+                "event": None if event is None else event.type_.value,
+                "error": f"{type(error).__name__}: {error}",
+            }
+        )
+
+    def _write_header(self) -> None:
+        assert self.trace is not None
+        self.trace.add(
+            {
+                "kind": "header",
+                "format": FORMAT,
+                "batches_per_step": self.batches_per_step,
+                "steps_per_epoch": self.steps_per_epoch,
+                "counters": {
+                    "global_step": self.global_step,
+                    "global_batch": self.global_batch,
+                    "batches_since_step": self.batches_since_step,
+                },
+                "position": self._lc.name,
+                "modifiers": [
+                    {
+                        "id": modifier_id,
+                        "type": type(m).__name__,
+                        "start": m.start,
+                        "end": m.end,
+                        "default_guards": type(m).should_start is Modifier.should_start
+                        and type(m).should_end is Modifier.should_end,
+                        "state": m._lc.name,
+                    }
+                    for modifier_id, m in self._ids
+                ],
+            }
+        )
+
+    def _restore(self, saved: Mapping[str, Any]) -> None:
+        counters = saved["counters"]
+        self.global_step = int(counters["global_step"])
+        self.global_batch = int(counters["global_batch"])
+        self.batches_since_step = int(counters["batches_since_step"])
+        for stage, entry in zip(self.stages, saved["stages"], strict=True):
+            object.__setattr__(stage, "_lc", _STAGE_MACHINE.states[entry["state"]])
+        for modifier_id, modifier in self._ids:
+            entry = saved["modifiers"][modifier_id]
+            states = type(modifier).__compiled_lifecycle__.states
+            object.__setattr__(modifier, "_lc", states[entry["lifecycle"]])
+            modifier.load_state_dict(entry["state"], self.state)
+
+    def _add_optimizer_hooks(self, optimizer: Any) -> None:
+        def before_step(*_: Any) -> None:
+            self.optim_pre_step()
+
+        def after_step(*_: Any) -> None:
+            self.optim_post_step()
+
+        self._hook_handles = [
+            optimizer.register_step_pre_hook(before_step),
+            optimizer.register_step_post_hook(after_step),
+        ]
+
+    def _remove_optimizer_hooks(self) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+
+
+def _stage_label(stage: StageModifiers, position: int) -> str:
+    return stage.group if stage.group is not None else f"stage_{position}"
+
+
+def _ids(stages: Sequence[StageModifiers]) -> list[tuple[str, Modifier]]:
+    return [
+        (f"{_stage_label(stage, position)}.{modifier.index}", modifier)
+        for position, stage in enumerate(stages)
+        for modifier in stage.modifiers
+    ]
+
+
+def _stages(recipe: Any, allow_experimental: bool) -> list[StageModifiers]:
+    if recipe is None:
+        return []
+    if isinstance(recipe, list | tuple):
+        items = list(recipe)
+        if all(isinstance(item, StageModifiers) for item in items):
+            return items
+        if all(isinstance(item, Modifier) for item in items):
+            return [StageModifiers(items, index=0, group=DEFAULT_STAGE)]
+        raise ConfigTypeError(
+            "Session.initialize: recipe= as a list must hold only StageModifiers or only "
+            "modifiers. To fix, pass one kind, or a recipe file.",
+            owner="Session",
+            field="recipe",
+            value=recipe,
+        )
+    loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    return loaded.build(allow_experimental=allow_experimental)
+
+
+def _agree(name: str, given: int | None, saved: int | None) -> int | None:
+    if given is None or given == saved:
+        return saved
+    raise SessionMismatchError(
+        f"Session.initialize: {name}={given}, but the loaded state was saved with "
+        f"{name}={saved}. To fix, pass {name}={saved} (or leave it out).",
+        owner="Session",
+        field=name,
+        value=given,
+    )
+
+
+def _check_format(state_dict: object) -> None:
+    problem = None
+    if not isinstance(state_dict, Mapping):
+        problem = f"expected a dict, got {type(state_dict).__name__}"
+    elif state_dict.get("format") != STATE_DICT_FORMAT:
+        problem = f"format is {state_dict.get('format')!r}, expected {STATE_DICT_FORMAT!r}"
+    else:
+        missing = {"config", "counters", "position", "stages", "modifiers"} - set(state_dict)
+        if missing:
+            problem = f"missing {sorted(missing)}"
+        elif state_dict["position"] not in _POSITIONS or state_dict["position"] in (
+            "created",
+            "finalized",
+        ):
+            problem = f"position {state_dict['position']!r} cannot be resumed"
+    if problem is not None:
+        raise ConfigError(
+            f"Session.load_state_dict: not a modfsm session state ({problem}). To fix, pass "
+            "what Session.state_dict() returned.",
+            owner="Session",
+            field="state_dict",
+            value=None,
+        )
+
+
+def _check_fits(
+    saved: Mapping[str, Any], stages: Sequence[StageModifiers], ids: Sequence[tuple[str, Modifier]]
+) -> None:
+    problems = []
+    saved_stages = [entry["name"] for entry in saved["stages"]]
+    built_stages = [_stage_label(stage, i) for i, stage in enumerate(stages)]
+    if saved_stages != built_stages:
+        problems.append(f"stages: saved {saved_stages}, recipe {built_stages}")
+    saved_modifiers = dict(saved["modifiers"])
+    built = {modifier_id: type(modifier).__name__ for modifier_id, modifier in ids}
+    for modifier_id in sorted(set(saved_modifiers) - set(built)):
+        problems.append(
+            f"{modifier_id} ({saved_modifiers[modifier_id]['type']}) is saved but not in the recipe"
+        )
+    for modifier_id in sorted(set(built) - set(saved_modifiers)):
+        problems.append(f"{modifier_id} ({built[modifier_id]}) is in the recipe but not saved")
+    for modifier_id in sorted(set(built) & set(saved_modifiers)):
+        entry = saved_modifiers[modifier_id]
+        if entry["type"] != built[modifier_id]:
+            problems.append(
+                f"{modifier_id} was a {entry['type']}, the recipe has {built[modifier_id]}"
+            )
+        else:
+            modifier = dict(ids)[modifier_id]
+            if entry["lifecycle"] not in type(modifier).__compiled_lifecycle__.states:
+                problems.append(f"{modifier_id}: unknown lifecycle state {entry['lifecycle']!r}")
+    for entry in saved["stages"]:
+        if entry["state"] not in _STAGE_MACHINE.states:
+            problems.append(f"stage {entry['name']}: unknown state {entry['state']!r}")
+    if problems:
+        listed = "; ".join(problems)
+        raise SessionMismatchError(
+            f"Session.initialize: the loaded state does not fit this recipe: {listed}. To fix, "
+            "resume with the recipe the state was saved from.",
+            owner="Session",
+            field="recipe",
+            value=None,
+        )

@@ -1,0 +1,388 @@
+"""Session: real step numbers, the step grammar's errors, optimizer wrapping, checkpoints."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from engine import (
+    ConfigError,
+    EventType,
+    IllegalTransitionError,
+    LifecycleError,
+    LifecycleState,
+)
+from engine.factory import ModifierFactory
+from engine.recipe import Recipe
+from engine.session import Session, SessionMismatchError, active_session
+from engine.stage import StageError, StageModifiers
+from tests.doubles import EventLog, RecordingModifier
+from tests.recipes.doubles import DOUBLES
+
+L = LifecycleState
+
+
+def started(*modifiers: Any, **config: Any) -> Session:
+    session = Session()
+    session.initialize(recipe=list(modifiers), **config)
+    return session
+
+
+def full_batch(session: Session, *, step: bool = True) -> None:
+    session.batch_start()
+    session.loss_calculated(1.0)
+    if step:
+        session.optim_pre_step()
+        session.optim_post_step()
+    session.batch_end()
+
+
+def test_modifiers_see_the_real_step_and_start_when_the_recipe_says() -> None:
+    log = EventLog(start=3, end=5)
+    session = started(log)
+    for _ in range(6):
+        full_batch(session)
+    starts = [index for name, _, index in log.hooks if name == "on_start"]
+    ends = [index for name, _, index in log.hooks if name == "on_end"]
+    assert (starts, ends) == ([3], [5])
+    assert log.seen[:5] == [
+        ("batch_start", 0, 0, 0), ("loss_calculated", 0, 0, 0), ("optim_pre_step", 0, 0, 0),
+        ("optim_post_step", 1, 0, 1), ("batch_end", 1, 1, 1),
+    ]  # fmt: skip
+
+
+def test_gradient_accumulation_counts_batches_and_steps() -> None:
+    log = EventLog()
+    session = started(log, batches_per_step=3)
+    for batch in range(7):
+        session.batch_start()
+        if session.position == "step_due":
+            session.optim_pre_step()
+            session.optim_post_step()
+        session.batch_end()
+        assert session.global_batch == batch + 1
+    assert (session.global_step, session.batches_since_step) == (2, 1)
+    steps_seen = [step for name, step, _, _ in log.seen if name == "optim_post_step"]
+    assert steps_seen == [1, 2]
+
+
+def test_epoch_schedules_read_fractional_epochs() -> None:
+    log = EventLog(start=0.5, end=1.5)
+    session = started(log, steps_per_epoch=4)
+    for _ in range(8):
+        full_batch(session)
+    assert [(n, i) for n, _, i in log.hooks if n in ("on_start", "on_end")] == [
+        ("on_start", 0.5), ("on_end", 1.5),
+    ]  # fmt: skip
+
+
+def test_batch_and_loss_are_stored_on_the_state() -> None:
+    session = started()
+    session.batch_start({"x": 1})
+    session.loss_calculated(0.25)
+    assert (session.state.batch_data, session.state.loss) == ({"x": 1}, 0.25)
+    assert session.state.last_event is not None
+    assert session.state.last_event.type_ is EventType.LOSS_CALCULATED
+
+
+def test_a_partial_step_is_allowed_on_purpose_only() -> None:
+    session = started(batches_per_step=4)
+    session.batch_start()
+    with pytest.raises(IllegalTransitionError, match=r"rule G8"):
+        session.optim_pre_step()
+    session.optim_pre_step(partial=True)
+    session.optim_post_step()
+    session.batch_end()
+    assert (session.global_step, session.global_batch, session.batches_since_step) == (1, 1, 0)
+
+
+def test_calibration_events_reach_the_modifiers_without_counting() -> None:
+    log = EventLog()
+    session = started(log)
+    session.event(EventType.CALIBRATION_EPOCH_START)
+    session.event("sequential_epoch_end")
+    session.event(EventType.CALIBRATION_EPOCH_END)
+    assert [name for name, *_ in log.seen] == [
+        "calibration_epoch_start", "sequential_epoch_end", "calibration_epoch_end",
+    ]  # fmt: skip
+    assert (session.global_step, session.global_batch) == (0, 0)
+
+
+def _at(position: str) -> Callable[[Session], None]:
+    """Drive a fresh session (batches_per_step=2, a step due on odd batches) to ``position``."""
+
+    def drive(session: Session) -> None:
+        moves = {
+            "idle": [],
+            "accumulating": ["batch_start"],
+            "accumulating_loss": ["batch_start", "loss_calculated"],
+            "step_due": ["batch_start", "batch_end", "batch_start"],
+            "step_due_loss": ["batch_start", "batch_end", "batch_start", "loss_calculated"],
+            "stepping": ["batch_start", "batch_end", "batch_start", "optim_pre_step"],
+            "stepped": ["batch_start", "batch_end", "batch_start", "optim_pre_step",
+                        "optim_post_step"],
+            "calibrating": ["calibration_epoch_start"],
+        }[position]  # fmt: skip
+        for name in moves:
+            session.event(EventType(name))
+        assert session.position == position
+
+    return drive
+
+
+GRAMMAR_ERRORS = [
+    ("idle", "batch_end", "G5", "no batch is open"),
+    ("idle", "loss_calculated", "G5", "no batch is open"),
+    ("accumulating", "batch_start", "G6", "has not ended"),
+    ("accumulating_loss", "loss_calculated", "G7", "already reported"),
+    ("accumulating", "optim_post_step", "G8", "no optimizer step is due"),
+    ("step_due", "batch_end", "G10", "the optimizer has not stepped"),
+    ("stepping", "batch_end", "G11", "optim_post_step was not"),
+    ("stepped", "optim_pre_step", "G12", "already stepped"),
+    ("idle", "calibration_epoch_end", "G13", "no calibration epoch is open"),
+    ("stepped", "calibration_epoch_start", "G14", "a batch is open"),
+    ("calibrating", "calibration_epoch_start", "G15", "already open"),
+    ("calibrating", "batch_start", "G6", "calibration epoch has not ended"),
+    ("idle", "initialize", "G2", "not loop events"),
+]
+
+
+@pytest.mark.parametrize(("position", "event", "rule", "reason"), GRAMMAR_ERRORS)
+def test_an_out_of_order_event_names_itself_the_position_and_what_is_expected(
+    position: str, event: str, rule: str, reason: str
+) -> None:
+    log = EventLog(start=0)
+    session = started(log, batches_per_step=2)
+    _at(position)(session)
+    counters = (session.global_step, session.global_batch, session.batches_since_step)
+    seen = len(log.seen)
+    with pytest.raises(IllegalTransitionError) as caught:
+        session.event(EventType(event))
+    error = caught.value
+    assert isinstance(error, LifecycleError)
+    assert (error.state, error.rule) == (position, rule)
+    message = str(error)
+    assert f"({EventType(event).name})" in message
+    assert f"it is {position!r} ({reason}" in message or reason in message
+    assert f"Allowed from {position!r}:" in message
+    assert (session.global_step, session.global_batch, session.batches_since_step) == counters
+    assert session.position == position
+    assert len(log.seen) == seen
+
+
+def test_partial_step_on_a_step_batch_is_refused() -> None:
+    session = started(batches_per_step=2)
+    _at("step_due")(session)
+    with pytest.raises(IllegalTransitionError, match=r"rule G9"):
+        session.optim_pre_step(partial=True)
+
+
+def test_calls_before_initialize_and_after_finalize_are_refused() -> None:
+    session = Session()
+    with pytest.raises(IllegalTransitionError, match=r"it is 'created' \(not initialized\)"):
+        session.batch_start()
+    session.initialize()
+    with pytest.raises(IllegalTransitionError, match=r"rule G4"):
+        session.initialize()
+    session.finalize()
+    with pytest.raises(IllegalTransitionError, match=r"already finalized.*rule G3"):
+        session.batch_start()
+    with pytest.raises(IllegalTransitionError, match=r"rule G3"):
+        session.finalize()
+
+
+def test_finalize_in_the_middle_of_a_batch_is_refused() -> None:
+    log = EventLog(start=0)
+    session = started(log)
+    session.batch_start()
+    with pytest.raises(IllegalTransitionError, match=r"rule G16"):
+        session.finalize()
+    assert log.lifecycle_state is L.STARTED
+
+
+def test_bad_partial_and_event_arguments_are_clear_errors() -> None:
+    session = started()
+    with pytest.raises(ConfigError, match=r"partial=True applies to OPTIM_PRE_STEP"):
+        session.event(EventType.BATCH_START, partial=True)
+    with pytest.raises(ConfigError, match=r"'batch_begin' is not an event type"):
+        session.event("batch_begin")
+
+
+def test_a_wrapped_optimizer_reports_its_own_steps_and_is_unwrapped_at_finalize() -> None:
+    log = EventLog(start=0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = Session()
+    session.initialize(model=model, optimizer=optimizer, recipe=[log], wrap_optimizer=True,
+                       batches_per_step=2)  # fmt: skip
+    assert session.state.optim_wrapped
+    session.batch_start()
+    with pytest.raises(IllegalTransitionError, match=r"rule G8"):
+        optimizer.step()  # not due: the grammar refuses from inside step()
+    session.batch_end()
+    session.batch_start()
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    session.batch_end()
+    assert session.global_step == 1
+    assert [n for n, *_ in log.seen].count("optim_post_step") == 1
+    session.finalize()
+    assert not optimizer._optimizer_step_pre_hooks
+    assert not optimizer._optimizer_step_post_hooks
+
+
+def test_wrap_optimizer_needs_an_optimizer() -> None:
+    with pytest.raises(ConfigError, match=r"wrap_optimizer=True needs an optimizer"):
+        Session().initialize(wrap_optimizer=True)
+
+
+def test_the_context_manager_finalizes_and_publishes_the_active_session() -> None:
+    log = EventLog(start=0)
+    with pytest.raises(LifecycleError, match=r"no session is active"):
+        active_session()
+    with Session() as outer:
+        outer.initialize(recipe=[log])
+        assert active_session() is outer
+        with Session() as inner:
+            assert active_session() is inner
+        assert active_session() is outer
+    assert log.lifecycle_state is L.FINALIZED_STARTED
+    with pytest.raises(LifecycleError):
+        active_session()
+
+
+def test_a_failing_run_releases_hooks_without_finalizing() -> None:
+    model = torch.nn.Linear(2, 1)
+    log = EventLog(start=0)
+
+    def run() -> None:
+        with Session() as session:
+            session.initialize(model=model, recipe=[log])
+            log.register_hook(model, lambda *a: None, "forward")
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        run()
+    assert not model._forward_hooks
+    assert log.lifecycle_state is L.STARTED
+
+
+def test_a_modifier_failing_on_an_event_leaves_the_counters_and_position() -> None:
+    bad = RecordingModifier(start=0, fail={"on_update": 3})
+    session = started(bad)
+    session.batch_start()
+    session.loss_calculated()
+    session.optim_pre_step()
+    with pytest.raises(Exception, match="on_update"):
+        session.optim_post_step()
+    assert (session.position, session.global_step) == ("stepping", 0)
+    session.optim_post_step()  # the retry goes through
+    assert session.global_step == 1
+
+
+def test_a_declining_modifier_fails_initialize_cleanly_and_a_retry_starts_afresh() -> None:
+    model = torch.nn.Linear(2, 1)
+
+    class Hooked(RecordingModifier):
+        def on_initialize(self, state: Any, **kwargs: Any) -> Any:
+            self.register_hook(state.model, lambda *a: None, "forward")
+            return super().on_initialize(state, **kwargs)
+
+    first, second = Hooked(), RecordingModifier(returns={"on_initialize": False})
+    session = Session()
+    with pytest.raises(StageError):
+        session.initialize(model=model, recipe=[first, second])
+    assert session.position == "created"
+    assert not model._forward_hooks
+    session.initialize(model=model, recipe=[Hooked(), RecordingModifier()])
+    assert session.position == "idle"
+
+
+def test_recipes_of_every_kind_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    for cls in DOUBLES:
+        ModifierFactory.register(cls.__name__, cls)
+    text = "q_stage:\n  modifiers:\n    QuantizationModifier: {scheme: W8A8}\n"
+    for recipe in (text, Recipe.load(text), Recipe.load(text).to_dict()):
+        session = Session()
+        session.initialize(recipe=recipe)
+        assert [i for i, _ in session.modifiers] == ["q_stage.0"]
+    stage = StageModifiers([EventLog()], group="mine", index=0)
+    session = Session()
+    session.initialize(recipe=[stage])
+    assert [i for i, _ in session.modifiers] == ["mine.0"]
+    with pytest.raises(ConfigError, match=r"must hold only StageModifiers or only modifiers"):
+        Session().initialize(recipe=[stage, EventLog()])
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def saved(session: Session) -> Any:
+    buffer = io.BytesIO()
+    torch.save(session.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_state_dict_round_trips_through_torch_and_restores_everything() -> None:
+    session = started(EventLog(start=2, end=3), EventLog(start=0), batches_per_step=2)
+    for _ in range(3):
+        session.batch_start()
+        if session.position == "step_due":
+            session.optim_pre_step()
+            session.optim_post_step()
+        session.batch_end()
+    state = saved(session)
+    assert state["modifiers"]["default_stage.0"]["lifecycle"] == "initialized"
+    fresh = Session()
+    fresh.load_state_dict(state)
+    a, b = EventLog(start=2, end=3), EventLog(start=0)
+    fresh.initialize(recipe=[a, b])
+    assert (fresh.global_step, fresh.global_batch, fresh.batches_since_step) == (1, 3, 1)
+    assert (fresh.batches_per_step, fresh.position) == (2, "idle")
+    assert (a.lifecycle_state, b.lifecycle_state) == (L.INITIALIZED, L.STARTED)
+    assert a.hooks == []  # resuming runs no lifecycle hook
+    assert b.hooks == []
+    assert fresh.stages[0].stage_state == "initialized"
+
+
+def test_loading_into_a_different_recipe_lists_the_mismatch() -> None:
+    state = saved(started(EventLog(), RecordingModifier()))
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(recipe=[RecordingModifier(), RecordingModifier(), EventLog()])
+    message = str(caught.value)
+    assert "default_stage.0 was a EventLog, the recipe has RecordingModifier" in message
+    assert "default_stage.1 was a RecordingModifier" not in message
+    assert "default_stage.2 (EventLog) is in the recipe but not saved" in message
+    assert fresh.position == "created"
+
+
+def test_loading_with_other_counting_settings_is_refused() -> None:
+    state = saved(started(EventLog(), batches_per_step=2))
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(
+        SessionMismatchError, match=r"batches_per_step=3.*saved with batches_per_step=2"
+    ):
+        fresh.initialize(recipe=[EventLog()], batches_per_step=3)
+
+
+def test_checkpoint_calls_out_of_place_are_refused() -> None:
+    with pytest.raises(IllegalTransitionError, match=r"state_dict is not allowed"):
+        Session().state_dict()
+    with pytest.raises(IllegalTransitionError, match=r"load_state_dict is not allowed"):
+        started().load_state_dict({})
+    with pytest.raises(ConfigError, match=r"not a modfsm session state \(format is None"):
+        Session().load_state_dict({"position": "idle"})
+
+
+def test_a_modifier_without_state_methods_refuses_saved_state() -> None:
+    with pytest.raises(ConfigError, match=r"does not override load_state_dict"):
+        EventLog().load_state_dict({"masks": 1}, started().state)
