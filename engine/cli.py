@@ -1,8 +1,9 @@
 """The ``modfsm`` command line.
 
 ``modfsm demo`` runs the illustrative training loop; ``modfsm diagram`` prints
-the lifecycle as mermaid text. Bad arguments exit with code 2 and a message,
-never a traceback.
+the lifecycle as mermaid text; ``modfsm trace verify FILE`` replays a session
+trace against the specification (exit 0: it follows it, 1: divergence, 2:
+unreadable). Bad arguments exit with code 2 and a message, never a traceback.
 """
 
 from __future__ import annotations
@@ -50,7 +51,38 @@ def _parser() -> argparse.ArgumentParser:
 
     diagram = commands.add_parser("diagram", help="print the modifier lifecycle as mermaid text")
     diagram.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
+
+    trace = commands.add_parser("trace", help="work with session traces")
+    trace_commands = trace.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    verify = trace_commands.add_parser(
+        "verify", help="replay a JSONL trace against the specification; report the first divergence"
+    )
+    verify.add_argument("file", type=Path, help="a trace written by Session(trace=PATH)")
     return parser
+
+
+def _verify(path: Path) -> int:
+    from engine.errors import ConfigError
+    from engine.trace import read_jsonl, verify
+
+    try:
+        records = read_jsonl(path)
+    except OSError as error:
+        print(f"modfsm trace verify: cannot read {path}: {error.strerror}. To fix, pass the "
+              "path of a trace file.", file=sys.stderr)  # fmt: skip
+        return 2
+    except ConfigError as error:
+        print(f"modfsm trace verify: {error}", file=sys.stderr)
+        return 2
+    result = verify(records)
+    summary = f"{result.records} records, {result.calls} calls, {result.transitions} transitions"
+    if result.divergence is not None:
+        print(f"DIVERGENCE in {path}, {result.divergence}")
+        print(f"(checked {summary} before it)")
+        return 1
+    ending = "; the run failed at the end, as recorded" if result.ended_in_failure else ""
+    print(f"OK: {path} follows the specification ({summary}{ending})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modfsm demo: {args.steps} steps, seed {args.seed}")
         run_demo(steps=args.steps, seed=args.seed, out=args.out, stream=sys.stdout)
         return 0
+    if args.command == "trace":
+        return _verify(args.file)
     from engine._transitions import mermaid
     from engine.lifecycle import LIFECYCLE
 

@@ -79,7 +79,7 @@ TRAINING_STEP_EVENTS = (
 
 def to_event_type(value: Any) -> EventType:
     """``value`` as an :class:`EventType` (a member, or its name in any case), or a clear error."""
-    if isinstance(value, EventType):
+    if type(value) is EventType:
         return value
     if isinstance(value, str):
         try:
@@ -103,15 +103,25 @@ def to_event_type(value: Any) -> EventType:
     )
 
 
+# Validators return at once for the common valid values (events are built on every
+# loop call) and leave the message to the shared checks in engine._validate.
+
+
 def _positive_optional_int(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None or (type(value) is int and value >= 1):
+        return
     check_optional_int("Event", attribute.name, value, minimum=1)
 
 
 def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is int and value >= 1:
+        return
     check_int("Event", attribute.name, value, minimum=1)
 
 
 def _counter(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is int and value >= 0:
+        return
     check_int("Event", attribute.name, value, minimum=0)
 
 
@@ -277,3 +287,33 @@ def not_an_event(owner: Any, event: Any) -> ConfigTypeError:
         field="event",
         value=event,
     )
+
+
+_SLOTS = {name: Event.__dict__[name].__set__ for name in (a.name for a in attrs.fields(Event))}
+_SET_TYPE, _SET_SPE, _SET_BPS, _SET_IPS, _SET_STEP, _SET_BATCH = (
+    _SLOTS["type_"],
+    _SLOTS["steps_per_epoch"],
+    _SLOTS["batches_per_step"],
+    _SLOTS["invocations_per_step"],
+    _SLOTS["global_step"],
+    _SLOTS["global_batch"],
+)
+
+
+def trusted_event(
+    type_: EventType,
+    steps_per_epoch: int | None,
+    batches_per_step: int | None,
+    global_step: int,
+    global_batch: int,
+) -> Event:
+    """An :class:`Event` built without validation, for callers whose values are valid by
+    construction (the session's own counters). Everyone else: use ``Event(...)``."""
+    event: Event = object.__new__(Event)
+    _SET_TYPE(event, type_)
+    _SET_SPE(event, steps_per_epoch)
+    _SET_BPS(event, batches_per_step)
+    _SET_IPS(event, 1)
+    _SET_STEP(event, global_step)
+    _SET_BATCH(event, global_batch)
+    return event

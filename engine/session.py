@@ -36,7 +36,7 @@ import attrs
 
 from engine._validate import check_optional_int
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
-from engine.events import Event, EventType, to_event_type
+from engine.events import Event, EventType, to_event_type, trusted_event
 from engine.machine import CompiledState, compile_machine
 from engine.modifier import Modifier
 from engine.recipe import DEFAULT_STAGE, Recipe
@@ -51,6 +51,8 @@ __all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_sessi
 STATE_DICT_FORMAT: Final = "modfsm.session/1"
 
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
+_COUNTS: Final = dict(COUNT_AFTER)
+_NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
 _LOCAL = threading.local()
 
@@ -196,10 +198,10 @@ class Session:
     # --- loop events ---------------------------------------------------------------------------
 
     def event(self, event_type: EventType | str, *, partial: bool = False, **kwargs: Any) -> None:
-        """Report ``event_type`` to the session (the callbacks below call this).
+        """Report ``event_type`` to the session (the callbacks below do this for theirs).
 
         Args:
-            event_type: which event.
+            event_type: which event (an :class:`~engine.events.EventType` or its name).
             partial: with ``OPTIM_PRE_STEP``, step before the accumulation is complete.
             **kwargs: ``batch_data=`` / ``loss=`` are stored on the state; everything
                 is passed to the modifiers' hooks.
@@ -216,35 +218,46 @@ class Session:
                     value=partial,
                 )
             trigger = "partial_step"
-        steps, batches = COUNT_AFTER.get(kind, (0, 0))
-        event = Event(
-            kind,
-            steps_per_epoch=self.steps_per_epoch,
-            batches_per_step=self.batches_per_step,
-            global_step=self.global_step + steps,
-            global_batch=self.global_batch + batches,
-        )
-        self._call(trigger, event, kwargs)
+        self._emit(kind, trigger, kwargs)
 
     def batch_start(self, batch_data: Any = None, **kwargs: Any) -> None:
         """A batch begins (``batch_data`` is stored on the state)."""
-        self.event(EventType.BATCH_START, batch_data=batch_data, **kwargs)
+        kwargs["batch_data"] = batch_data
+        self._emit(EventType.BATCH_START, "batch_start", kwargs)
 
     def loss_calculated(self, loss: Any = None, **kwargs: Any) -> None:
         """The batch's loss is known (stored on the state)."""
-        self.event(EventType.LOSS_CALCULATED, loss=loss, **kwargs)
+        kwargs["loss"] = loss
+        self._emit(EventType.LOSS_CALCULATED, "loss_calculated", kwargs)
 
     def optim_pre_step(self, partial: bool = False, **kwargs: Any) -> None:
         """The optimizer is about to step (``partial=True``: before the accumulation completes)."""
-        self.event(EventType.OPTIM_PRE_STEP, partial=partial, **kwargs)
+        self._emit(
+            EventType.OPTIM_PRE_STEP, "partial_step" if partial else "optim_pre_step", kwargs
+        )
 
     def optim_post_step(self, **kwargs: Any) -> None:
         """The optimizer stepped."""
-        self.event(EventType.OPTIM_POST_STEP, **kwargs)
+        self._emit(EventType.OPTIM_POST_STEP, "optim_post_step", kwargs)
 
     def batch_end(self, **kwargs: Any) -> None:
         """The batch is done."""
-        self.event(EventType.BATCH_END, **kwargs)
+        self._emit(EventType.BATCH_END, "batch_end", kwargs)
+
+    def _emit(self, kind: EventType, trigger: str, kwargs: dict[str, Any]) -> None:
+        """Build the event ``kind`` carries (counters as of it) and fire ``trigger``."""
+        steps, batches = _COUNTS.get(kind, _NO_COUNT)
+        event = trusted_event(
+            kind,
+            self.steps_per_epoch,
+            self.batches_per_step,
+            self.global_step + steps,
+            self.global_batch + batches,
+        )
+        if self.trace is None:
+            self._lc.calls[trigger](self, self.state, event, kwargs)
+        else:
+            self._call(trigger, event, kwargs)
 
     # --- context manager ---------------------------------------------------------------------
 
@@ -426,8 +439,14 @@ class Session:
         if "loss" in kwargs:
             state.loss = kwargs["loss"]
 
-    def send(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Hook: send the event to every stage, in order."""
+    def send(
+        self, state: State, event: Event, batch_data: Any = None, loss: Any = None, **kwargs: Any
+    ) -> None:
+        """Hook: send the event to every stage, in order.
+
+        ``batch_data`` and ``loss`` are on the state (``absorb``); the other keyword
+        arguments reach the modifiers' hooks.
+        """
         for stage in self.stages:
             stage.update_event(state, event, **kwargs)
 

@@ -145,7 +145,7 @@ class VerifyResult:
     """The outcome of :func:`verify`: ``divergence`` is None when the trace follows the spec."""
 
     records: int
-    events: int
+    calls: int
     transitions: int
     divergence: Divergence | None = None
     ended_in_failure: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks import session_overhead
 from benchmarks.dispatch import main
 
 
@@ -19,3 +20,14 @@ def test_quick_benchmark_reports_all_phases(tmp_path: Path) -> None:
         assert phase["ratio_q1"] <= phase["ratio_median"] <= phase["ratio_q3"]
     assert figures["memory"]["modfsm_bytes"] > 0
     assert figures["construction"]["compile_us"] > 0
+
+
+def test_quick_session_overhead_reports_every_model(tmp_path: Path) -> None:
+    target = tmp_path / "overhead.json"
+    assert session_overhead.main(["--quick", "--json", str(target)]) == 0
+    rows = json.loads(target.read_text(encoding="utf-8"))
+    assert [row["model"] for row in rows] == list(session_overhead.MODELS)
+    for row in rows:
+        assert row["torch_step_us"] > 0
+        assert row["engine_us"] > 0
+        assert row["overhead"] == row["engine_us"] / row["torch_step_us"]

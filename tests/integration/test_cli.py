@@ -61,3 +61,59 @@ def test_demo_command_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "on_initialize, on_start -> started" in out
     assert (tmp_path / "lifecycle.mmd").exists()
+
+
+def _run_trace(path: Path) -> None:
+    from engine.session import Session
+    from tests.doubles import EventLog
+
+    session = Session()
+    session.initialize(recipe=[EventLog(start=1, end=2)], trace=path)
+    for _ in range(3):
+        session.batch_start()
+        session.optim_pre_step()
+        session.optim_post_step()
+        session.batch_end()
+    session.finalize()
+
+
+def test_trace_verify_accepts_a_real_trace(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    _run_trace(path)
+    result = subprocess.run([str(SCRIPT), "trace", "verify", str(path)], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"OK: {path} follows the specification (")
+
+
+def test_trace_verify_reports_the_first_divergence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run.jsonl"
+    _run_trace(path)
+    lines = path.read_text().splitlines()
+    target = next(i for i, line in enumerate(lines) if '"to": "ended"' in line)
+    lines[target] = lines[target].replace('"to": "ended"', '"to": "started"')
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["trace", "verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"DIVERGENCE in {path}, line {target + 1}:" in out
+    assert "the spec expects started -> ended" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        ("{not json\n", "line 1: not JSON"),
+        ("[1, 2]\n", "expected a JSON object"),
+    ],
+)
+def test_trace_verify_refuses_unreadable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["trace", "verify", str(path)]) == 2
+    assert message in capsys.readouterr().err

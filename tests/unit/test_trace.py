@@ -1,0 +1,213 @@
+"""Traces: what a session records, and the verifier catching every kind of tampering."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from engine import LIFECYCLE, DeclarationError, EventType
+from engine.machine import compile_machine
+from engine.session import Session
+from engine.trace import check_traceable, read_jsonl, verify
+from tests.doubles import EventLog, RecordingModifier
+
+
+def traced_run(path: Path | None = None) -> Session:
+    """A run with accumulation, epochs, a calibration epoch, default and custom guards."""
+    session = Session()
+    session.initialize(
+        recipe=[EventLog(start=1, end=3), RecordingModifier(start=0.5), EventLog(start=-1, end=2)],
+        batches_per_step=2,
+        steps_per_epoch=2,
+        trace=path or True,
+    )
+    session.event(EventType.CALIBRATION_EPOCH_START)
+    session.event(EventType.CALIBRATION_EPOCH_END)
+    for _ in range(9):
+        session.batch_start()
+        session.loss_calculated()
+        if session.position == "step_due_loss":
+            session.optim_pre_step()
+            session.optim_post_step()
+        session.batch_end()
+    session.finalize()
+    return session
+
+
+@pytest.fixture
+def records() -> list[dict[str, Any]]:
+    session = traced_run()
+    assert session.trace is not None
+    return session.trace.records
+
+
+def test_a_real_trace_follows_the_specification(records: list[dict[str, Any]]) -> None:
+    result = verify(records)
+    assert result.ok, result.divergence
+    # initialize, the calibration epoch, 9 batches of 3 calls, 4 steps of 2 calls, finalize
+    assert result.calls == 1 + 2 + 9 * 3 + 4 * 2 + 1
+    assert result.transitions > 20
+    header = records[0]
+    assert [m["default_guards"] for m in header["modifiers"]] == [True, False, True]
+    assert [m["id"] for m in header["modifiers"]] == [f"default_stage.{i}" for i in range(3)]
+
+
+def test_transitions_carry_states_hooks_and_guards(records: list[dict[str, Any]]) -> None:
+    starts = [r for r in records if r["kind"] == "transition" and r["to"] == "started"
+              and r["from"] == "initialized"]  # fmt: skip
+    assert starts[0]["hooks"] == ["on_event", "on_start", "on_update"]
+    assert starts[0]["guards"] == {"should_start": True}
+    call = next(r for r in records if r.get("seq") == starts[0]["seq"] and r["kind"] == "call")
+    assert (call["trigger"], call["event"]) == ("batch_start", "batch_start")
+
+
+def test_the_trace_file_holds_the_same_records(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    session = traced_run(path)
+    assert session.trace is not None
+    assert read_jsonl(path) == json.loads(json.dumps(session.trace.records))
+
+
+def _first(records: list[dict[str, Any]], **match: Any) -> int:
+    return next(i for i, r in enumerate(records) if all(r.get(k) == v for k, v in match.items()))
+
+
+def retarget(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="transition", to="started", **{"from": "initialized"})
+    records[i]["to"] = "ended"
+    return i
+
+
+def drop_transition(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="transition", to="ended")
+    seq = records.pop(i)["seq"]
+    return _first(records, kind="call", seq=seq)  # a missing transition is its call's fault
+
+
+def duplicate_transition(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="transition", to="ended")
+    copy_ = dict(records[i], modifier="default_stage.9")
+    records.insert(i + 1, copy_)
+    return i + 1
+
+
+def shift_step(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="call", trigger="optim_post_step")
+    records[i]["step"] += 1
+    return i
+
+
+def move_position(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="call", trigger="loss_calculated")
+    records[i]["position"] = "step_due_loss"
+    return i
+
+
+def swap_calls(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="call", trigger="batch_start")
+    j = _first(records, kind="call", trigger="loss_calculated")
+    records[i], records[j] = records[j], records[i]
+    return i
+
+
+def drop_a_hook(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="transition", to="ended")
+    records[i]["hooks"] = [h for h in records[i]["hooks"] if h != "on_end"]
+    return i
+
+
+def flip_a_custom_guard(records: list[dict[str, Any]]) -> int:
+    i = _first(records, kind="transition", modifier="default_stage.1", to="started")
+    records[i]["guards"] = {"should_start": False}
+    return i
+
+
+def reschedule(records: list[dict[str, Any]]) -> int:
+    records[0]["modifiers"][0]["start"] = 2
+    return _first(records, kind="transition", modifier="default_stage.0", to="started")
+
+
+TAMPERING: list[Callable[[list[dict[str, Any]]], int]] = [
+    retarget, drop_transition, duplicate_transition, shift_step, move_position, swap_calls,
+    drop_a_hook, flip_a_custom_guard, reschedule,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("tamper", TAMPERING, ids=lambda f: f.__name__)
+def test_a_tampered_trace_is_caught_at_the_tampered_record(
+    records: list[dict[str, Any]], tamper: Callable[[list[dict[str, Any]]], int]
+) -> None:
+    changed = copy.deepcopy(records)
+    index = tamper(changed)
+    result = verify(changed)
+    assert not result.ok
+    assert result.divergence is not None
+    assert result.divergence.line == index + 1, result.divergence
+
+
+def test_a_trace_without_its_header_is_refused(records: list[dict[str, Any]]) -> None:
+    result = verify(records[1:])
+    assert result.divergence is not None
+    assert "header" in result.divergence.message
+
+
+def test_a_run_that_failed_verifies_up_to_the_failure() -> None:
+    session = Session()
+    session.initialize(recipe=[RecordingModifier(start=0, fail={"on_update": 1})], trace=True)
+    session.batch_start()
+    with pytest.raises(Exception, match="on_update"):
+        session.loss_calculated()
+    assert session.trace is not None
+    assert session.trace.records[-1]["kind"] == "failed"
+    result = verify(session.trace.records)
+    assert result.ok
+    assert result.ended_in_failure
+
+
+def test_refused_calls_are_not_recorded() -> None:
+    session = Session()
+    session.initialize(recipe=[EventLog()], trace=True)
+    with pytest.raises(Exception, match="rule G5"):
+        session.batch_end()
+    assert session.trace is not None
+    assert [r["kind"] for r in session.trace.records] == ["header", "call", "transition"]
+    assert verify(session.trace.records).ok
+
+
+def test_a_resumed_session_traces_from_where_it_resumed() -> None:
+    first = Session()
+    first.initialize(recipe=[EventLog(start=2, end=4)])
+    for _ in range(3):
+        first.batch_start()
+        first.optim_pre_step()
+        first.optim_post_step()
+        first.batch_end()
+    resumed = Session()
+    resumed.load_state_dict(first.state_dict())
+    resumed.initialize(recipe=[EventLog(start=2, end=4)], trace=True)
+    for _ in range(3):
+        resumed.batch_start()
+        resumed.optim_pre_step()
+        resumed.optim_post_step()
+        resumed.batch_end()
+    assert resumed.trace is not None
+    header = resumed.trace.records[0]
+    assert header["counters"]["global_step"] == 3
+    assert header["modifiers"][0]["state"] == "started"
+    assert verify(resumed.trace.records).ok
+
+
+def test_a_lifecycle_whose_outcomes_look_alike_cannot_be_traced() -> None:
+    rows = [dict(r) for r in LIFECYCLE.transitions]
+    for row in rows:
+        if row["source"] == "started" and row["trigger"] == "batch_end":
+            row["dest"] = None  # both guard outcomes stay in 'started'
+    ambiguous = attrs.evolve(LIFECYCLE, name="ambiguous-lifecycle", transitions=tuple(rows))
+    with pytest.raises(DeclarationError, match=r"\(started, batch_end\).*cannot be told apart"):
+        check_traceable(compile_machine(ambiguous, state_attr="_lc"))
