@@ -10,12 +10,13 @@ import pytest
 
 from engine import LIFECYCLE
 from engine.lifecycle import FINALIZED_STATES
+from engine.session_grammar import SESSION_GRAMMAR
 from engine.stage_lifecycle import STAGE_LIFECYCLE
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs").glob("*.md")}
 SPEC = SPECS["lifecycle"]
-CATALOG_PREFIX = {"lifecycle": "P", "stage": "ST", "recipe": "RC"}
+CATALOG_PREFIX = {"lifecycle": "P", "stage": "ST", "recipe": "RC", "session": "SE"}
 
 
 def table(marker: str, doc: str = "lifecycle") -> list[list[str]]:
@@ -106,6 +107,63 @@ def test_the_stage_tables_are_the_declared_stage_lifecycle() -> None:
         r.rule: (set(r.states), r.triggers[0], r.reason) for r in STAGE_LIFECYCLE.rejections
     }
     assert all(len(r.triggers) == 1 for r in STAGE_LIFECYCLE.rejections)
+
+
+OPEN_BATCH = {"accumulating", "accumulating_loss", "step_due", "step_due_loss", "stepping",
+              "stepped"}  # fmt: skip
+PHRASES = {
+    "every position": set(SESSION_GRAMMAR.state_names()) - set(),
+    "every live position": OPEN_BATCH | {"idle", "calibrating"},
+    "open batch positions": OPEN_BATCH,
+    "idle and open batch positions": OPEN_BATCH | {"idle"},
+}
+
+
+def positions(text: str) -> set[str]:
+    found: set[str] = set()
+    for part in text.split(", "):
+        found |= PHRASES.get(part, {part})
+    return found
+
+
+def test_the_session_tables_are_the_declared_grammar() -> None:
+    names = [row[0] for row in table("session-states-table", "session")]
+    assert names == list(SESSION_GRAMMAR.state_names())
+    assert [row[1] for row in table("session-states-table", "session")] == [
+        s.doc for s in SESSION_GRAMMAR.states
+    ]
+    preludes = {t.name: t.prelude for t in SESSION_GRAMMAR.triggers}
+    documented = set()
+    for sources, trigger, guard, hooks, dest in table("session-transitions-table", "session"):
+        if hooks.startswith("(gate: "):
+            assert preludes[trigger] == hooks.removeprefix("(gate: ").removesuffix(")")
+            hooks = "—"
+        for source in sources.split(", "):
+            documented.add((source, trigger, None if guard == "—" else guard,
+                            () if hooks == "—" else tuple(hooks.split(", ")),
+                            None if dest == "(stays)" else dest))  # fmt: skip
+    declared = set()
+    for row in SESSION_GRAMMAR.transitions:
+        guard: str | None = None
+        if "conditions" in row:
+            guard = listed(row["conditions"])[0]
+        if "unless" in row:
+            guard = "not " + listed(row["unless"])[0]
+        for source in listed(row["source"]):
+            declared.add((source, row["trigger"], guard, listed(row.get("before")), row["dest"]))
+    assert documented == declared
+    rules = {}
+    for rule, refused, where, reason in table("session-rules-table", "session"):
+        if refused == "every call but initialize":
+            triggers = set(SESSION_GRAMMAR.trigger_names()) - {"initialize", "lifecycle_event"}
+        elif refused == "every call":
+            triggers = set(SESSION_GRAMMAR.trigger_names()) - {"lifecycle_event"}
+        else:
+            triggers = set(refused.split(", "))
+        rules[rule] = (positions(where), triggers, reason)
+    assert rules == {
+        r.rule: (set(r.states), set(r.triggers), r.reason) for r in SESSION_GRAMMAR.rejections
+    }
 
 
 @pytest.mark.parametrize("doc", sorted(CATALOG_PREFIX))
