@@ -134,12 +134,12 @@ def test_the_session_tables_are_the_declared_grammar() -> None:
     ]
     preludes = {t.name: t.prelude for t in SESSION_GRAMMAR.triggers}
     documented = set()
-    for sources, trigger, guard, hooks, dest in table("session-transitions-table", "session"):
+    for sources, trigger, shown, hooks, dest in table("session-transitions-table", "session"):
         if hooks.startswith("(gate: "):
             assert preludes[trigger] == hooks.removeprefix("(gate: ").removesuffix(")")
             hooks = "—"
         for source in sources.split(", "):
-            documented.add((source, trigger, None if guard == "—" else guard,
+            documented.add((source, trigger, None if shown == "—" else shown,
                             () if hooks == "—" else tuple(hooks.split(", ")),
                             None if dest == "(stays)" else dest))  # fmt: skip
     declared = set()
