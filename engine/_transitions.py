@@ -8,8 +8,10 @@ is declared twice. Three uses:
 * :func:`mermaid` - the machine as mermaid ``stateDiagram-v2`` text, through
   ``transitions``' own mermaid engine (no binary needed);
 * :class:`TransitionsDriver` - runs an object's hooks through ``transitions``'
-  dispatch. It is 30-55x slower than the compiled table and exists to
-  cross-check the compiler and to measure that cost; never use it at runtime.
+  dispatch. A call costs about 16-24x as much as the reference's flag logic,
+  which the compiled table beats (``benchmarks/dispatch.py``; figures in
+  ``benchmarks/README.md``). It exists to cross-check the compiler and to
+  measure that cost; never use it at runtime.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from __future__ import annotations
 import enum
 from typing import Any, Final
 
+from engine.declaration import Declaration, HookSpec, Rejection, StateSpec, TriggerSpec
 from engine.events import EventType
-from engine.machine import Declaration, HookSpec, Rejection, StateSpec, TriggerSpec
 
 __all__ = ["FINALIZED_STATES", "LIFECYCLE", "LIVE_STATES", "LifecycleState"]
 
@@ -71,7 +71,7 @@ _UPDATES: Final = ("batch_start", "batch_end", "other_event")
 # fmt: off
 _TRANSITIONS: Final[tuple[dict[str, Any], ...]] = (
     # initialize: on_initialize returned True; the synthetic BATCH_START at step 0 decides
-    # whether the window is already open (start <= 0), as in the reference.
+    # whether the window is already open (start <= 0 and end None or > 0), as in the reference.
     {"trigger": "initialize",  "source": "created",         "dest": "started",         "conditions": "should_start", "before": "on_start"},
     {"trigger": "initialize",  "source": "created",         "dest": "initialized",     "unless": "should_start"},
     # waiting for the window

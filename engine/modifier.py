@@ -116,13 +116,22 @@ class Modifier(ModifierInterface, HooksMixin):
     """Base class of every modifier: a declared lifecycle plus the schedule fields.
 
     Register torch hooks with ``self.register_hook(...)`` (:class:`~engine.hooks.HooksMixin`):
-    every hook registered that way is removed when the modifier is finalized.
+    every hook registered that way is removed when the modifier is finalized, and
+    those registered during an ``initialize`` call that does not complete are
+    removed before that call returns or raises.
+
+    Hooks run before the call's state change: inside a hook, ``initialized``,
+    ``started``, ``ended`` and ``finalized`` still show the state the call
+    started in (``self.started`` is False in the ``on_update`` of the event that
+    opens the window); see ``specs/lifecycle.md``, deviation D5.
 
     Attributes:
         index: position within its stage (set by the stage).
         group: the stage or group it belongs to (set by the stage).
         start: the schedule index at which the window opens; ``None`` never opens
-            it, ``-1`` or ``0`` opens it at ``initialize`` (one-shot).
+            it. ``start <= 0`` (``-1`` or ``0``, one-shot) opens it at
+            ``initialize`` when ``end`` is None or ``end > 0``, since
+            ``initialize`` asks ``should_start`` about step 0.
         end: the index at which it closes (``None``: never).
         update: the update interval, for modifiers that call ``event.should_update``.
 
@@ -187,11 +196,24 @@ class Modifier(ModifierInterface, HooksMixin):
     def initialize(self, state: State, **kwargs: Any) -> None:
         """Run ``on_initialize``; if True, open the window when ``should_start`` holds at step 0.
 
+        A call that does not complete (it raises, or ``on_initialize`` returns
+        False) leaves the modifier in the state it was in, and removes the torch
+        hooks registered through the modifier during the call before it returns
+        or raises, so a retry registers them once.
+
         Raises:
             IllegalTransitionError: already initialized or finalized (nothing runs).
             HookReturnError: ``on_initialize`` returned a non-bool (state unchanged).
         """
-        self._lc.calls["initialize"](self, state, START_PROBE, kwargs)
+        before = self._lc
+        known = frozenset(self._hooks or ())
+        completed = False
+        try:
+            before.calls["initialize"](self, state, START_PROBE, kwargs)
+            completed = self._lc is not before
+        finally:
+            if not completed and self._hooks:
+                self.remove_hooks(self._hooks - known)
 
     def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
         """Call ``on_event``, then open, update or close the window as the table says.
@@ -241,7 +263,11 @@ class Modifier(ModifierInterface, HooksMixin):
         """Called once, when the window opens."""
 
     def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Called for every event inside the window (and with the opening/closing events)."""
+        """Called for every event inside the window (and with the opening/closing events).
+
+        With the opening and closing events it runs before the state changes, so
+        ``self.started`` (opening) or ``self.ended`` (closing) is still False.
+        """
 
     def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
         """Called once, when the window closes."""

@@ -165,4 +165,16 @@ def call_letter(kind: str, forced: Mapping[str, bool] | None = None, **returns: 
     return Letter((kind, None), forced or {}, returns)
 
 
+#: one letter per (call, outcome of the guard it may consult); hooks succeed.
+ABSTRACT = [
+    call_letter("initialize", {"should_start": True}),
+    call_letter("initialize", {"should_start": False}),
+    call_letter("finalize"),
+    update_letter(EventType.BATCH_START, should_start=True),
+    update_letter(EventType.BATCH_START, should_start=False),
+    update_letter(EventType.BATCH_END, should_end=True),
+    update_letter(EventType.BATCH_END, should_end=False),
+    update_letter(EventType.LOSS_CALCULATED),
+]
+
 SideFactory = Callable[[], Sequence[Side]]

@@ -15,16 +15,19 @@ Illegal cells must raise and change nothing: no hook, no guard, same state.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
 import pytest
 
-from engine import LIFECYCLE, EventType
+from engine import LIFECYCLE, EventType, State
 from engine.lifecycle import LifecycleState
 from engine.modifier import Modifier
 from specs.reference import Flags, ReferenceModifier, SpecModifier
-from tests.doubles import put_in_state
-from tests.exhaustive.sides import DriverSide, EngineSide, Letter, ModelSide
+from tests.doubles import RecordingModifier, apply, flags_of, put_in_state
+from tests.exhaustive.sides import ABSTRACT, DriverSide, EngineSide, Letter, ModelSide
 
 STATES = [s.name for s in LIFECYCLE.states]
 FLAGS = {s.name: Flags(*(s.flags[f] for f in LIFECYCLE.flags)) for s in LIFECYCLE.states}
@@ -148,14 +151,32 @@ def test_illegal_cells_are_exactly_the_declared_rejections() -> None:
     assert len(plans) == len(STATES) * len(LIFECYCLE.triggers)
 
 
+def reference_reachable_flags() -> set[Flags]:
+    """Every flag combination the reference model reaches with hooks that succeed.
+
+    A breadth-first search over the abstract alphabet (each call with each outcome
+    of the guard it may consult), from a new model. With the guards forced, the
+    model's flags are its whole state, so each combination is expanded once.
+    """
+    frontier = [ReferenceModifier().flags()]
+    reached = set(frontier)
+    while frontier:
+        flags = frontier.pop(0)
+        for letter in ABSTRACT:
+            model = ReferenceModifier()
+            model.initialized_, model.started_, model.ended_, model.finalized_ = flags
+            after = ModelSide(model).apply(letter).flags
+            if after not in reached:
+                reached.add(after)
+                frontier.append(after)
+    return reached
+
+
 def test_states_and_their_flags_cover_every_combination_the_reference_reaches() -> None:
-    # Initialized: any started/ended pair; created: all False.
-    reachable = {FLAGS[s] for s in STATES}
-    expected = {Flags(False, False, False, False)} | {
-        Flags(True, started, ended, finalized)
-        for started, ended, finalized in itertools.product([False, True], repeat=3)
-    }
-    assert reachable == expected
+    reached = reference_reachable_flags()
+    declared = [FLAGS[s] for s in STATES]
+    assert set(declared) == reached
+    assert len(set(declared)) == len(declared)  # one state per combination
     assert [s.value for s in LifecycleState] == STATES
 
 
@@ -173,3 +194,117 @@ def test_the_illegal_cell_leaves_the_modifier_untouched() -> None:
         assert outcome.error == "illegal"
         assert outcome.log == ()
         assert engine.modifier.lifecycle_state == state
+
+
+# --- what hooks read (specs/lifecycle.md, D5) ----------------------------------------------
+
+SPEC_TEXT = (Path(__file__).resolve().parents[2] / "specs" / "lifecycle.md").read_text("utf-8")
+PRELUDES_AND_GUARDS = {
+    *(t.prelude for t in LIFECYCLE.triggers if t.prelude is not None),
+    *LIFECYCLE.guards,
+}
+
+
+@attrs.define(eq=False)
+class FlagReadingModifier(RecordingModifier):
+    """Records, for each hook and guard call, the flags as the call reads them."""
+
+    seen: list[tuple[str, Flags]] = attrs.field(factory=list)
+
+    def _record(self, name: str, event: Any = None) -> None:
+        self.seen.append((name, flags_of(self)))
+        super()._record(name, event)
+
+    def release_hooks(self, state: State, event: Any, **kwargs: Any) -> None:
+        self.seen.append(("release_hooks", flags_of(self)))
+        super().release_hooks(state, event, **kwargs)
+
+
+class FlagReadingReference(ReferenceModifier):
+    """The reference model, recording the flags each hook and guard call reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, Flags]] = []
+
+    def _record(self, name: str, event: Any = None) -> None:
+        self.seen.append((name, self.flags()))
+        super()._record(name, event)
+
+
+class FlagReadingSpec(FlagReadingReference, SpecModifier):
+    """The specification model, recording the flags each hook and guard call reads."""
+
+
+def _shown_flags(text: str) -> Flags | None:
+    if text == "(no such hook)":
+        return None
+    true = set() if text == "none" else {name.strip() for name in text.split(",")}
+    assert true <= set(LIFECYCLE.flags), text
+    return Flags(*(name in true for name in LIFECYCLE.flags))
+
+
+def hook_flags_table() -> dict[str, set[tuple[str, str, str, str, Flags]]]:
+    """The D5 table: side ("modfsm" or "reference") -> {(state, trigger, guard, hook, flags)}."""
+    lines = SPEC_TEXT[SPEC_TEXT.index("<!-- hook-flags-table") :].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if not line.strip().startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    shown: dict[str, set[tuple[str, str, str, str, Flags]]] = {"modfsm": set(), "reference": set()}
+    for state, trigger, guard, hook, ours, theirs in rows[2:]:
+        for side, text in (("modfsm", ours), ("reference", theirs)):
+            flags = _shown_flags(text)
+            if flags is not None:
+                shown[side].add((state, trigger, guard, hook, flags))
+    return shown
+
+
+def read_in_every_cell(
+    make: Callable[[], FlagReadingModifier | FlagReadingReference],
+) -> set[tuple[str, str, str, str, Flags]]:
+    """Run every legal cell with succeeding hooks; return what the row's hooks read.
+
+    Checks on the way that every prelude and guard reads the flags of the state the
+    call is made in (but for the reference's ``should_start`` during ``initialize``,
+    which reads ``initialized`` as True).
+    """
+    compiled = Modifier.__compiled_lifecycle__
+    read = set()
+    for state, (kind, type_), guards in itertools.product(STATES, INPUTS, VALUATIONS):
+        trigger = trigger_of(kind, type_)
+        if compiled.plans[(state, trigger)].rejection is not None:
+            continue
+        side = make()
+        if isinstance(side, FlagReadingModifier):
+            put_in_state(side, compiled.states[state])
+        else:
+            place_model(side, state)
+        letter = letter_for(kind, type_, guards, True)
+        side.forced = dict(letter.forced)
+        outcome = apply(side, letter.call)
+        assert outcome.error is None, (state, letter)
+        consulted = [name for name, _ in side.seen if name in LIFECYCLE.guards]
+        guard = "—"
+        if consulted:
+            guard = consulted[0] if guards[consulted[0]] else f"not {consulted[0]}"
+        for name, flags in side.seen:
+            if name in PRELUDES_AND_GUARDS:
+                expected = FLAGS[state]
+                if type(side) is FlagReadingReference and name in LIFECYCLE.guards:
+                    # already True in live states; initialize sets it before should_start
+                    expected = expected._replace(initialized=True)
+                assert flags == expected, (type(side).__name__, state, letter, name)
+            else:
+                read.add((state, trigger, guard, name, flags))
+    return read
+
+
+def test_every_hook_reads_the_flags_the_specification_table_gives() -> None:
+    shown = hook_flags_table()
+    assert len(shown["modfsm"]) == 16
+    assert read_in_every_cell(FlagReadingModifier) == shown["modfsm"]
+    spec_read = read_in_every_cell(FlagReadingSpec)
+    assert spec_read == {row for row in shown["modfsm"] if row[3] != "release_hooks"}
+    assert read_in_every_cell(FlagReadingReference) == shown["reference"]

@@ -16,6 +16,7 @@ import pytest
 from engine import EventType
 from specs.reference import ReferenceModifier, SpecModifier
 from tests.exhaustive.sides import (
+    ABSTRACT,
     DriverSide,
     EngineSide,
     Letter,
@@ -27,18 +28,6 @@ from tests.exhaustive.sides import (
 )
 
 BS, BE, LOSS = EventType.BATCH_START, EventType.BATCH_END, EventType.LOSS_CALCULATED
-
-#: one letter per (call, outcome of the guard it may consult); hooks succeed.
-ABSTRACT = [
-    call_letter("initialize", {"should_start": True}),
-    call_letter("initialize", {"should_start": False}),
-    call_letter("finalize"),
-    update_letter(BS, should_start=True),
-    update_letter(BS, should_start=False),
-    update_letter(BE, should_end=True),
-    update_letter(BE, should_end=False),
-    update_letter(LOSS),
-]
 
 #: the abstract alphabet plus gate hooks returning False or a forgotten None.
 WITH_GATES = [

@@ -1,7 +1,7 @@
 """Model-based tests: the engine stepped together with the independent models.
 
 ``specs/reference.py`` holds a flag-based model of the reference and a model of
-modfsm's specification (the reference plus deviations D1-D4). Hypothesis drives
+modfsm's specification (the reference plus deviations D1-D5). Hypothesis drives
 random call sequences into the engine and the models side by side and compares,
 after every call, whether it raised (and how), the hook and guard calls it made
 (name, event type, current_index, in order) and the four flags.

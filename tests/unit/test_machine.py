@@ -10,13 +10,14 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import LIFECYCLE, DeclarationError, State
+from engine import LIFECYCLE, DeclarationError, EventType, State
 from engine.lifecycle import LifecycleState
 from engine.machine import (
     Branch,
     CompiledMachine,
     Declaration,
     HookSpec,
+    Ignored,
     Plan,
     Rejection,
     StateSpec,
@@ -47,6 +48,15 @@ def row_index(source: str, trigger: str, key: str | None = None) -> int:
         if row["source"] == source and row["trigger"] == trigger and (key is None or key in row):
             return i
     raise LookupError((source, trigger, key))
+
+
+def test_the_declaration_types_keep_their_engine_machine_import_path() -> None:
+    import engine.declaration
+    import engine.machine
+
+    for name in engine.declaration.__all__:
+        assert getattr(engine.machine, name) is getattr(engine.declaration, name)
+        assert name in engine.machine.__all__
 
 
 def test_the_lifecycle_compiles_and_is_cached_by_declaration() -> None:
@@ -134,6 +144,32 @@ def test_a_cell_with_rows_and_a_rejection_is_refused() -> None:
     overlap = Rejection("R9", ("ended",), ("other_event",), "x", "y")
     with pytest.raises(DeclarationError, match=r"\(ended, other_event\) is already covered"):
         compile_variant(rejections=(*LIFECYCLE.rejections, overlap))
+
+
+def test_a_cell_covered_by_a_rejection_and_an_ignore_rule_is_refused() -> None:
+    rejected = next(r for r in LIFECYCLE.rejections if r.rule == "R5")
+    twice = Ignored(rejected.states[:1], ("finalize",), "tolerated")
+    with pytest.raises(DeclarationError, match=r"ignored\[0\]: .*is already covered") as caught:
+        compile_variant(ignored=(twice,))
+    assert caught.value.where == "ignored[0]"
+
+
+def test_a_declaration_that_routes_no_trigger_for_some_event_type_is_refused() -> None:
+    routed = {k: v for k, v in LIFECYCLE.event_triggers.items()
+              if k not in (EventType.OPTIM_PRE_STEP, EventType.OPTIM_POST_STEP)}  # fmt: skip
+    pattern = r"EventType OPTIM_PRE_STEP, OPTIM_POST_STEP are routed to no trigger"
+    with pytest.raises(DeclarationError, match=pattern) as caught:
+        compile_variant(event_triggers=routed)
+    assert caught.value.where == "event_triggers"
+    assert "To fix, route every EventType member to a trigger" in str(caught.value)
+    unrouted = attrs.evolve(LIFECYCLE, name=next(_names), event_triggers=routed)
+    with pytest.raises(DeclarationError, match=pattern):  # refused when the class is defined
+
+        class Partial(Modifier):
+            __lifecycle__ = unrouted
+
+            def on_initialize(self, state: State, **kwargs: Any) -> bool:
+                return True
 
 
 def test_vocabulary_errors_are_refused() -> None:

@@ -24,8 +24,18 @@ from engine import (
     ModifierInterface,
     State,
 )
-from specs.reference import HookFailure, LogEntry
-from tests.doubles import STATE, NoopModifier, RecordingModifier
+from specs.reference import HookFailure, LogEntry, ReferenceModifier
+from tests.doubles import (
+    FINALIZE,
+    INITIALIZE,
+    STATE,
+    Call,
+    NoopModifier,
+    RecordingModifier,
+    apply,
+    flags_of,
+    update,
+)
 
 S = LifecycleState
 
@@ -131,24 +141,25 @@ def test_keyword_arguments_reach_the_hooks() -> None:
 # --- the six rejection rules ------------------------------------------------------------
 
 
-def make_in(state: LifecycleState) -> RecordingModifier:
-    """A modifier driven into ``state`` through the public API."""
-    paths: dict[LifecycleState, tuple[float | None, float | None, list[tuple[int, EventType]]]] = {
-        S.CREATED: (1, 3, []),
-        S.INITIALIZED: (1, 3, []),
-        S.STARTED: (1, 3, [(1, BS)]),
-        S.ENDED: (1, 3, [(1, BS), (3, BE)]),
-        S.ENDED_UNSTARTED: (1, 3, [(3, BE)]),
+def path_to(state: LifecycleState) -> list[Call]:
+    """The public calls that lead a modifier with ``start=1, end=3`` into ``state``."""
+    events: dict[str, list[Call]] = {
+        "created": [],
+        "initialized": [],
+        "started": [update(BS, 1)],
+        "ended": [update(BS, 1), update(BE, 3)],
+        "ended_unstarted": [update(BE, 3)],
     }
     live = state.value.removeprefix("finalized_")
-    start, end, events = paths[LifecycleState(live)]
-    mod = RecordingModifier(start=start, end=end)
-    if live != "created":
-        mod.initialize(STATE)
-    for index, type_ in events:
-        mod.update_event(STATE, Event(type_, global_step=index))
-    if state.value.startswith("finalized_"):
-        mod.finalize(STATE)
+    calls = ([] if live == "created" else [INITIALIZE]) + events[live]
+    return calls + ([FINALIZE] if state.value.startswith("finalized_") else [])
+
+
+def make_in(state: LifecycleState) -> RecordingModifier:
+    """A modifier driven into ``state`` through the public API."""
+    mod = RecordingModifier(start=1, end=3)
+    for call in path_to(state):
+        assert apply(mod, call).error is None
     assert mod.lifecycle_state is state
     mod.log.clear()
     return mod
@@ -279,6 +290,44 @@ def test_a_raising_guard_changes_nothing() -> None:
     with pytest.raises(HookFailure):
         step(mod, 9, BE)
     assert mod.lifecycle_state is S.STARTED
+
+
+def test_a_lifecycle_call_from_inside_a_hook_sees_the_state_before_the_outer_call() -> None:
+    seen: list[tuple[str, LifecycleState | str]] = []
+
+    @attrs.define(eq=False)
+    class Reentrant(Modifier):
+        inner: str = ""
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+        def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+            seen.append(("on_start", self.lifecycle_state))
+            if self.inner == "rejected":
+                with pytest.raises(IllegalTransitionError, match=r"it is 'created'.*\[rule R3\]"):
+                    self.update_event(state, Event(LOSS))
+                with pytest.raises(IllegalTransitionError, match=r"it is 'created'.*\[rule R6\]"):
+                    self.finalize(state)
+            elif self.inner == "finalize":
+                self.finalize(state)
+                seen.append(("finalized inside on_start", self.lifecycle_state))
+
+        def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+            seen.append(("on_update", self.lifecycle_state))
+
+    during_initialize = Reentrant(start=0, inner="rejected")
+    during_initialize.initialize(STATE)  # inside on_start it is still 'created': R3, R6
+    assert during_initialize.lifecycle_state is S.STARTED
+    opening = Reentrant(start=1, inner="finalize")
+    opening.initialize(STATE)
+    seen.clear()
+    step(opening, 1, BS)
+    # The inner finalize commits at once; the outer call's commit then replaces it.
+    assert seen == [("on_start", S.INITIALIZED),
+                    ("finalized inside on_start", S.FINALIZED_INITIALIZED),
+                    ("on_update", S.FINALIZED_INITIALIZED)]  # fmt: skip
+    assert opening.lifecycle_state is S.STARTED
 
 
 # --- fields -------------------------------------------------------------------------------
@@ -420,13 +469,15 @@ def test_pickle_round_trip_keeps_the_lifecycle_state() -> None:
     assert restored.lifecycle_state is S.ENDED
 
 
-def test_flags_and_state_agree_in_every_state() -> None:
-    for state in LifecycleState:
-        mod = make_in(state)
-        flags = (mod.initialized, mod.started, mod.ended, mod.finalized)
-        spec = next(s for s in mod.__compiled_lifecycle__.declaration.states if s.name == state)
-        names = ("initialized", "started", "ended", "finalized")
-        assert flags == tuple(spec.flags[f] for f in names)
+@pytest.mark.parametrize("state", list(LifecycleState))
+def test_each_state_shows_the_flags_the_reference_has_after_the_same_calls(
+    state: LifecycleState,
+) -> None:
+    mod, reference = RecordingModifier(start=1, end=3), ReferenceModifier(start=1, end=3)
+    for call in path_to(state):
+        assert apply(mod, call) == apply(reference, call)
+    assert mod.lifecycle_state is state
+    assert flags_of(mod) == reference.flags()
 
 
 @pytest.mark.parametrize("flag", ["initialized", "started", "ended", "finalized",
