@@ -252,6 +252,12 @@ class ModifierFactory:
         )
 
     @staticmethod
+    def parameters(modifier_class: type[Modifier]) -> tuple[frozenset[str], tuple[str, ...], bool]:
+        """What ``modifier_class(...)`` takes: (keyword names, required names, ``**kwargs``?)."""
+        accepted, required, open_ended = _parameters(modifier_class)
+        return frozenset(accepted), tuple(required), open_ended
+
+    @staticmethod
     def check_arguments(
         modifier_class: type[Modifier], arguments: Iterable[str], *, hide: Iterable[str] = ()
     ) -> None:

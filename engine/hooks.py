@@ -7,8 +7,10 @@ all and the lifecycle does so when the modifier is finalized (the
 
 ``HooksMixin.disable_hooks(keep=...)`` switches off every hook registered
 through any subclass while the ``with`` block runs, except the handles in
-``keep``. Blocks nest: a hook runs only if every active block keeps it, and
-leaving an inner block restores the outer one. Hooks are switched off by the
+``keep``. Blocks nest: inside nested blocks the kept handles are the union of
+their ``keep`` arguments (as the reference documents), and leaving an inner
+block restores the outer one. A hook registered with ``gate=False`` (cleanup
+that must pair with another hook) runs even inside a block. Hooks are switched off by the
 wrapper modfsm registers, so torch still sees them (their handles stay valid).
 The disabled state is process-wide, like the hooks themselves.
 """
@@ -45,8 +47,10 @@ _DISABLED: list[frozenset[RemovableHandle]] = []
 class HooksMixin:
     """Register torch hooks through the object, disable them together, remove them all.
 
-    The host class provides a ``_hooks`` attribute (``set`` or ``None``) to keep
-    its handles; :class:`engine.modifier.Modifier` does.
+    Works on any class. The handles are kept in the object's ``_hooks`` attribute,
+    created by the first :meth:`register_hook` (``None`` or absent until then);
+    :class:`engine.modifier.Modifier` declares it as a field. A class with
+    ``__slots__`` and no ``__dict__`` must declare a ``_hooks`` slot.
     """
 
     __slots__ = ()
@@ -57,7 +61,9 @@ class HooksMixin:
     def disable_hooks(cls, keep: Iterable[RemovableHandle] = ()) -> Iterator[None]:
         """Switch off every hook registered through any ``HooksMixin``, except ``keep``.
 
-        Works the same whichever subclass it is called on, and nests.
+        Works the same whichever subclass it is called on, and nests: inside
+        nested blocks a hook runs if any of them keeps it (the union of their
+        ``keep`` arguments). Hooks registered with ``gate=False`` always run.
         """
         frame = frozenset(keep)
         _DISABLED.append(frame)
@@ -80,6 +86,8 @@ class HooksMixin:
         target: torch.nn.Module | torch.Tensor,
         hook: Callable[..., Any],
         hook_type: str,
+        *,
+        gate: bool = True,
         **kwargs: Any,
     ) -> RemovableHandle:
         """Register ``hook`` on ``target`` and keep its handle.
@@ -90,6 +98,9 @@ class HooksMixin:
                 (for ``tensor``/``parameter``).
             hook: the function torch will call.
             hook_type: one of :data:`HOOK_TYPES`.
+            gate: False registers a hook that ``disable_hooks`` does not switch off
+                (cleanup that must always follow another hook); it is still
+                removed with the others.
             **kwargs: passed to torch's registration method (``prepend``,
                 ``with_kwargs``, ...).
 
@@ -127,26 +138,47 @@ class HooksMixin:
                 field="target",
                 value=target,
             )
+        own = self._own_hooks(create=True)
+        assert own is not None  # create=True always gives a set
         handle: RemovableHandle | None = None
 
         @functools.wraps(hook)
         def gated(*args: Any, **hook_kwargs: Any) -> Any:
-            if _DISABLED and any(handle not in frame for frame in _DISABLED):
+            if _DISABLED and not any(handle in frame for frame in _DISABLED):
                 return None
             return hook(*args, **hook_kwargs)
 
-        handle = getattr(target, method)(gated, **kwargs)
+        handle = getattr(target, method)(gated if gate else hook, **kwargs)
         assert handle is not None  # torch's register_* methods always return a handle
-        if self._hooks is None:
-            # The host class provides the _hooks slot (Modifier declares it as a field).
-            self._hooks = set()  # type: ignore[misc]
-        self._hooks.add(handle)
+        own.add(handle)
         return handle
 
     def remove_hooks(self, handles: Iterable[RemovableHandle] | None = None) -> None:
         """Remove ``handles`` (any iterable), or every hook this object registered."""
-        own = self._hooks if self._hooks is not None else set()
+        own = self._own_hooks(create=False)
+        if own is None:
+            own = set()
         chosen = set(own) if handles is None else set(handles)
         for handle in chosen:
             handle.remove()
         own -= chosen
+
+    def _own_hooks(self, *, create: bool) -> set[RemovableHandle] | None:
+        """The object's handle set; with ``create``, made on first use."""
+        own: set[RemovableHandle] | None = getattr(self, "_hooks", None)
+        if own is None and create:
+            own = set()
+            try:
+                # Modifier declares _hooks as a field; any other class gets an attribute.
+                object.__setattr__(self, "_hooks", own)
+            except AttributeError:
+                owner = type(self).__name__
+                raise ConfigTypeError(
+                    f"{owner}.register_hook: {owner} has __slots__ without a '_hooks' slot, "
+                    "so it cannot keep its hook handles. To fix, add '_hooks' to its "
+                    "__slots__ (or give it a __dict__).",
+                    owner=owner,
+                    field="_hooks",
+                    value=None,
+                ) from None
+        return own

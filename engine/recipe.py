@@ -18,15 +18,21 @@ be a list of one-key mappings to use one class twice.
 
 It parses into frozen values (:class:`Recipe` -> :class:`StageSpec` ->
 :class:`ModifierSpec`); :meth:`Recipe.validate` checks everything that can be
-checked before training (types exist, arguments match, schedules make sense)
-and reports every problem with its path ``stage / group / ClassName / field``;
-:meth:`Recipe.build` builds :class:`~engine.stage.StageModifiers` only from a
-valid recipe. YAML is read with a ``yaml.SafeLoader`` subclass that only adds
-duplicate-key detection; nothing in a recipe is executed.
+checked before training (types exist, arguments match the class's names and
+annotations, schedules make sense) and reports every problem with its path
+``stage / group / ClassName / field``; :meth:`Recipe.build` returns
+:class:`~engine.stage.StageModifiers` only for a valid recipe. Validation builds
+each modifier once, to run the class's own argument checks, and discards it.
+Keys that look like misspelled groups or stages are errors, not arguments.
+
+YAML is read with a ``yaml.SafeLoader`` subclass that only adds duplicate-key
+detection (merge keys ``<<: *anchor`` work as in ``safe_load``); nothing in a
+recipe is executed.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -37,6 +43,7 @@ from typing import Any, Final
 import attrs
 import yaml
 
+from engine._argtypes import Mismatch, describe, field_annotations, mismatch
 from engine.errors import LifecycleError
 from engine.factory import ModifierFactory
 from engine.modifier import Modifier
@@ -97,9 +104,12 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return frozen
 
 
-@attrs.frozen
+@attrs.frozen(unsafe_hash=False)
 class ModifierSpec:
     """One modifier of a recipe.
+
+    Specs compare by value and are not hashable (their arguments may hold any
+    YAML value); ``hash()`` raises ``TypeError``, as for a dict.
 
     Attributes:
         type: the modifier class name the factory looks up.
@@ -119,18 +129,24 @@ class ModifierSpec:
         return thawed
 
 
-@attrs.frozen
+@attrs.frozen(unsafe_hash=False)
 class StageSpec:
-    """One stage: its name, its modifiers in order, and its other keys (``run_type``...)."""
+    """One stage: its name, its modifiers in order, and its other keys (``run_type``...).
+
+    Compares by value; not hashable, like :class:`ModifierSpec`.
+    """
 
     name: str
     modifiers: tuple[ModifierSpec, ...] = ()
     args: Mapping[str, Any] = attrs.field(converter=_frozen_mapping, factory=dict)
 
 
-@attrs.frozen
+@attrs.frozen(unsafe_hash=False)
 class Recipe:
-    """A parsed recipe: stages in order, and the top-level keys that are not stages."""
+    """A parsed recipe: stages in order, and the top-level keys that are not stages.
+
+    Compares by value (``origin`` aside); not hashable, like :class:`ModifierSpec`.
+    """
 
     stages: tuple[StageSpec, ...] = ()
     args: Mapping[str, Any] = attrs.field(converter=_frozen_mapping, factory=dict)
@@ -144,6 +160,8 @@ class Recipe:
 
         A str is a path if a file of that name exists, or if it ends in ``.yaml``
         or ``.yml`` (then a missing file is an error); otherwise it is YAML text.
+        A single line without ``:`` that names no file (``"my_recipe"``) cannot be
+        a recipe, so it is reported as a missing file.
 
         Raises:
             RecipeError: the file is missing, the YAML is malformed, or the shape
@@ -172,6 +190,8 @@ class Recipe:
                 ) from error
             return cls.from_yaml(text, origin=str(path))
         if isinstance(source, str):
+            if _looks_like_a_path(source):
+                raise RecipeError(source, [_missing_file(source)])
             return cls.from_yaml(source, origin="<string>")
         raise RecipeError(
             "<unknown>",
@@ -240,7 +260,12 @@ class Recipe:
     def problems(
         self, *, allow_registered: bool = True, allow_experimental: bool = False
     ) -> list[RecipeProblem]:
-        """Everything that would stop this recipe from building or running."""
+        """Everything that would stop this recipe from building or running.
+
+        Builds each modifier once (when its arguments passed the other checks) to
+        run the class's own checks, and discards it; any exception it raises is
+        a problem here.
+        """
         found: list[RecipeProblem] = []
         if not any(stage.modifiers for stage in self.stages):
             found.append(
@@ -288,6 +313,26 @@ class Recipe:
         return stages
 
 
+def _looks_like_a_path(source: str) -> bool:
+    """A single line with no ``:`` (no YAML mapping) that is not a flow collection or blank."""
+    text = source.strip()
+    return (
+        "\n" not in text and ":" not in text and bool(text) and not text.startswith(("{", "[", "#"))
+    )
+
+
+def _missing_file(source: str) -> RecipeProblem:
+    near = [f"{source}{suffix}" for suffix in (".yaml", ".yml") if os.path.isfile(source + suffix)]
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    where = "" if os.path.isabs(source) else f" (relative to {os.getcwd()})"
+    return RecipeProblem(
+        "",
+        f"no file {source!r} exists{where}, and as YAML text it is not a "
+        f"recipe (it has no 'key: value'). To fix, {hint}pass the path of an existing "
+        "recipe file, or recipe YAML text.",
+    )
+
+
 def _stage_body(stage: StageSpec) -> dict[str, Any]:
     body: dict[str, Any] = _thaw(stage.args)
     groups: dict[str, list[ModifierSpec]] = {}
@@ -308,6 +353,43 @@ def _is_group(key: str) -> bool:
 
 def _group_name(key: str) -> str:
     return "" if key == "modifiers" else key.removesuffix("_modifiers")
+
+
+def _group_keys(value: Any) -> list[str]:
+    """The ``*_modifiers`` keys of a stage-shaped value."""
+    if not isinstance(value, Mapping):
+        return []
+    return [key for key in value if isinstance(key, str) and _is_group(key)]
+
+
+def _modifier_names(value: Any) -> list[str]:
+    """The ``*Modifier`` keys of a group-shaped value (a mapping, or a list of mappings)."""
+    items = [value] if isinstance(value, Mapping) else value if isinstance(value, list) else []
+    return [
+        key
+        for item in items
+        if isinstance(item, Mapping)
+        for key in item
+        if isinstance(key, str) and key.endswith("Modifier")
+    ]
+
+
+def _respelled(key: str, word: str) -> str:
+    """The key spelled with the ``_modifiers`` / ``_stage`` suffix, its near-miss replaced."""
+    head, underscore, last = key.rpartition("_")
+    if difflib.SequenceMatcher(None, last.lower(), word).ratio() >= 0.6:
+        if not underscore:
+            return word if word == "modifiers" else "<name>_stage"
+        key = head
+    return f"{key}_{word}"
+
+
+def _misspelled_group(key: str, modifier_names: list[str], read_as: str) -> str:
+    return (
+        f"this looks like a modifier group (it names {modifier_names[0]}), but a group's key "
+        f"must end in '_modifiers', so it would be read as {read_as}. To fix, rename it to "
+        f"{_respelled(key, 'modifiers')!r}."
+    )
 
 
 class _Parser:
@@ -350,6 +432,16 @@ class _Parser:
                 if default_at is None:
                     default_at = len(stages)
                 default_groups[key] = value
+            elif group_keys := _group_keys(value):
+                self.problem(
+                    key,
+                    f"this looks like a stage (it has the group {group_keys[0]!r}), but a "
+                    "stage's key must end in '_stage', so it would be read as a recipe "
+                    f"argument. To fix, rename it to {_respelled(key, 'stage')!r} (or list "
+                    "it under 'stages:').",
+                )
+            elif modifier_names := _modifier_names(value):
+                self.problem(key, _misspelled_group(key, modifier_names, "a recipe argument"))
             else:
                 args[key] = value
         if default_at is not None:
@@ -376,12 +468,24 @@ class _Parser:
             return StageSpec(name)
         modifiers: list[ModifierSpec] = []
         args: dict[str, Any] = {}
+        group_keys: dict[str, str] = {}  # group name -> the key that named it
         for key, value in body.items():
             if isinstance(key, str) and _is_group(key):
-                for type_, spec_args in self.entries(f"{name} / {key}", value):
-                    modifiers.append(
-                        ModifierSpec(type_, spec_args, _group_name(key), len(modifiers))
+                group = _group_name(key)
+                if group in group_keys:
+                    self.problem(
+                        f"{name} / {key}",
+                        f"{group_keys[group]!r} and {key!r} both name the group {group!r}. "
+                        f"To fix, merge them into one {group_keys[group]!r} group.",
                     )
+                    continue
+                group_keys[group] = key
+                for type_, spec_args in self.entries(f"{name} / {key}", value):
+                    modifiers.append(ModifierSpec(type_, spec_args, group, len(modifiers)))
+            elif isinstance(key, str) and (modifier_names := _modifier_names(value)):
+                self.problem(
+                    f"{name} / {key}", _misspelled_group(key, modifier_names, "a stage argument")
+                )
             else:
                 args[str(key)] = value
         return StageSpec(name, tuple(modifiers), args)
@@ -486,18 +590,84 @@ def _check_modifier(
             f"end ({end!r}) is before start ({start!r}). "
             "To fix, make end >= start (or leave end out to never end).",
         )
-    try:
-        ModifierFactory.check_arguments(cls, args, hide=_STAGE_SET_FIELDS)
-    except LifecycleError as error:
-        yield RecipeProblem(path, str(error))
-        return
-    # Build one (side-effect free until initialize) to run the class's own argument
-    # checks, without the values already reported above.
+    owner = cls.__name__
+    accepted, required, open_ended = ModifierFactory.parameters(cls)
+    shown = sorted(accepted - set(_STAGE_SET_FIELDS))
+    accepts = f"{owner} accepts: {', '.join(shown) or 'no arguments'}."
+    incomplete = False
+    for name, value in args.items():
+        if open_ended or name in accepted:
+            continue
+        incomplete = True
+        close = difflib.get_close_matches(name, shown, n=1, cutoff=0.75)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        yield RecipeProblem(
+            f"{path} / {name}",
+            f"unknown argument {name!r} (given {_shown(value)}{guess}). {accepts} To fix, "
+            "rename it to one of those names or remove it.",
+        )
+    annotations = field_annotations(cls)
+    for name in required:
+        if name not in args:
+            incomplete = True
+            wanted = f" ({describe(annotations[name])})" if name in annotations else ""
+            yield RecipeProblem(
+                f"{path} / {name}",
+                f"missing required argument {name!r}{wanted}. {accepts} To fix, add "
+                f"'{name}: <value>' to its arguments.",
+            )
+    for name, value in args.items():
+        if name in rejected or name not in annotations:
+            continue
+        found = mismatch(value, annotations[name])
+        if found is not None:
+            rejected.add(name)
+            yield RecipeProblem(
+                f"{path} / {name}",
+                _type_message(owner, name, value, annotations[name], found, name in required),
+            )
+    if incomplete or rejected & set(required):
+        return  # the class cannot be built from these arguments
+    # Build one, to run the class's own argument checks, and discard it. Modifier
+    # constructors have no side effects (the work starts at initialize).
     try:
         cls(**{name: value for name, value in args.items() if name not in rejected})
-    except (LifecycleError, TypeError, ValueError) as error:
-        field = getattr(error, "field", None)
-        yield RecipeProblem(f"{path} / {field}" if field else path, str(error))
+    except Exception as error:
+        yield _constructor_problem(path, owner, error)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_message(
+    owner: str, name: str, value: Any, annotation: Any, found: Mismatch, required: bool
+) -> str:
+    expected = describe(annotation)
+    where = f": {found.explain()}" if found.where else ""
+    default = "" if required else f", or leave {name} out to use its default"
+    return (
+        f"{owner}.{name} must be {expected}, got {_shown(value)} "
+        f"({type(value).__name__}){where}. To fix, write a value of type {expected}{default}."
+    )
+
+
+def _constructor_problem(path: str, owner: str, error: Exception) -> RecipeProblem:
+    """A problem for an exception the class raised while being built to check it."""
+    field = getattr(error, "field", None)
+    message = str(error).strip()
+    args = error.args
+    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], attrs.Attribute):
+        # attrs' own validators (instance_of, in_, ...) raise (message, attribute, ...).
+        field, message = args[1].alias or args[1].name, args[0]
+    if not isinstance(error, LifecycleError):
+        if not message.endswith((".", "!", "?")):
+            message += "."
+        if "To fix" not in message:
+            message += f" To fix, change the argument {owner} rejects."
+        message = f"{owner}(...) raised {type(error).__name__}: {message}"
+    return RecipeProblem(f"{path} / {field}" if isinstance(field, str) else path, message)
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -507,12 +677,31 @@ class _DuplicateKey(yaml.YAMLError):
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys (plain safe_load keeps the last)."""
+    """``yaml.SafeLoader`` that refuses duplicate keys (plain safe_load keeps the last).
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    Merge keys (``<<: *anchor``) work as in ``safe_load``: the merged keys come
+    first and the mapping's own keys override them. Only a key written twice
+    among a mapping's own keys is a duplicate.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[yaml.MappingNode] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # SafeConstructor flattens every mapping (and each one merged into it) before
+        # building it, and flattening rewrites the node: check each one first.
+        if node not in self._checked:
+            self._checked.add(node)
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
             line = key_node.start_mark.line + 1
             if isinstance(key, str) and key in seen:
                 raise _DuplicateKey(
@@ -524,4 +713,3 @@ class _RecipeLoader(yaml.SafeLoader):
                     )
                 )
             seen.setdefault(key, line)
-        return super().construct_mapping(node, deep=deep)

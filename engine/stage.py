@@ -15,6 +15,8 @@ and compiled like the modifier lifecycle::
 
     pending --initialize--> initialized --finalize--> finalizing --> applied
 
+A stage built from modifiers that are already initialized starts where they
+are (``initialized``, or ``finalizing`` if some are finalized), not ``pending``.
 ``finalize`` runs two triggers: ``begin_finalize`` commits ``finalizing``
 before any modifier is finalized, then ``finalize`` finalizes the rest and
 commits ``applied``. So a stage whose finalization failed half-way *says so*:
@@ -119,7 +121,19 @@ def _check_group(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> 
 
 
 def _initial_state(stage: StageModifiers) -> CompiledState:
-    return _COMPILED.states["applied"] if stage._start_applied else _COMPILED.initial
+    """Where a new stage starts: where its modifiers already are.
+
+    ``applied`` if built with ``applied=True``; else, for a non-empty stage whose
+    modifiers are all initialized, ``finalizing`` if some are already finalized
+    and ``initialized`` if none is; else ``pending`` (the declared initial state).
+    """
+    if stage._start_applied:
+        return _COMPILED.states["applied"]
+    modifiers = stage.modifiers  # not validated yet: attrs validates after every default
+    if modifiers and all(isinstance(m, Modifier) and m.initialized for m in modifiers):
+        finalizing = any(modifier.finalized for modifier in modifiers)
+        return _COMPILED.states["finalizing" if finalizing else "initialized"]
+    return _COMPILED.initial
 
 
 @attrs.define(eq=False)
@@ -132,8 +146,10 @@ class StageModifiers(ModifierInterface):
         index: the stage's position in its recipe.
         group: the stage's name.
 
-    Pass ``applied=True`` to build a stage that was already applied (it ignores
-    every call).
+    A new stage starts where its modifiers are: ``initialized`` when every one of
+    them is already initialized (``finalizing`` if some are also finalized), else
+    ``pending``. Pass ``applied=True`` to build a stage that was already applied
+    (it ignores every call).
     """
 
     modifiers: list[Modifier] = attrs.field(
@@ -161,7 +177,7 @@ class StageModifiers(ModifierInterface):
 
     @property
     def applied(self) -> bool:
-        """True once every modifier has been finalized through the stage."""
+        """True once every modifier has been finalized through the stage (read-only)."""
         return self._lc.flags["applied"]
 
     @property

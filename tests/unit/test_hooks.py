@@ -8,7 +8,7 @@ import attrs
 import pytest
 import torch
 
-from engine import ConfigError, ConfigTypeError, Event, EventType, Modifier, State
+from engine import ConfigError, ConfigTypeError, Event, EventType, LifecycleState, Modifier, State
 from engine.hooks import HooksMixin
 
 
@@ -100,6 +100,141 @@ def test_hooks_survive_an_on_finalize_that_returns_false() -> None:
     assert torch_hook_count(net) == before + 5
 
 
+def test_hooks_survive_an_on_finalize_that_raises_and_a_retry_removes_them() -> None:
+    @attrs.define(eq=False)
+    class FailsOnce(Probe):
+        failures: int = 1
+
+        def on_finalize(self, state: State, **kwargs: Any) -> bool:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("checkpoint disk full")
+            return True
+
+    net = model()
+    before = torch_hook_count(net)
+    probe, state = started(net, FailsOnce)
+    with pytest.raises(OSError, match="disk full"):
+        probe.finalize(state)
+    assert not probe.finalized
+    assert torch_hook_count(net) == before + 5  # still active, so its hooks stay
+    step(net)
+    assert len(probe.calls) == 5
+    probe.finalize(state)  # the retry succeeds and removes them
+    assert probe.finalized
+    assert torch_hook_count(net) == before
+
+
+@attrs.define(eq=False)
+class HooksAtInitialize(Modifier):
+    """Registers a module hook and a tensor hook in ``on_initialize``, then follows a script."""
+
+    leaf: Any = None
+    gate: Any = True
+    start_fails: bool = False
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        self.register_hook(state.model[0], lambda *a: None, "forward")
+        self.register_hook(self.leaf, lambda g: None, "tensor")
+        return self.gate  # type: ignore[no-any-return]  # scripted, may be a non-bool
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        if self.start_fails:
+            raise OSError("calibration data missing")
+
+
+def test_an_initialize_that_does_not_complete_leaves_no_hook_behind() -> None:
+    net, leaf = model(), torch.ones(3, requires_grad=True)
+
+    def held() -> tuple[int, int]:
+        return torch_hook_count(net), len(leaf._backward_hooks or {})
+
+    before = held()
+    state = State(model=net)
+    mod = HooksAtInitialize(start=0, leaf=leaf, start_fails=True)
+    earlier = mod.register_hook(net[2], lambda *a: None, "forward")  # before initialize: kept
+    with pytest.raises(OSError, match="calibration"):
+        mod.initialize(state)  # on_initialize registered two hooks, then on_start raised
+    assert mod.lifecycle_state is LifecycleState.CREATED
+    assert held() == (before[0] + 1, before[1])
+    assert mod._hooks == {earlier}
+    for gate in (False, None):  # the gate declines, or returns a non-bool
+        mod.gate, mod.start_fails = gate, False
+        if gate is None:
+            with pytest.raises(TypeError, match="on_initialize returned None"):
+                mod.initialize(state)
+        else:
+            mod.initialize(state)
+        assert mod.lifecycle_state is LifecycleState.CREATED
+        assert held() == (before[0] + 1, before[1])
+    mod.gate = True
+    mod.initialize(state)  # the retry that completes registers each hook once
+    assert mod.lifecycle_state is LifecycleState.STARTED
+    assert held() == (before[0] + 2, before[1] + 1)
+    mod.finalize(state)
+    assert held() == before
+
+
+def test_tensor_and_parameter_hooks_run_and_are_removed_at_finalize() -> None:
+    @attrs.define(eq=False)
+    class GradProbe(Modifier):
+        tensor: Any = None
+        calls: list[str] = attrs.field(factory=list)
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            self.register_hook(self.tensor, lambda g: self.calls.append("tensor"), "tensor")
+            weight = state.model[0].weight
+            self.register_hook(weight, lambda g: self.calls.append("parameter"), "parameter")
+            return True
+
+    net = model()
+    leaf = torch.ones(3, requires_grad=True)
+    before_leaf, before_net = len(leaf._backward_hooks or {}), torch_hook_count(net)
+    probe = GradProbe(tensor=leaf)
+    state = State(model=net)
+    probe.initialize(state)
+    assert len(leaf._backward_hooks or {}) == before_leaf + 1  # held by torch
+    assert torch_hook_count(net) == before_net + 1
+    (net(leaf.unsqueeze(0)).sum() + leaf.sum()).backward()
+    assert sorted(probe.calls) == ["parameter", "tensor"]
+    probe.finalize(state)
+    assert len(leaf._backward_hooks or {}) == before_leaf
+    assert torch_hook_count(net) == before_net
+    probe.calls.clear()
+    (net(leaf.unsqueeze(0)).sum() + leaf.sum()).backward()
+    assert probe.calls == []
+
+
+def test_hooks_mixin_works_on_a_plain_class() -> None:
+    class Plain(HooksMixin):
+        pass
+
+    net = model()
+    before = torch_hook_count(net)
+    plain, calls = Plain(), []
+    plain.remove_hooks()  # nothing registered yet: nothing to do
+    handle = plain.register_hook(net[0], lambda *a: calls.append("forward"), "forward")
+    net(torch.randn(1, 3))
+    assert calls == ["forward"]
+    assert plain._hooks == {handle}
+    with Plain.disable_hooks():
+        net(torch.randn(1, 3))
+    assert calls == ["forward"]
+    plain.remove_hooks()
+    assert torch_hook_count(net) == before
+
+
+def test_a_slotted_class_without_a_hooks_slot_is_told_how_to_fix_it() -> None:
+    class Slotted(HooksMixin):
+        __slots__ = ("name",)
+
+    net = model()
+    before = torch_hook_count(net)
+    with pytest.raises(ConfigTypeError, match=r"Slotted has __slots__ without a '_hooks' slot"):
+        Slotted().register_hook(net[0], lambda *a: None, "forward")
+    assert torch_hook_count(net) == before  # nothing was left registered
+
+
 def test_disable_hooks_on_any_subclass_disables_all_of_them() -> None:
     net = model()
     probe, _ = started(net)
@@ -133,9 +268,44 @@ def test_kept_hooks_run_while_others_are_disabled() -> None:
     probe.register_hook(net[0], lambda *a: probe.calls.append("dropped"), "forward")
     with Probe.disable_hooks(keep=[kept]):
         net(torch.randn(1, 3))
-        with Probe.disable_hooks():  # an inner block without it wins
-            net(torch.randn(1, 3))
     assert probe.calls == ["kept"]
+
+
+def test_nested_blocks_keep_the_union_of_their_keep_arguments() -> None:
+    net = model()
+    state = State(model=net)
+    probe = Probe(start=None)
+    probe.initialize(state)
+    a = probe.register_hook(net[0], lambda *a: probe.calls.append("a"), "forward")
+    b = probe.register_hook(net[0], lambda *a: probe.calls.append("b"), "forward")
+    probe.register_hook(net[0], lambda *a: probe.calls.append("c"), "forward")
+
+    def run() -> list[str]:
+        probe.calls.clear()
+        net(torch.randn(1, 3))
+        return sorted(probe.calls)
+
+    with Probe.disable_hooks(keep=[a]):
+        assert run() == ["a"]
+        with OtherProbe.disable_hooks(keep=[b]):
+            assert run() == ["a", "b"]  # kept by either block: the union, as the reference
+            with Probe.disable_hooks():  # a block that keeps nothing takes nothing away
+                assert run() == ["a", "b"]
+        assert run() == ["a"]  # leaving the inner block restores the outer one
+    assert run() == ["a", "b", "c"]
+
+
+def test_a_hook_registered_with_gate_false_runs_inside_disable_hooks() -> None:
+    net = model()
+    before = torch_hook_count(net)
+    probe, state = started(net)
+    probe.register_hook(net[2], lambda *a: probe.calls.append("always"), "forward", gate=False)
+    probe.calls.clear()
+    with Probe.disable_hooks():
+        step(net)
+    assert probe.calls == ["always"]
+    probe.finalize(state)  # removed with the others
+    assert torch_hook_count(net) == before
 
 
 def test_disable_hooks_is_restored_when_the_block_raises() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import attrs
 import pytest
 
-from engine import Event, EventType, State
+from engine import Event, EventType, Modifier, State
 from engine.factory import ModifierFactory
 from engine.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
 from engine.stage import StageModifiers
@@ -92,7 +94,8 @@ def test_top_level_groups_form_the_default_stage() -> None:
         ("SmoothQuantModifier", "smoothing", 0), ("GPTQModifier", "quantization", 1),
     ]  # fmt: skip
     built = recipe.build()[0].modifiers[1]
-    assert built.config_groups["group_0"]["weights"]["num_bits"] == 4  # type: ignore[attr-defined]
+    groups = built.config_groups  # type: ignore[attr-defined]  # the stand-in class's own field
+    assert groups["group_0"]["weights"]["num_bits"] == 4
 
 
 def test_the_stages_mapping_form_and_top_level_keys() -> None:
@@ -108,7 +111,8 @@ def test_one_class_twice_gives_two_independent_instances() -> None:
     first, second = stage.modifiers
     assert type(first) is type(second)
     assert first is not second
-    assert (first.targets, second.targets) == (["model.layers.0"], ["model.layers.1"])  # type: ignore[attr-defined]
+    targets = (first.targets, second.targets)  # type: ignore[attr-defined]  # the class's own field
+    assert targets == (["model.layers.0"], ["model.layers.1"])
     assert (first.index, second.index) == (0, 1)
 
 
@@ -138,6 +142,25 @@ def test_load_reads_paths_strings_and_dicts_alike() -> None:
 def test_load_reports_a_missing_file() -> None:
     with pytest.raises(RecipeError, match=r"(?s)recipe nowhere\.yaml has 1 problem.*cannot read"):
         Recipe.load("nowhere.yaml")
+
+
+def test_a_bare_name_that_is_no_file_is_reported_as_a_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as caught:
+        Recipe.load("my_recipe")
+    assert caught.value.origin == "my_recipe"
+    (problem,) = caught.value.problems
+    assert str(problem) == (
+        f"no file 'my_recipe' exists (relative to {os.getcwd()}), and as YAML text it is "
+        "not a recipe (it has no 'key: value'). To fix, pass the path of an existing recipe "
+        "file, or recipe YAML text."
+    )
+    (tmp_path / "my_recipe.yaml").write_text("a_stage:\n  modifiers: {}\n")
+    with pytest.raises(RecipeError, match=r"To fix, did you mean 'my_recipe\.yaml'\? pass"):
+        Recipe.load("my_recipe")
+    assert Recipe.load("") == Recipe()  # empty text is an empty recipe, not a file name
 
 
 def test_load_refuses_other_sources() -> None:
@@ -180,6 +203,132 @@ def test_to_yaml_writes_the_reference_format_and_reads_back_equal() -> None:
 
 
 def test_build_passes_the_allow_flags_to_the_factory() -> None:
-    recipe = Recipe.load("a_stage:\n  modifiers:\n    QuantizationModifier: {}\n")
+    # A name only the registered registry has (modifiers/ may ship the doubles' names).
+    ModifierFactory.register("OnlyRegisteredModifier", DOUBLES[0])
+    recipe = Recipe.load("a_stage:\n  modifiers:\n    OnlyRegisteredModifier: {}\n")
     with pytest.raises(RecipeError, match=r"it is registered, but registered modifiers are not"):
         recipe.build(allow_registered=False)
+
+
+def test_yaml_merge_keys_work_and_own_keys_override_them() -> None:
+    recipe = Recipe.load(RECIPES / "good" / "merge_keys.yaml")
+    first, second = recipe.stages[0].modifiers
+    (constant,) = recipe.stages[1].modifiers
+    assert first.kwargs() == {"targets": ["re:.*weight"], "start": 0, "end": 10}
+    assert second.kwargs() == {
+        "targets": ["re:.*weight"], "start": 0, "end": 20, "final_sparsity": 0.75,
+    }  # fmt: skip
+    assert constant.kwargs() == {"targets": ["re:.*weight"], "start": 20, "end": 30}
+
+
+def test_a_mapping_merged_before_it_is_built_is_not_a_duplicate() -> None:
+    # `shared` merges `inner` before `inner` itself is built (it lies deeper); both
+    # override `end` of `base`, which is not a duplicate key.
+    recipe = Recipe.load(
+        "base: &base {start: 0, end: 10}\n"
+        "a_stage:\n  modifiers:\n    QuantizationModifier: &inner\n"
+        "      <<: *base\n      end: 5\n      scheme: W8A8\n"
+        "shared: {<<: *inner}\n"
+    )
+    assert recipe.stages[0].modifiers[0].kwargs() == {"start": 0, "end": 5, "scheme": "W8A8"}
+    assert dict(recipe.args["shared"]) == {"start": 0, "end": 5, "scheme": "W8A8"}
+
+
+def test_a_key_written_twice_beside_a_merge_key_is_still_a_duplicate() -> None:
+    text = (
+        "base: &base {start: 0}\n"
+        "a_stage:\n  modifiers:\n    QuantizationModifier:\n"
+        "      <<: *base\n      end: 5\n      end: 6\n"
+    )
+    with pytest.raises(RecipeError, match=r"line 7: the key 'end' appears twice"):
+        Recipe.load(text)
+
+
+def test_genuine_stage_and_recipe_arguments_are_kept() -> None:
+    recipe = Recipe.load(
+        "version: 2\nmetadata: {author: me}\n"
+        "a_stage:\n  run_type: oneshot\n  options: {seed: 1, layers: [a, b]}\n"
+        "  modifiers:\n    QuantizationModifier: {scheme: W8A8}\n"
+    )
+    assert dict(recipe.stages[0].args) == {"run_type": "oneshot", "options": {
+        "seed": 1, "layers": ("a", "b")}}  # fmt: skip
+    assert set(recipe.args) == {"version", "metadata"}
+
+
+def test_recipe_values_compare_by_value_and_are_not_hashable() -> None:
+    spec = ModifierSpec("QuantizationModifier", {"scheme": "W8A8"})
+    stage = StageSpec("a_stage", (spec,))
+    recipe = Recipe((stage,))
+    same_spec = ModifierSpec("QuantizationModifier", {"scheme": "W8A8"})
+    assert recipe == Recipe((StageSpec("a_stage", (same_spec,)),))
+    for value in (spec, ModifierSpec("X"), stage, recipe):
+        assert type(value).__hash__ is None
+        with pytest.raises(TypeError, match=rf"unhashable type: '{type(value).__name__}'"):
+            hash(value)
+
+
+@attrs.define(eq=False)
+class CountingModifier(Modifier):
+    """Keeps every instance; raises the error named by ``fail_with``."""
+
+    built: ClassVar[list[Modifier]] = []
+    fail_with: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.built.append(self)
+        if self.fail_with:
+            raise {"RuntimeError": RuntimeError, "KeyError": KeyError}[self.fail_with]("boom")
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+
+def test_validation_builds_each_modifier_once_and_discards_it() -> None:
+    ModifierFactory.register("CountingModifier", CountingModifier)
+    built = CountingModifier.built
+    built.clear()
+    recipe = Recipe.load({"a_stage": {"modifiers": {"CountingModifier": {}}}})
+    recipe.validate()
+    assert len(built) == 1  # built once for checking, then discarded
+    (stage,) = recipe.build()
+    assert len(built) == 3  # build validates again, then builds the one it returns
+    assert stage.modifiers == [built[2]]
+
+
+@pytest.mark.parametrize("error", ["RuntimeError", "KeyError"])
+def test_an_exception_of_any_type_from_a_constructor_is_reported_with_its_path(
+    error: str,
+) -> None:
+    ModifierFactory.register("CountingModifier", CountingModifier)
+    recipe = Recipe.load({"a_stage": {"x_modifiers": {"CountingModifier": {"fail_with": error}}}})
+    with pytest.raises(RecipeError) as caught:
+        recipe.build()
+    (problem,) = caught.value.problems
+    assert problem.path == "a_stage / x_modifiers / CountingModifier"
+    assert problem.message.startswith(f"CountingModifier(...) raised {error}: ")
+    assert problem.message.endswith("To fix, change the argument CountingModifier rejects.")
+
+
+def test_attrs_validator_errors_name_their_field() -> None:
+    @attrs.define(eq=False)
+    class ChoosyModifier(Modifier):
+        mode: str = attrs.field(default="a", validator=attrs.validators.in_(["a", "b"]))
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+    ModifierFactory.register("ChoosyModifier", ChoosyModifier)
+    with pytest.raises(RecipeError) as caught:
+        Recipe.load({"a_stage": {"modifiers": {"ChoosyModifier": {"mode": "c"}}}}).validate()
+    (problem,) = caught.value.problems
+    assert problem.path == "a_stage / modifiers / ChoosyModifier / mode"
+    assert problem.message.startswith("ChoosyModifier(...) raised ValueError: 'mode' must be in")
+
+
+def test_a_missing_required_argument_of_the_wrong_type_is_not_built() -> None:
+    with pytest.raises(RecipeError) as caught:
+        Recipe.load({"a_stage": {"modifiers": {"ConstantPruningModifier": {"targets": 3}}}}).build()
+    assert [problem.path for problem in caught.value.problems] == [
+        "a_stage / modifiers / ConstantPruningModifier / targets"
+    ]
+    assert "must be str | list[str], got 3 (int)" in caught.value.problems[0].message

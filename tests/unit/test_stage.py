@@ -73,6 +73,47 @@ def test_initialize_skips_modifiers_already_initialized() -> None:
     assert len(a.log) == 2
 
 
+def test_a_stage_of_initialized_modifiers_starts_initialized() -> None:
+    a, b = RecordingModifier(start=0), RecordingModifier(start=1)
+    a.initialize(STATE)
+    b.initialize(STATE)
+    stage = stage_of(a, b)
+    assert stage.stage_state is StageState.INITIALIZED
+    stage.update_event(STATE, Event(EventType.BATCH_START, global_step=1))  # not rule S1
+    assert b.lifecycle_state is L.STARTED
+    stage.finalize(STATE)  # not rule S3
+    assert stage.applied
+    assert (a.finalized, b.finalized) == (True, True)
+
+
+def test_a_stage_of_partly_finalized_modifiers_starts_finalizing() -> None:
+    a, b = RecordingModifier(), RecordingModifier()
+    a.initialize(STATE)
+    b.initialize(STATE)
+    a.finalize(STATE)
+    stage = stage_of(a, b)
+    assert stage.stage_state is StageState.FINALIZING
+    with pytest.raises(IllegalTransitionError, match=r"rule S2"):  # a is finalized
+        stage.update_event(STATE, Event(EventType.BATCH_START))
+    stage.finalize(STATE)  # resumes with b
+    assert stage.applied
+    assert names(a).count("on_finalize") == 1
+
+
+def test_a_stage_starts_pending_unless_every_modifier_is_initialized() -> None:
+    a, b = RecordingModifier(), RecordingModifier()
+    a.initialize(STATE)
+    assert stage_of(a, b).stage_state is StageState.PENDING
+    assert StageModifiers([]).stage_state is StageState.PENDING  # an empty stage too
+
+
+def test_applied_is_read_only() -> None:
+    stage = stage_of(RecordingModifier())
+    with pytest.raises(AttributeError):
+        stage.applied = True  # type: ignore[misc]  # a read-only property, on purpose
+    assert stage.stage_state is StageState.PENDING
+
+
 def test_an_applied_stage_ignores_every_call() -> None:
     a = RecordingModifier(start=0)
     stage = stage_of(a)
@@ -223,7 +264,7 @@ def test_unique_id_needs_a_group_and_an_index() -> None:
 
 def test_update_event_with_a_non_event_is_a_clear_error() -> None:
     with pytest.raises(ConfigTypeError, match=r"update_event needs an Event"):
-        StageModifiers([]).update_event(STATE, "batch_start")  # type: ignore[arg-type]
+        StageModifiers([]).update_event(STATE, "batch_start")  # type: ignore[arg-type]  # on purpose
 
 
 def test_the_stage_declaration_covers_every_cell() -> None:
