@@ -26,7 +26,9 @@ the grammar, the counters and the resume contract.
 
 from __future__ import annotations
 
+import math
 import threading
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -42,9 +44,16 @@ from engine.modifier import Modifier
 from engine.recipe import DEFAULT_STAGE, Recipe
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
 from engine.stage import _COMPILED as _STAGE_MACHINE
-from engine.stage import StageModifiers
+from engine.stage import StageError, StageModifiers
 from engine.state import Data, State
-from engine.trace import FORMAT, TraceRecorder, check_traceable, transition_records
+from engine.trace import (
+    FORMAT,
+    STAGE_TRIGGERS,
+    TraceRecorder,
+    check_traceable,
+    stage_records,
+    transition_records,
+)
 
 __all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_session"]
 
@@ -54,11 +63,20 @@ _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
+_ACCUMULATING: Final = frozenset({SessionState.ACCUMULATING, SessionState.ACCUMULATING_LOSS})
 _LOCAL = threading.local()
 
 
 class SessionMismatchError(ConfigError):
-    """A saved session does not fit the recipe it is loaded into; the message lists how."""
+    """A saved session does not fit the recipe or settings it is loaded into.
+
+    Attributes:
+        problems: every mismatch found, one sentence each (the message lists them all).
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str]) -> None:
+        super().__init__(message, owner="Session", field="state_dict", value=None)
+        self.problems = tuple(problems)
 
 
 def active_session() -> Session:
@@ -110,7 +128,8 @@ class Session:
     _resume: Mapping[str, Any] | None = attrs.field(init=False, repr=False, default=None)
     _hook_handles: list[Any] = attrs.field(init=False, repr=False, factory=list)
     _seq: int = attrs.field(init=False, repr=False, default=0)
-    _before: list[str] | None = attrs.field(init=False, repr=False, default=None)
+    _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
+    _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
 
     # --- views ------------------------------------------------------------------------------
 
@@ -167,6 +186,12 @@ class Session:
         If :meth:`load_state_dict` was called first, the session resumes: the
         modifiers, stages, counters and position are restored from it and no
         lifecycle hook runs (see ``specs/session.md``).
+
+        Raises:
+            ConfigError: bad settings, or two stages with the same name (ids are
+                ``"<stage>.<index>"``, so they would collide).
+            SessionMismatchError: the loaded state does not fit; lists every mismatch.
+            StageError: a modifier declined to initialize (the session stays ``created``).
         """
         arguments = {
             "model": model,
@@ -186,8 +211,6 @@ class Session:
         if self._resume is not None:
             saved, self._resume = self._resume, None
             object.__setattr__(self, "_lc", _GRAMMAR.states[saved["position"]])
-            if self.trace is not None:
-                self._write_header()
 
     def finalize(self, **kwargs: Any) -> None:
         """Finalize every stage, in order; remove the optimizer hooks; close the trace."""
@@ -324,6 +347,7 @@ class Session:
             "modifiers": {
                 modifier_id: {
                     "type": type(modifier).__name__,
+                    "arguments": self._arguments[modifier_id],
                     "lifecycle": modifier._lc.name,
                     "state": modifier.state_dict(),
                 }
@@ -356,6 +380,7 @@ class Session:
 
     def setup(self, state: Any, **arguments: Any) -> bool:
         """Gate of ``initialize``: build everything; True once the stages are ready."""
+        self.trace = None  # a trace left by a failed earlier attempt is closed
         steps_per_epoch = check_optional_int(
             "Session", "steps_per_epoch", arguments["steps_per_epoch"], minimum=1
         )
@@ -363,15 +388,27 @@ class Session:
             "Session", "batches_per_step", arguments["batches_per_step"], minimum=1
         )
         stages = _stages(arguments["recipe"], arguments["allow_experimental"])
+        _check_unique_labels(stages)
         ids = _ids(stages)
+        given = {modifier_id: _arguments(modifier) for modifier_id, modifier in ids}
         resume = self._resume
         if resume is not None:
             saved = resume["config"]
-            steps_per_epoch = _agree("steps_per_epoch", steps_per_epoch, saved["steps_per_epoch"])
-            batches_per_step = _agree(
-                "batches_per_step", batches_per_step, saved["batches_per_step"]
+            problems: list[str] = []
+            steps_per_epoch = _agree(
+                "steps_per_epoch", steps_per_epoch, saved["steps_per_epoch"], problems
             )
-            _check_fits(resume, stages, ids)
+            batches_per_step = _agree(
+                "batches_per_step", batches_per_step, saved["batches_per_step"], problems
+            )
+            problems += _misfits(resume, stages, ids, given)
+            if problems:
+                raise SessionMismatchError(
+                    f"Session.initialize: the loaded state does not fit ({len(problems)} "
+                    f"mismatch{'es' if len(problems) > 1 else ''}): {'; '.join(problems)}. To "
+                    "fix, resume with the recipe and settings the state was saved with.",
+                    problems=problems,
+                )
         if arguments["wrap_optimizer"] and arguments["optimizer"] is None:
             raise ConfigError(
                 "Session.initialize: wrap_optimizer=True needs an optimizer. To fix, pass "
@@ -388,6 +425,7 @@ class Session:
             data=Data(train=arguments["train_data"], calib=arguments["calib_data"]),
         )
         self.state, self.stages, self._ids = run_state, stages, ids
+        self._arguments = given
         self.steps_per_epoch, self.batches_per_step = steps_per_epoch, batches_per_step or 1
         trace = arguments["trace"]
         if trace:
@@ -397,18 +435,17 @@ class Session:
         try:
             if resume is not None:
                 self._restore(resume)
+                if self.trace is not None:
+                    self._write_header(resume["position"], resumed=True)
             else:
                 if self.trace is not None:
-                    self._write_header()
-                self._before = [modifier._lc.name for _, modifier in ids]
+                    self._write_header(self._lc.name, resumed=False)
                 for stage in stages:
                     stage.initialize(run_state, **arguments["modifier_kwargs"])
         except BaseException:
             # Nothing half-initialized may keep hooks on the model; a retry starts afresh.
             for _, modifier in ids:
                 modifier.remove_hooks()
-            if self.trace is not None:
-                self.trace.close()
             raise
         if arguments["wrap_optimizer"]:
             self._add_optimizer_hooks(arguments["optimizer"])
@@ -464,6 +501,14 @@ class Session:
         """Hook: a batch that stepped is complete."""
         self.global_batch = event.global_batch
 
+    def close_skipped_batch(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook: a step batch ended without an optimizer step (skipped, e.g. by a GradScaler).
+
+        ``global_step`` stays; the accumulation starts over, as after a step.
+        """
+        self.global_batch = event.global_batch
+        self.batches_since_step = 0
+
     # --- internals -------------------------------------------------------------------------------
 
     def _call(self, trigger: str, event: Event | None, kwargs: dict[str, Any]) -> None:
@@ -471,58 +516,145 @@ class Session:
         if self.trace is None and trigger != "initialize":
             cell(self, self.state, event, kwargs)
             return
-        before = None if trigger == "initialize" else [m._lc.name for _, m in self._ids]
+        before = None if trigger == "initialize" else self._states()
         try:
             cell(self, self.state, event, kwargs)
         except IllegalTransitionError as error:
-            if error.modifier is not self and self.trace is not None:
-                self._record_failure(trigger, event, error)
+            if error.modifier is not self:  # accepted by the grammar, refused further down
+                self._record(trigger, event, before, error)
             raise
         except BaseException as error:
-            if self.trace is not None:
-                self._record_failure(trigger, event, error)
+            self._record(trigger, event, before, error)
             raise
-        if self.trace is None or self._resume is not None:
+        self._record(trigger, event, before, None)
+
+    def _states(self) -> tuple[list[str], list[str]]:
+        """Every modifier's and every stage's lifecycle state, in order."""
+        return [m._lc.name for _, m in self._ids], [stage._lc.name for stage in self.stages]
+
+    def _record(
+        self,
+        trigger: str,
+        event: Event | None,
+        before: tuple[list[str], list[str]] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Trace one accepted call (or its failure) and what it did to modifiers and stages."""
+        trace = self.trace
+        if trace is None or not trace.records or self._resume is not None:
+            if error is not None and trigger == "initialize" and trace is not None:
+                trace.close()
             return
+        if before is None:  # initialize: the states when the header was written
+            before = self._before or ([], [])
         self._seq += 1
-        self.trace.add(
-            {
-                "kind": "call",
-                "seq": self._seq,
-                "trigger": trigger,
-                "event": None if event is None else event.type_.value,
-                "step": self.global_step if event is None else event.global_step,
-                "batch": self.global_batch if event is None else event.global_batch,
-                "position": self._lc.name,
-            }
-        )
-        if before is None:  # initialize: the states setup() saw before initializing
-            before = self._before or []
+        common = {
+            "seq": self._seq,
+            "event": None if event is None else event.type_.value,
+            "step": self.global_step if event is None else event.global_step,
+            "batch": self.global_batch if event is None else event.global_batch,
+        }
+        record: dict[str, Any] = {
+            "kind": "call" if error is None else "failed",
+            **common,
+            "trigger": trigger,
+            "position": self._lc.name,
+        }
+        stop = None if error is None else self._stop_point(error, trigger)
+        if error is not None:
+            record["stopped_at"] = (
+                None
+                if stop is None
+                else {
+                    "stage": _stage_label(self.stages[stop[0]], stop[0]),
+                    "modifier": self._modifier_id(*stop),
+                }
+            )
+            record["error"] = f"{type(error).__name__}: {error}"
+        trace.add(record)
         modifier_trigger = (
             trigger
             if event is None
             else Modifier.__compiled_lifecycle__.declaration.event_triggers[event.type_]
         )
-        for record in transition_records(self._seq, self._ids, before, modifier_trigger):
-            self.trace.add(record)
+        stage_trigger = STAGE_TRIGGERS.get(trigger, STAGE_TRIGGERS["update"])[0]
+        reached: list[tuple[str, Modifier]] = []
+        reached_before: list[str] = []
+        offset = 0
+        for position, stage in enumerate(self.stages):
+            count = len(stage.modifiers)
+            stage_before = before[1][position]
+            if stop is not None and position > stop[0]:
+                break
+            if _STAGE_MACHINE.plans[(stage_before, stage_trigger)].ignored is None:
+                limit = stop[1] if stop is not None and position == stop[0] else count
+                reached += self._ids[offset : offset + limit]
+                reached_before += before[0][offset : offset + limit]
+            offset += count
+        for entry in transition_records(common, reached, reached_before, modifier_trigger):
+            trace.add(entry)
+        labels = [_stage_label(stage, i) for i, stage in enumerate(self.stages)]
+        for entry in stage_records(common, zip(labels, self.stages, strict=True), before[1]):
+            trace.add(entry)
+        if error is not None and trigger == "initialize":
+            trace.close()
 
-    def _record_failure(self, trigger: str, event: Event | None, error: BaseException) -> None:
-        assert self.trace is not None
-        self.trace.add(
-            {
-                "kind": "failed",
-                "trigger": trigger,
-                "event": None if event is None else event.type_.value,
-                "error": f"{type(error).__name__}: {error}",
-            }
-        )
+    def _modifier_id(self, stage_position: int, modifier_position: int) -> str | None:
+        stage = self.stages[stage_position]
+        if modifier_position >= len(stage.modifiers):
+            return None
+        modifier = stage.modifiers[modifier_position]
+        return next(mid for mid, m in self._ids if m is modifier)
 
-    def _write_header(self) -> None:
+    def _stop_point(self, error: BaseException, trigger: str) -> tuple[int, int] | None:
+        """Where a failed call stopped: (stage, modifier position in it), None if after all.
+
+        The modifier at that position failed (or declined) and changed nothing; the ones
+        before it, and every earlier stage, completed the call; the rest were not reached.
+        A position past the stage's last modifier means they all completed and the stage
+        itself raised.
+        """
+        owners = {
+            id(modifier): (stage_position, position)
+            for stage_position, stage in enumerate(self.stages)
+            for position, modifier in enumerate(stage.modifiers)
+        }
+        stages = {id(stage): position for position, stage in enumerate(self.stages)}
+        if isinstance(error, StageError) and id(error.failed) in owners:
+            return owners[id(error.failed)]
+        failing_stage = None
+        # Outermost first: the first frame running a method of one of our modifiers is the
+        # modifier the stage was calling when the error came up.
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            owner = frame.f_locals.get("self")
+            if id(owner) in owners and self._owns(owner, owners[id(owner)]):
+                return owners[id(owner)]
+            position = stages.get(id(owner))
+            if failing_stage is None and position is not None and self.stages[position] is owner:
+                failing_stage = position
+        if failing_stage is None:
+            return None
+        # The stage raised outside any modifier: for initialize/finalize it stopped at its
+        # first modifier not yet done; an event it refused reached none of its modifiers.
+        modifiers = self.stages[failing_stage].modifiers
+        flag = {"initialize": "initialized", "finalize": "finalized"}.get(trigger)
+        if flag is None:
+            return failing_stage, 0
+        pending = (p for p, m in enumerate(modifiers) if not m._lc.flags[flag])
+        return failing_stage, next(pending, len(modifiers))
+
+    def _owns(self, owner: object, where: tuple[int, int]) -> bool:
+        return self.stages[where[0]].modifiers[where[1]] is owner
+
+    def _write_header(self, position: str, *, resumed: bool) -> None:
         assert self.trace is not None
+        self._seq = 0
+        self._before = self._states()
         self.trace.add(
             {
                 "kind": "header",
                 "format": FORMAT,
+                "resumed": resumed,
                 "batches_per_step": self.batches_per_step,
                 "steps_per_epoch": self.steps_per_epoch,
                 "counters": {
@@ -530,7 +662,19 @@ class Session:
                     "global_batch": self.global_batch,
                     "batches_since_step": self.batches_since_step,
                 },
-                "position": self._lc.name,
+                "position": position,
+                "stages": [
+                    {
+                        "id": _stage_label(stage, i),
+                        "state": stage._lc.name,
+                        "modifiers": [
+                            modifier_id
+                            for modifier_id, m in self._ids
+                            if any(m is own for own in stage.modifiers)
+                        ],
+                    }
+                    for i, stage in enumerate(self.stages)
+                ],
                 "modifiers": [
                     {
                         "id": modifier_id,
@@ -561,7 +705,9 @@ class Session:
 
     def _add_optimizer_hooks(self, optimizer: Any) -> None:
         def before_step(*_: Any) -> None:
-            self.optim_pre_step()
+            # A step in a batch that does not complete the accumulation is a partial step
+            # (a last, incomplete accumulation): the loop cannot say so through step().
+            self.optim_pre_step(partial=self.position in _ACCUMULATING)
 
         def after_step(*_: Any) -> None:
             self.optim_post_step()
@@ -609,16 +755,69 @@ def _stages(recipe: Any, allow_experimental: bool) -> list[StageModifiers]:
     return loaded.build(allow_experimental=allow_experimental)
 
 
-def _agree(name: str, given: int | None, saved: int | None) -> int | None:
-    if given is None or given == saved:
-        return saved
-    raise SessionMismatchError(
-        f"Session.initialize: {name}={given}, but the loaded state was saved with "
-        f"{name}={saved}. To fix, pass {name}={saved} (or leave it out).",
-        owner="Session",
-        field=name,
-        value=given,
-    )
+def _agree(name: str, given: int | None, saved: int | None, problems: list[str]) -> int | None:
+    if given is not None and given != saved:
+        problems.append(
+            f"{name}={given}, but the state was saved with {name}={saved} (pass {name}={saved} "
+            "or leave it out)"
+        )
+    return saved
+
+
+def _check_unique_labels(stages: Sequence[StageModifiers]) -> None:
+    """Refuse stages whose labels (and so the per-instance ids) would collide."""
+    where: dict[str, list[int]] = {}
+    for position, stage in enumerate(stages):
+        where.setdefault(_stage_label(stage, position), []).append(position)
+    clashes = {label: positions for label, positions in where.items() if len(positions) > 1}
+    if clashes:
+        listed = "; ".join(
+            f"{label!r} names stages {', '.join(map(str, positions))}"
+            for label, positions in clashes.items()
+        )
+        raise ConfigError(
+            f"Session.initialize: stage names must be unique, because modifier ids are "
+            f"'<stage>.<index>' and resume restores by id, but {listed}. To fix, give each "
+            "stage its own name (its group); an unnamed stage is called 'stage_<position>', "
+            "so do not name another stage that way.",
+            owner="Session",
+            field="recipe",
+            value=sorted(clashes),
+        )
+
+
+def _arguments(modifier: Modifier) -> dict[str, Any]:
+    """A modifier's constructor arguments (its attrs init fields) as plain, comparable values."""
+    return {
+        field.alias or field.name: _plain(getattr(modifier, field.name))
+        for field in attrs.fields(type(modifier))
+        if field.init
+    }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a plain value that compares equal across processes.
+
+    Scalars and strings stay; lists, tuples and string-keyed dicts are converted item by
+    item; sets become sorted lists of reprs; anything else becomes its repr, or
+    ``<module.name>`` when the repr shows a memory address (a default ``object`` repr).
+    """
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if type(value) is float:
+        return value if not math.isnan(value) else "nan"
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping) and all(type(key) is str for key in value):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(repr(item) for item in value)
+    text = repr(value)
+    if " at 0x" in text:
+        name = getattr(value, "__qualname__", None) or type(value).__qualname__
+        module = getattr(value, "__module__", None) or type(value).__module__
+        return f"<{module}.{name}>"
+    return text
 
 
 def _check_format(state_dict: object) -> None:
@@ -646,9 +845,13 @@ def _check_format(state_dict: object) -> None:
         )
 
 
-def _check_fits(
-    saved: Mapping[str, Any], stages: Sequence[StageModifiers], ids: Sequence[tuple[str, Modifier]]
-) -> None:
+def _misfits(
+    saved: Mapping[str, Any],
+    stages: Sequence[StageModifiers],
+    ids: Sequence[tuple[str, Modifier]],
+    given: Mapping[str, Mapping[str, Any]],
+) -> list[str]:
+    """Every way the saved state does not fit the built recipe (empty if it fits)."""
     problems = []
     saved_stages = [entry["name"] for entry in saved["stages"]]
     built_stages = [_stage_label(stage, i) for i, stage in enumerate(stages)]
@@ -668,19 +871,26 @@ def _check_fits(
             problems.append(
                 f"{modifier_id} was a {entry['type']}, the recipe has {built[modifier_id]}"
             )
-        else:
-            modifier = dict(ids)[modifier_id]
-            if entry["lifecycle"] not in type(modifier).__compiled_lifecycle__.states:
-                problems.append(f"{modifier_id}: unknown lifecycle state {entry['lifecycle']!r}")
+            continue
+        modifier = dict(ids)[modifier_id]
+        if entry["lifecycle"] not in type(modifier).__compiled_lifecycle__.states:
+            problems.append(f"{modifier_id}: unknown lifecycle state {entry['lifecycle']!r}")
+        saved_arguments = entry.get("arguments")
+        if not isinstance(saved_arguments, Mapping):
+            problems.append(f"{modifier_id}: the state has no saved arguments to compare")
+            continue
+        built_arguments = given[modifier_id]
+        for name in sorted(set(saved_arguments) | set(built_arguments)):
+            if name not in built_arguments:
+                problems.append(f"{modifier_id}.{name} is saved but is not an argument any more")
+            elif name not in saved_arguments:
+                problems.append(f"{modifier_id}.{name} is in the recipe but not saved")
+            elif saved_arguments[name] != built_arguments[name]:
+                problems.append(
+                    f"{modifier_id}.{name}: saved {saved_arguments[name]!r}, "
+                    f"recipe {built_arguments[name]!r}"
+                )
     for entry in saved["stages"]:
         if entry["state"] not in _STAGE_MACHINE.states:
             problems.append(f"stage {entry['name']}: unknown state {entry['state']!r}")
-    if problems:
-        listed = "; ".join(problems)
-        raise SessionMismatchError(
-            f"Session.initialize: the loaded state does not fit this recipe: {listed}. To fix, "
-            "resume with the recipe the state was saved from.",
-            owner="Session",
-            field="recipe",
-            value=None,
-        )
+    return problems

@@ -8,8 +8,10 @@ A training loop reports each batch as::
 
 With gradient accumulation (``batches_per_step = N``) the optimizer steps on
 every N-th batch: a batch that completes N accumulated batches is a *step
-batch* and must report the optimizer step; the others must not (unless the
-loop steps early on purpose: ``optim_pre_step(partial=True)``, for a last,
+batch* and reports the optimizer step, or ends without one when the step was
+skipped (a GradScaler that found inf/NaN gradients: ``global_step`` stays and
+the accumulation starts over); the others must not step (unless the loop
+steps early on purpose: ``optim_pre_step(partial=True)``, for a last,
 incomplete accumulation). The guard ``completes_accumulation`` decides at
 ``batch_start`` which kind of batch begins, so the states below say what is
 expected next. Calibration (one-shot) reports ``calibration_epoch_start``,
@@ -97,7 +99,7 @@ SESSION_GRAMMAR: Final = Declaration(
         StateSpec("idle", _flags(1, 0, 0), "between batches"),
         StateSpec("accumulating", _flags(1, 1, 0), "a batch that accumulates gradients began"),
         StateSpec("accumulating_loss", _flags(1, 1, 0), "an accumulating batch reported its loss"),
-        StateSpec("step_due", _flags(1, 1, 0), "a batch that completes the accumulation began; the optimizer must step"),
+        StateSpec("step_due", _flags(1, 1, 0), "a batch that completes the accumulation began; the optimizer step is due (or skipped)"),
         StateSpec("step_due_loss", _flags(1, 1, 0), "that batch reported its loss"),
         StateSpec("stepping", _flags(1, 1, 0), "optim_pre_step reported"),
         StateSpec("stepped", _flags(1, 1, 0), "optim_post_step reported; the batch may end"),
@@ -114,6 +116,7 @@ SESSION_GRAMMAR: Final = Declaration(
         HookSpec("count_step"),
         HookSpec("close_accumulating_batch"),
         HookSpec("close_step_batch"),
+        HookSpec("close_skipped_batch"),
     ),
     triggers=(
         TriggerSpec("initialize", "session.initialize", "setup", "Session.initialize(...)"),
@@ -126,7 +129,7 @@ SESSION_GRAMMAR: Final = Declaration(
         TriggerSpec("calibration_epoch_start", "session.event(CALIBRATION_EPOCH_START)", None, "CALIBRATION_EPOCH_START"),
         TriggerSpec("sequential_epoch_end", "session.event(SEQUENTIAL_EPOCH_END)", None, "SEQUENTIAL_EPOCH_END"),
         TriggerSpec("calibration_epoch_end", "session.event(CALIBRATION_EPOCH_END)", None, "CALIBRATION_EPOCH_END"),
-        TriggerSpec("lifecycle_event", "session.event(INITIALIZE/FINALIZE)", None, "INITIALIZE or FINALIZE sent as an event"),
+        TriggerSpec("lifecycle_event", "session.event", None, "INITIALIZE or FINALIZE sent as an event"),
         TriggerSpec("finalize", "session.finalize", "teardown", "Session.finalize()"),
     ),
     event_triggers={
@@ -152,6 +155,7 @@ SESSION_GRAMMAR: Final = Declaration(
         {"trigger": "optim_post_step",         "source": "stepping",                               "dest": "stepped",           "before": [*_SEND, "count_step"]},
         {"trigger": "batch_end",               "source": ["accumulating", "accumulating_loss"],    "dest": "idle",              "before": [*_SEND, "close_accumulating_batch"]},
         {"trigger": "batch_end",               "source": "stepped",                                "dest": "idle",              "before": [*_SEND, "close_step_batch"]},
+        {"trigger": "batch_end",               "source": ["step_due", "step_due_loss"],            "dest": "idle",              "before": [*_SEND, "close_skipped_batch"]},
         {"trigger": "calibration_epoch_start", "source": "idle",                                   "dest": "calibrating",       "before": _SEND},
         {"trigger": "sequential_epoch_end",    "source": "calibrating",                            "dest": None,                "before": _SEND},
         {"trigger": "calibration_epoch_end",   "source": "calibrating",                            "dest": "idle",              "before": _SEND},
@@ -176,8 +180,8 @@ SESSION_GRAMMAR: Final = Declaration(
                   "step only every batches_per_step batches, or call optim_pre_step(partial=True) to step early on purpose."),
         Rejection("G9", ("step_due", "step_due_loss"), ("partial_step",), "this batch completes the accumulation, so the step is not partial",
                   "call session.optim_pre_step() without partial=True."),
-        Rejection("G10", ("step_due", "step_due_loss"), ("optim_post_step", "batch_end"), "this batch completes the gradient accumulation and the optimizer has not stepped",
-                  "report the optimizer step (optim_pre_step, optimizer.step(), optim_post_step) before batch_end."),
+        Rejection("G10", ("step_due", "step_due_loss"), ("optim_post_step",), "optim_pre_step was not reported",
+                  "call session.optim_pre_step() before optimizer.step() (or pass wrap_optimizer=True)."),
         Rejection("G11", ("stepping",), ("optim_pre_step", "partial_step", "batch_end"), "optim_pre_step was reported and optim_post_step was not",
                   "call session.optim_post_step() after optimizer.step()."),
         Rejection("G12", ("stepped",), ("optim_pre_step", "partial_step", "optim_post_step"), "the optimizer already stepped in this batch",

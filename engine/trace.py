@@ -1,25 +1,35 @@
-"""Traces: a replayable record of what the session and its modifiers did, and its verifier.
+"""Traces: a replayable record of what the session, its stages and modifiers did; its verifier.
 
-A trace is a list of JSON records (one per line in a ``.jsonl`` file):
+A trace is a list of JSON records (one per line in a ``.jsonl`` file), in
+*segments*, each opened by a header:
 
-* ``header`` — format, the session's ``batches_per_step`` and ``steps_per_epoch``,
-  the counters and position it starts from, and each modifier: ``id``, ``type``,
-  ``start``, ``end``, whether it uses the default guards, and its lifecycle state;
-* ``event`` — one per session call (``initialize``, each loop event, ``finalize``),
-  with the event type, ``step`` and ``batch`` it carried and the session's
-  position after it;
-* ``transition`` — one per modifier the call moved or made run hooks beyond the
-  prelude: ``from`` and ``to`` states, the ``hooks`` in order and the ``guards``
-  consulted with their outcomes;
-* ``failed`` — the call raised (the trace ends there).
+* ``header`` — format; ``resumed`` (False for a run from ``initialize``, True for
+  a run resumed from a saved state); the session's ``batches_per_step`` and
+  ``steps_per_epoch``; the counters and position it starts from; each stage (``id``,
+  lifecycle ``state``, the ids of its ``modifiers``) and each modifier (``id``,
+  ``type``, ``start``, ``end``, whether it uses the default guards, its lifecycle
+  ``state``);
+* ``call`` — one per accepted session call (``initialize``, each loop event,
+  ``finalize``): ``seq`` (1, 2, ... in its segment), the grammar ``trigger``, the
+  ``event`` type (null for initialize/finalize), the ``step`` and ``batch`` it
+  carried and the session's ``position`` after it;
+* ``failed`` — an accepted call that raised: the same fields (``position`` is
+  unchanged), ``stopped_at`` (the stage and modifier where it stopped, or null)
+  and ``error``;
+* ``transition`` — after its call, one per modifier the call moved or made run hooks
+  beyond the prelude: ``seq``, ``step``, ``batch``, ``event`` (as the call's),
+  ``from`` and ``to`` states, the ``hooks`` in order and the ``guards`` consulted
+  with their outcomes;
+* ``stage`` — after its call, one per stage whose own lifecycle state the call
+  changed: ``seq``, ``step``, ``batch``, ``event``, ``stage``, ``from``, ``to``.
 
 The hooks and guards of a transition are read off the compiled plan of the cell
 and the states before and after the call; :func:`check_traceable` makes sure
 that is unambiguous for a lifecycle (each guard outcome leads to a different
-state). :func:`verify` replays a trace against the declared tables — the step
-grammar and the modifier lifecycle, read row by row, not through the compiled
-dispatch — recomputing the default guards from each modifier's schedule, and
-reports the first divergence.
+state). :func:`verify` replays each segment from its header against the declared
+tables — the step grammar, the stage lifecycle and the modifier lifecycle, read
+row by row, not through the compiled dispatch — recomputing the default guards
+from each modifier's schedule, and reports the first divergence.
 """
 
 from __future__ import annotations
@@ -36,10 +46,29 @@ from engine.events import Event, EventType
 from engine.lifecycle import LIFECYCLE
 from engine.machine import CompiledMachine, Declaration, Plan
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR
+from engine.stage_lifecycle import STAGE_LIFECYCLE
 
-__all__ = ["FORMAT", "Divergence", "TraceRecorder", "check_traceable", "deduce", "verify"]
+__all__ = [
+    "FORMAT",
+    "STAGE_TRIGGERS",
+    "Divergence",
+    "TraceRecorder",
+    "VerifyResult",
+    "check_traceable",
+    "deduce",
+    "stage_records",
+    "transition_records",
+    "verify",
+]
 
 FORMAT: Final = "modfsm.trace/1"
+
+#: session trigger -> the stage triggers it fires, in order (every loop event: ``update``).
+STAGE_TRIGGERS: Final[Mapping[str, tuple[str, ...]]] = {
+    "initialize": ("initialize",),
+    "finalize": ("begin_finalize", "finalize"),
+    "update": ("update",),
+}
 
 
 def check_traceable(machine: CompiledMachine) -> None:
@@ -142,13 +171,26 @@ class Divergence:
 
 @attrs.frozen
 class VerifyResult:
-    """The outcome of :func:`verify`: ``divergence`` is None when the trace follows the spec."""
+    """The outcome of :func:`verify`: ``divergence`` is None when the trace follows the spec.
+
+    Attributes:
+        records: records read.
+        calls: call and failed records checked.
+        transitions: modifier transition records checked.
+        divergence: the first place the trace departs from the specification, if any.
+        ended_in_failure: the trace's last call failed (a failed call followed by more
+            calls, a retry, is checked like any other and does not count).
+        segments: segments (one per header: a run and each resumed continuation).
+        stage_transitions: stage transition records checked.
+    """
 
     records: int
     calls: int
     transitions: int
     divergence: Divergence | None = None
     ended_in_failure: bool = False
+    segments: int = 0
+    stage_transitions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -233,16 +275,60 @@ def _interpret(
 
 
 def verify(records: Sequence[Mapping[str, Any]]) -> VerifyResult:
-    """Replay ``records`` against the declared grammar and lifecycle; report the first divergence.
+    """Replay ``records`` against the declared grammar and lifecycles; report the first divergence.
 
-    Checks, call by call: the call is allowed by the step grammar in the session's
-    position; its step and batch follow the counting rules; the position after it
-    is the grammar's; and each modifier moved exactly as the lifecycle table says
-    (default guards recomputed from the modifier's schedule, custom guards taken
-    from the record), with no transition missing or extra.
+    Each segment is replayed from its own header. Checks, call by call: ``seq``
+    follows the previous call's; the ``event`` is one the grammar routes to the
+    ``trigger``; the call is allowed by the step grammar in the session's position;
+    its step and batch follow the counting rules; the position after it is the
+    grammar's (unchanged after a failed call); every stage moved exactly as the stage
+    lifecycle says; and each modifier the call reached moved exactly as the modifier
+    lifecycle says (default guards recomputed from the modifier's schedule, custom
+    guards taken from the record), with no transition missing or extra, each carrying
+    its call's ``seq``, ``step``, ``batch`` and ``event``. A failed call changes
+    neither the position nor the counters; the modifiers and stages before the point
+    where it stopped (``stopped_at``) completed it and are checked as above, the rest
+    must be unchanged; replay then continues.
     """
-    replay = _Replay(records)
-    return replay.run()
+    return _Replay(records).run()
+
+
+_COUNTERS: Final = ("global_step", "global_batch", "batches_since_step")
+_LIVE_POSITIONS: Final = frozenset(SESSION_GRAMMAR.state_names()) - {"created", "finalized"}
+_STAGE_ROWS: Final = _rows(STAGE_LIFECYCLE)
+_STAGE_IGNORED: Final = frozenset(
+    (state, trigger)
+    for rule in STAGE_LIFECYCLE.ignored
+    for state in rule.states
+    for trigger in rule.triggers
+)
+_GRAMMAR_ROWS: Final = _rows(SESSION_GRAMMAR)
+_LIFECYCLE_ROWS: Final = _rows(LIFECYCLE)
+_LIFECYCLE_FLAGS: Final = {spec.name: spec.flags for spec in LIFECYCLE.states}
+_DONE_FLAG: Final = {"initialize": "initialized", "finalize": "finalized"}
+_ATTACHED: Final = ("transition", "stage")
+
+
+def _events_of(trigger: str) -> set[str | None]:
+    """The event values a call record of ``trigger`` may carry."""
+    if trigger in ("initialize", "finalize"):
+        return {None}
+    if trigger == "partial_step":
+        return {EventType.OPTIM_PRE_STEP.value}
+    return {
+        event.value
+        for event, routed in SESSION_GRAMMAR.event_triggers.items()
+        if routed == trigger and isinstance(event, EventType)
+    }
+
+
+class _Diverged(Exception):
+    """Raised inside the replay to stop at the first divergence."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
 
 
 @attrs.define
@@ -250,98 +336,318 @@ class _Replay:
     records: Sequence[Mapping[str, Any]]
     calls: int = 0
     transitions: int = 0
-
-    def result(
-        self, line: int | None = None, message: str = "", failed: bool = False
-    ) -> VerifyResult:
-        divergence = Divergence(line, message) if line is not None else None
-        return VerifyResult(len(self.records), self.calls, self.transitions, divergence, failed)
+    stage_transitions: int = 0
+    segments: int = 0
+    last_failed: bool = False
+    line: int = 1  # the line of the call being checked
 
     def run(self) -> VerifyResult:
+        divergence = None
+        try:
+            self.replay()
+        except _Diverged as diverged:
+            divergence = Divergence(diverged.line, diverged.message)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            # A field of the wrong shape (hand-edited, truncated): a divergence, not a crash.
+            divergence = Divergence(self.line, f"a malformed record ({error!r})")
+        return VerifyResult(
+            len(self.records),
+            self.calls,
+            self.transitions,
+            divergence,
+            self.last_failed and divergence is None,
+            self.segments,
+            self.stage_transitions,
+        )
+
+    def replay(self) -> None:
         records = self.records
-        if not records or records[0].get("kind") != "header" or records[0].get("format") != FORMAT:
-            return self.result(1, f"the first record must be a {FORMAT!r} header")
-        header = records[0]
+        if not records or records[0].get("kind") != "header":
+            raise _Diverged(1, f"the first record must be a {FORMAT!r} header")
+        index = 0
+        while index < len(records):
+            self.segments += 1
+            self.line = index + 1
+            segment = _Segment.load(records[index], index + 1)
+            index += 1
+            while index < len(records) and records[index].get("kind") != "header":
+                index = self.call(segment, index)
+
+    def call(self, segment: _Segment, index: int) -> int:
+        """Check the call (or failed call) at ``index`` and its records; the next index."""
+        records = self.records
+        record, line = records[index], index + 1
+        self.line = line
+        kind = record.get("kind")
+        if kind not in ("call", "failed"):
+            raise _Diverged(line, f"expected a call record, found {kind!r}")
+        self.calls += 1
+        failed = kind == "failed"
+        self.last_failed = failed
+        attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]] = {}
+        index += 1
+        while index < len(records) and records[index].get("kind") in _ATTACHED:
+            entry = records[index]
+            key = (
+                str(entry["kind"]),
+                str(entry.get("modifier" if entry["kind"] == "transition" else "stage")),
+            )
+            if key in attached:
+                raise _Diverged(index + 1, f"a second {key[0]} record for {key[1]} in one call")
+            attached[key] = (index + 1, entry)
+            if key[0] == "transition":
+                self.transitions += 1
+            else:
+                self.stage_transitions += 1
+            index += 1
+        segment.call(record, line, failed, attached)
+        return index
+
+
+@attrs.define
+class _Segment:
+    """One segment's replay state: counters, position, stages and modifiers."""
+
+    per_step: int
+    steps_per_epoch: int | None
+    counters: dict[str, int]
+    position: str
+    stages: list[dict[str, Any]]
+    modifiers: dict[str, dict[str, Any]]
+    seq: int = 0
+
+    @classmethod
+    def load(cls, header: Mapping[str, Any], line: int) -> _Segment:
+        if header.get("format") != FORMAT:
+            raise _Diverged(line, f"a header must have format {FORMAT!r}")
         try:
             per_step = int(header.get("batches_per_step") or 1)
             steps_per_epoch = header.get("steps_per_epoch")
             counters = {k: int(header["counters"][k]) for k in _COUNTERS}
             position = str(header["position"])
-            modifiers = {m["id"]: dict(m) for m in header["modifiers"]}
+            resumed = header["resumed"]
+            modifiers = {str(m["id"]): dict(m) for m in header["modifiers"]}
+            stages = [
+                {
+                    "id": str(st["id"]),
+                    "state": str(st["state"]),
+                    "modifiers": [str(mid) for mid in st["modifiers"]],
+                }
+                for st in header["stages"]
+            ]
         except (KeyError, TypeError, ValueError) as error:
-            return self.result(1, f"the header is incomplete ({error!r})")
-        grammar_rows, lifecycle_rows = _rows(SESSION_GRAMMAR), _rows(LIFECYCLE)
-        index = 1
-        while index < len(records):
-            record, line = records[index], index + 1
-            if record.get("kind") == "failed":
-                return self.result(failed=True)
-            if record.get("kind") != "call":
-                return self.result(line, f"expected a call record, found {record.get('kind')!r}")
-            self.calls += 1
-            trigger = str(record.get("trigger"))
-            event_type = record.get("event")
-            steps, batches = (
-                COUNT_AFTER.get(EventType(event_type), (0, 0)) if event_type else (0, 0)
+            raise _Diverged(line, f"the header is incomplete ({error!r})") from None
+        if steps_per_epoch is not None and (
+            type(steps_per_epoch) is not int or steps_per_epoch < 1
+        ):
+            raise _Diverged(line, f"steps_per_epoch must be null or >= 1, not {steps_per_epoch!r}")
+        listed = [mid for stage in stages for mid in stage["modifiers"]]
+        if sorted(listed) != sorted(modifiers) or len(modifiers) != len(header["modifiers"]):
+            raise _Diverged(line, "the header's stages must list each modifier exactly once")
+        if len({stage["id"] for stage in stages}) != len(stages):
+            raise _Diverged(line, "the header names a stage twice")
+        if resumed is True and position not in _LIVE_POSITIONS:
+            raise _Diverged(line, f"a resumed segment cannot start in position {position!r}")
+        if resumed is False and position != "created":
+            raise _Diverged(line, f"a run starts in position 'created', not {position!r}")
+        if resumed not in (True, False):
+            raise _Diverged(line, f"'resumed' must be true or false, not {resumed!r}")
+        return cls(per_step, steps_per_epoch, counters, position, stages, modifiers)
+
+    def call(
+        self,
+        record: Mapping[str, Any],
+        line: int,
+        failed: bool,
+        attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
+    ) -> None:
+        if record.get("seq") != self.seq + 1:
+            raise _Diverged(line, f"seq is {record.get('seq')!r}, expected {self.seq + 1}")
+        self.seq += 1
+        trigger = str(record.get("trigger"))
+        if trigger not in SESSION_GRAMMAR.trigger_names() or trigger == "lifecycle_event":
+            raise _Diverged(line, f"{trigger!r} is not a session call")
+        event_value = record.get("event")
+        allowed_events = _events_of(trigger)
+        if event_value not in allowed_events:
+            raise _Diverged(
+                line,
+                f"{trigger} carries event {event_value!r}; the grammar routes "
+                f"{sorted(map(str, allowed_events))} to it",
             )
-            step, batch = counters["global_step"] + steps, counters["global_batch"] + batches
-            if (record.get("step"), record.get("batch")) != (step, batch):
-                return self.result(
-                    line,
-                    f"{trigger} carries step {record.get('step')}, batch "
-                    f"{record.get('batch')}; counting says step {step}, batch {batch}",
-                )
-            grammar = _interpret(
-                SESSION_GRAMMAR,
-                grammar_rows,
-                position,
-                trigger,
-                lambda _: counters["batches_since_step"] + 1 >= per_step,
+        event_type = None if event_value is None else EventType(event_value)
+        steps, batches = COUNT_AFTER.get(event_type, (0, 0)) if event_type else (0, 0)
+        step, batch = self.counters["global_step"] + steps, self.counters["global_batch"] + batches
+        if (record.get("step"), record.get("batch")) != (step, batch):
+            raise _Diverged(
+                line,
+                f"{trigger} carries step {record.get('step')}, batch {record.get('batch')}; "
+                f"counting says step {step}, batch {batch}",
             )
-            if grammar is None:
-                return self.result(
-                    line, f"{trigger} is not allowed by the step grammar in position {position!r}"
+        grammar = _interpret(
+            SESSION_GRAMMAR,
+            _GRAMMAR_ROWS,
+            self.position,
+            trigger,
+            lambda _: self.counters["batches_since_step"] + 1 >= self.per_step,
+        )
+        if grammar is None:
+            raise _Diverged(
+                line, f"{trigger} is not allowed by the step grammar in position {self.position!r}"
+            )
+        hooks, _, after = grammar
+        if failed:
+            after = self.position  # a failed call moves neither the position nor the counters
+        if record.get("position") != after:
+            raise _Diverged(
+                line,
+                f"after {trigger}{' (failed)' if failed else ''} the session is in {after!r}, "
+                f"the trace says {record.get('position')!r}",
+            )
+        common = {"seq": self.seq, "step": step, "batch": batch, "event": event_value}
+        for (kind, name), (at, entry) in attached.items():
+            got = {key: entry.get(key) for key in common}
+            if got != common:
+                raise _Diverged(
+                    at, f"the {kind} record for {name} carries {got}; its call carries {common}"
                 )
-            hooks, _, position = grammar
-            if record.get("position") != position:
-                return self.result(
-                    line,
-                    f"after {trigger} the session is in {position!r}, the "
-                    f"trace says {record.get('position')!r}",
+        stop = self.stop_point(record, line) if failed else None
+        if not failed:
+            _count(hooks, self.counters, step, batch)
+        if trigger in ("initialize", "finalize"):
+            modifier_trigger = trigger
+            probe = Event(EventType.BATCH_START, global_step=0)
+        else:
+            assert event_type is not None
+            modifier_trigger = LIFECYCLE.event_triggers[event_type]
+            probe = Event(
+                EventType.BATCH_START, global_step=step, steps_per_epoch=self.steps_per_epoch
+            )
+        context = f"{trigger} at step {step}"
+        for position, stage in enumerate(self.stages):
+            if stop is not None and position > stop[0]:
+                break  # not reached: its records, if any, are left over below
+            limit = stop[1] if stop is not None and position == stop[0] else None
+            self.stage(stage, trigger, modifier_trigger, probe, limit, attached, line, context)
+        if attached:
+            (kind, name), (at, _) = min(attached.items(), key=lambda item: item[1][0])
+            known = (
+                name in self.modifiers
+                if kind == "transition"
+                else any(stage["id"] == name for stage in self.stages)
+            )
+            what = "modifier" if kind == "transition" else "stage"
+            reason = "which the call did not reach" if known else "which the header does not list"
+            raise _Diverged(at, f"{context}: a {kind} record for {what} {name}, {reason}")
+        if not failed:
+            self.position = after
+
+    def stop_point(self, record: Mapping[str, Any], line: int) -> tuple[int, int] | None:
+        """(stage position, modifier position in it) where a failed call stopped, or None."""
+        stopped = record.get("stopped_at")
+        if stopped is None:
+            return None
+        if not isinstance(stopped, Mapping):
+            raise _Diverged(line, f"stopped_at must be null or an object, not {stopped!r}")
+        for position, stage in enumerate(self.stages):
+            if stage["id"] == stopped.get("stage"):
+                modifier = stopped.get("modifier")
+                if modifier is None:
+                    return position, len(stage["modifiers"])
+                if modifier in stage["modifiers"]:
+                    return position, stage["modifiers"].index(modifier)
+                raise _Diverged(
+                    line, f"stopped_at: stage {stage['id']} has no modifier {modifier!r}"
                 )
-            _count(hooks, counters, step, batch)
-            found: dict[str, tuple[int, Mapping[str, Any]]] = {}
-            index += 1
-            while index < len(records) and records[index].get("kind") == "transition":
-                found[str(records[index].get("modifier"))] = (index + 1, records[index])
-                self.transitions += 1
-                index += 1
-            if trigger in ("initialize", "finalize"):
-                modifier_trigger = trigger
-                probe = Event(EventType.BATCH_START, global_step=0)
-            elif event_type is not None:
-                modifier_trigger = LIFECYCLE.event_triggers[EventType(event_type)]
-                probe = Event(
-                    EventType.BATCH_START, global_step=step, steps_per_epoch=steps_per_epoch
-                )
-            else:
-                return self.result(line, f"{trigger} has no event type")
-            for modifier_id, modifier in modifiers.items():
-                at, recorded = found.pop(modifier_id, (line, None))
-                problem = _check_modifier(
-                    lifecycle_rows, modifier, modifier_trigger, probe, recorded
-                )
-                if problem is not None:
-                    return self.result(
-                        at, f"{trigger} at step {step}: modifier {modifier_id}: {problem}"
+        raise _Diverged(line, f"stopped_at names an unknown stage {stopped.get('stage')!r}")
+
+    def stage(
+        self,
+        stage: dict[str, Any],
+        trigger: str,
+        modifier_trigger: str,
+        probe: Event,
+        limit: int | None,
+        attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
+        line: int,
+        context: str,
+    ) -> None:
+        """Replay one stage's part of a call; ``limit``: where a failed call stopped in it."""
+        state = stage["state"]
+        for stage_trigger in STAGE_TRIGGERS.get(trigger, STAGE_TRIGGERS["update"]):
+            if (state, stage_trigger) in _STAGE_IGNORED:
+                continue
+            cell = _interpret(STAGE_LIFECYCLE, _STAGE_ROWS, state, stage_trigger, lambda _: True)
+            if cell is None:  # the stage refuses: the call must have stopped at its start
+                if limit != 0:
+                    raise _Diverged(
+                        line,
+                        f"{context}: stage {stage['id']} refuses {stage_trigger} in state "
+                        f"{state!r}, but the call did not stop there",
                     )
-            if found:
-                at, _ = min(found.values(), key=lambda pair: pair[0])
-                return self.result(at, f"a transition for an unknown modifier {sorted(found)}")
-        return self.result()
+                break
+            stage_hooks, _, dest = cell
+            if stage_hooks:  # the cell reaches the modifiers (a gate prelude or forward_event)
+                self.deliver(
+                    stage, trigger, modifier_trigger, probe, limit, attached, line, context
+                )
+                if limit is not None:
+                    break  # the stage's cell raised: its own state stays
+            state = dest
+        at, recorded = attached.pop(("stage", stage["id"]), (line, None))
+        if state != stage["state"]:
+            want = {"from": stage["state"], "to": state}
+            if recorded is None:
+                raise _Diverged(
+                    line,
+                    f"{context}: the spec expects stage {stage['id']} {want['from']} -> "
+                    f"{state}; the trace has none",
+                )
+            got = {key: recorded.get(key) for key in want}
+            if got != want:
+                raise _Diverged(
+                    at,
+                    f"{context}: the spec expects stage {stage['id']} {want['from']} -> "
+                    f"{state}; the trace has {got['from']} -> {got['to']}",
+                )
+            stage["state"] = state
+        elif recorded is not None:
+            raise _Diverged(
+                at,
+                f"{context}: the spec expects stage {stage['id']} to stay {state!r}; the "
+                f"trace has {recorded.get('from')} -> {recorded.get('to')}",
+            )
 
-
-_COUNTERS: Final = ("global_step", "global_batch", "batches_since_step")
+    def deliver(
+        self,
+        stage: dict[str, Any],
+        trigger: str,
+        modifier_trigger: str,
+        probe: Event,
+        limit: int | None,
+        attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
+        line: int,
+        context: str,
+    ) -> None:
+        """Replay the stage passing the call to its modifiers, up to ``limit`` if it failed."""
+        flag = _DONE_FLAG.get(trigger)
+        for position, modifier_id in enumerate(stage["modifiers"]):
+            modifier = self.modifiers[modifier_id]
+            done = flag is not None and _LIFECYCLE_FLAGS.get(modifier["state"], {}).get(flag)
+            if limit is not None and position >= limit:
+                if position == limit and done:
+                    raise _Diverged(
+                        line,
+                        f"{context}: the call cannot have stopped at {modifier_id}: it "
+                        f"is {modifier['state']!r}, so the stage skips it",
+                    )
+                return  # the failing modifier changed nothing; the rest were not reached
+            if done:
+                continue  # the stage skips a modifier already initialized / finalized
+            at, recorded = attached.pop(("transition", modifier_id), (line, None))
+            problem = _check_modifier(modifier, modifier_trigger, probe, recorded)
+            if problem is not None:
+                raise _Diverged(at, f"{context}: modifier {modifier_id}: {problem}")
 
 
 def _count(hooks: Sequence[str], counters: dict[str, int], step: int, batch: int) -> None:
@@ -354,10 +660,12 @@ def _count(hooks: Sequence[str], counters: dict[str, int], step: int, batch: int
         counters["batches_since_step"] += 1
     if "close_step_batch" in hooks:
         counters["global_batch"] = batch
+    if "close_skipped_batch" in hooks:
+        counters["global_batch"] = batch
+        counters["batches_since_step"] = 0
 
 
 def _check_modifier(
-    rows: Mapping[tuple[str, str], list[Mapping[str, Any]]],
     modifier: dict[str, Any],
     trigger: str,
     event: Event,
@@ -375,7 +683,7 @@ def _check_modifier(
             return start is not None and start <= index and (end is None or index < end)
         return end is not None and index >= end
 
-    expected = _interpret(LIFECYCLE, rows, state, trigger, guard)
+    expected = _interpret(LIFECYCLE, _LIFECYCLE_ROWS, state, trigger, guard)
     if expected is None:
         return f"{trigger} is not allowed in state {state!r}"
     hooks, guards, to = expected
@@ -401,12 +709,15 @@ def _describe(record: Mapping[str, Any]) -> str:
 
 
 def transition_records(
-    seq: int,
+    common: Mapping[str, Any],
     modifiers: Iterable[tuple[str, Any]],
     before: Sequence[str],
     trigger: str,
 ) -> list[dict[str, Any]]:
-    """The transition records for one call: modifiers as (id, modifier), states before it."""
+    """The transition records for one call: modifiers as (id, modifier), states before it.
+
+    ``common`` holds the call's ``seq``, ``step``, ``batch`` and ``event``.
+    """
     out = []
     for (modifier_id, modifier), previous in zip(modifiers, before, strict=True):
         compiled: CompiledMachine = type(modifier).__compiled_lifecycle__
@@ -418,7 +729,7 @@ def transition_records(
         out.append(
             {
                 "kind": "transition",
-                "seq": seq,
+                **common,
                 "modifier": modifier_id,
                 "from": previous,
                 "to": after,
@@ -427,3 +738,14 @@ def transition_records(
             }
         )
     return out
+
+
+def stage_records(
+    common: Mapping[str, Any], stages: Iterable[tuple[str, Any]], before: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The stage records for one call: stages as (id, stage), their states before it."""
+    return [
+        {"kind": "stage", **common, "stage": stage_id, "from": previous, "to": stage._lc.name}
+        for (stage_id, stage), previous in zip(stages, before, strict=True)
+        if stage._lc.name != previous
+    ]

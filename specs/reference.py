@@ -5,9 +5,10 @@ v0.6.0-v0.14) as ``../shared/FINDINGS.md`` section 1 describes it: four
 booleans and a few ``if`` chains, quirks included.
 
 :class:`SpecModifier` is what modfsm specifies (``specs/lifecycle.md``): the
-reference, with the deviations D1-D4 applied. The engine must behave exactly
+reference, with the deviations D1-D5 applied. The engine must behave exactly
 like ``SpecModifier`` on every call sequence, and exactly like
-``ReferenceModifier`` on every sequence in which the hooks return True.
+``ReferenceModifier`` on every sequence in which the hooks return True (as seen
+from outside the hooks: the flags read inside them differ, D5).
 
 Both record every hook *and guard* call in ``log`` as
 ``(name, event type or None, current_index or None)``, so a comparison also
@@ -226,6 +227,8 @@ class SpecModifier(ReferenceModifier):
         call returned. If one raises, the exception propagates and the flags are
         as before the call (the hooks that ran have run).
     D4. The flags are always bools.
+    D5. Hooks and guards read the flags of the state before the call (this
+        follows from D3: the flags are set after the last hook).
     """
 
     def _gate(self, name: str, result: Any) -> bool:
@@ -320,8 +323,9 @@ class SpecStage(ReferenceStage):
     """modfsm's stage (``specs/stage.md``): the reference with deviations E1-E4.
 
     E1. Events reach the modifiers only once the stage is initialized (every
-        modifier initialized through ``initialize``) and before its finalization
-        begins; otherwise the call raises before any modifier sees the event.
+        modifier initialized, through ``initialize`` or before the stage was
+        built) and before its finalization begins; otherwise the call raises
+        before any modifier sees the event.
     E2. ``finalize`` on a stage that is not initialized raises before any
         modifier is finalized.
     E3. ``initialize``/``finalize`` stop at the first modifier that raises (the
@@ -333,7 +337,11 @@ class SpecStage(ReferenceStage):
 
     def __init__(self, modifiers: list[ReferenceModifier]) -> None:
         super().__init__(modifiers)
+        # A stage starts where its modifiers are (specs/stage.md section 2).
         self.state = "pending"
+        if modifiers and all(modifier.initialized_ for modifier in modifiers):
+            finalizing = any(modifier.finalized_ for modifier in modifiers)
+            self.state = "finalizing" if finalizing else "initialized"
 
     def initialize(self, state: Any, accelerator: Any = None) -> None:
         if self.applied:
@@ -432,10 +440,12 @@ class StepGrammarModel:
             self.global_step += 1
             self.batches_since_step = 0
         elif event == "batch_end":
-            if not self.in_batch or self.stepping or (self.due and not self.stepped):
+            if not self.in_batch or self.stepping:
                 raise RuntimeError("batch_end out of place")
             self.global_batch += 1
-            if not self.stepped:
+            if self.due and not self.stepped:
+                self.batches_since_step = 0  # a skipped step: the accumulation starts over
+            elif not self.stepped:
                 self.batches_since_step += 1
             self.in_batch = False
         elif event == "calibration_epoch_start":

@@ -84,6 +84,7 @@ def test_trace_verify_accepts_a_real_trace(tmp_path: Path) -> None:
                             text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"OK: {path} follows the specification (")
+    assert " 1 segment, " in result.stdout
 
 
 def test_trace_verify_reports_the_first_divergence(

@@ -16,7 +16,13 @@ from engine.stage_lifecycle import STAGE_LIFECYCLE
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs").glob("*.md")}
 SPEC = SPECS["lifecycle"]
-CATALOG_PREFIX = {"lifecycle": "P", "stage": "ST", "recipe": "RC", "session": "SE"}
+CATALOG_PREFIX = {
+    "lifecycle": "P",
+    "stage": "ST",
+    "recipe": "RC",
+    "session": "SE",
+    "modifiers": "M",
+}
 
 
 def table(marker: str, doc: str = "lifecycle") -> list[list[str]]:
@@ -34,7 +40,7 @@ def table(marker: str, doc: str = "lifecycle") -> list[list[str]]:
 def listed(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    return (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+    return (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]  # a list of names
 
 
 def test_the_state_table_is_the_declared_states_and_flags() -> None:
