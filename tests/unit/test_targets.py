@@ -1,0 +1,68 @@
+"""modifiers.targets: which layers ``targets`` and ``ignore`` select."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import ConfigError, ConfigTypeError
+from modifiers.targets import check_names, layers, resolve
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        self.conv = torch.nn.Conv1d(1, 2, 3)
+        self.norm = torch.nn.LayerNorm(8)  # a 1-D weight: not a layer here
+        self.head = torch.nn.Linear(8, 2)
+
+
+@pytest.mark.parametrize(
+    ("targets", "ignore", "chosen"),
+    [
+        (["__ALL__"], [], ["encoder.0", "conv", "head"]),
+        (["Linear"], [], ["encoder.0", "head"]),
+        (["Conv1d"], [], ["conv"]),
+        (["head"], [], ["head"]),
+        (["head.weight"], [], ["head"]),
+        (["re:encoder\\..*"], [], ["encoder.0"]),
+        (["re:.*weight"], [], ["encoder.0", "conv", "head"]),
+        (["head", "encoder.0"], [], ["encoder.0", "head"]),  # model order, not target order
+        (["__ALL__"], ["Conv1d"], ["encoder.0", "head"]),
+        (["Linear"], ["re:enc.*"], ["head"]),
+    ],
+)
+def test_targets_select_layers_in_model_order(
+    targets: list[str], ignore: list[str], chosen: list[str]
+) -> None:
+    assert list(resolve("T", Net(), targets, ignore)) == chosen
+
+
+def test_only_weights_of_two_or_more_dimensions_are_layers() -> None:
+    assert list(layers(Net())) == ["encoder.0", "conv", "head"]
+
+
+def test_a_target_that_matches_nothing_lists_the_layers() -> None:
+    with pytest.raises(ConfigError, match=r"'hed' matches no layer.*encoder\.0 \(Linear\)"):
+        resolve("T", Net(), ["hed"], [])
+
+
+def test_ignoring_every_target_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="removes every target layer"):
+        resolve("T", Net(), ["Linear"], ["Linear"])
+
+
+@pytest.mark.parametrize("value", [3, [""], ["a", 1], None])
+def test_names_must_be_strings(value: object) -> None:
+    with pytest.raises(ConfigTypeError, match="must be a name or a list of names"):
+        check_names("T", "targets", value)
+
+
+def test_a_bad_regex_is_caught_when_checked() -> None:
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        check_names("T", "targets", "re:(unclosed")
+
+
+def test_a_single_name_becomes_a_list() -> None:
+    assert check_names("T", "targets", "Linear") == ["Linear"]
