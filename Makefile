@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the local CPU wheel. An unpinned torch would
 	# pull several GB of CUDA packages from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/modfsm demo
+	$(BIN)/modfsm run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +29,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dispatch
 	$(BIN)/python -m benchmarks.session_overhead
+	$(BIN)/python -m benchmarks.compression
 
 clean:
 	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis

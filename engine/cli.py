@@ -1,5 +1,7 @@
 """The ``modfsm`` command line.
 
+``modfsm run [RECIPE]`` trains and compresses the built-in digits MLP with a
+recipe (the default one without RECIPE) and prints a summary;
 ``modfsm demo`` runs the illustrative training loop; ``modfsm diagram`` prints
 the lifecycle as mermaid text; ``modfsm trace verify FILE`` replays a session
 trace against the specification (exit 0: it follows it, 1: divergence, 2:
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -27,6 +30,90 @@ def _positive(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="train and compress the built-in digits MLP with a recipe, then print a summary",
+        description="Train the built-in MLP on scikit-learn's 8x8 digits with a recipe (default: "
+        "gradual magnitude pruning to 75%%, then W8A8 quantization-aware training) and print "
+        "each modifier's window and state, sparsity per layer, quantization error and "
+        "accuracy. Recipe windows are in optimizer steps.",
+    )
+    run.add_argument("recipe", nargs="?", type=Path, help="a recipe YAML file (default: built-in)")
+    run.add_argument("--steps", type=_positive, default=600, help="optimizer steps (default 600)")
+    run.add_argument("--seed", type=_natural, default=0, help="random seed (default 0)")
+    run.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
+    run.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
+    run.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    run.add_argument("--trace", type=Path, metavar="FILE", help="write the session trace (JSONL)")
+    run.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="keep checkpoints in DIR (atomic writes)"
+    )
+    run.add_argument(
+        "--checkpoint-every", type=_positive, default=100, metavar="N",
+        help="steps between checkpoints (default 100)",
+    )  # fmt: skip
+    run.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR"
+    )
+    run.add_argument(
+        "--stop-at", type=_positive, metavar="STEP",
+        help="stop after STEP steps without finalizing, leaving a checkpoint to --resume",
+    )  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.errors import LifecycleError
+    from engine.runner import RunConfig, format_summary, run
+
+    config = RunConfig(
+        recipe=args.recipe,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        trace=args.trace,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_at=args.stop_at,
+    )
+    try:
+        result = run(config, progress=sys.stderr.isatty())
+    except (LifecycleError, ModuleNotFoundError) as error:
+        message = str(error)
+        prefix = "" if message.startswith("modfsm run:") else "modfsm run: "
+        print(f"{prefix}{message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"modfsm run: {error.filename or ''}: {error.strerror}. To fix, check the path "
+              "and its permissions.", file=sys.stderr)  # fmt: skip
+        return 2
+    sys.stdout.write(format_summary(result))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modfsm",
@@ -38,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         version = "unknown"
     parser.add_argument("--version", action="version", version=f"modfsm {version}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
 
     demo = commands.add_parser(
         "demo", help="train a tiny MLP with two illustrative modifiers and show their hooks"
@@ -75,7 +163,11 @@ def _verify(path: Path) -> int:
         print(f"modfsm trace verify: {error}", file=sys.stderr)
         return 2
     result = verify(records)
-    summary = f"{result.records} records, {result.calls} calls, {result.transitions} transitions"
+    plural = "s" if result.segments != 1 else ""
+    summary = (
+        f"{result.records} records, {result.segments} segment{plural}, {result.calls} calls, "
+        f"{result.transitions} transitions, {result.stage_transitions} stage transitions"
+    )
     if result.divergence is not None:
         print(f"DIVERGENCE in {path}, {result.divergence}")
         print(f"(checked {summary} before it)")
@@ -88,6 +180,8 @@ def _verify(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
     if args.command == "demo":
         from engine.demo import run_demo
 
