@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import session_overhead
+from benchmarks import compression, session_overhead
 from benchmarks.dispatch import main
 
 
@@ -31,3 +31,15 @@ def test_quick_session_overhead_reports_every_model(tmp_path: Path) -> None:
         assert row["torch_step_us"] > 0
         assert row["engine_us"] > 0
         assert row["overhead"] == row["engine_us"] / row["torch_step_us"]
+
+
+def test_quick_compression_benchmark_reports_every_phase_with_identical_weights(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "compression.json"
+    assert compression.main(["--quick", "--json", str(target)]) == 0
+    figures = json.loads(target.read_text(encoding="utf-8"))
+    assert figures["weights_identical"] is True  # measure() raises otherwise
+    assert [p["phase"] for p in figures["phases"]] == list(compression.PHASES)
+    assert figures["modfsm_steps_per_s"] > 0
+    assert figures["hand_steps_per_s"] > 0
