@@ -53,7 +53,7 @@ def test_the_diagram_is_the_declared_state_changes() -> None:
 
 
 def test_the_demo_excerpt_is_from_a_real_run() -> None:
-    shown = block("text", after="make demo` trains")
+    shown = block("text", after="`modfsm demo` shows the lifecycle")
     printed = io.StringIO()
     run_demo(steps=12, seed=0, stream=printed)
     actual = printed.getvalue().splitlines()
@@ -61,3 +61,22 @@ def test_the_demo_excerpt_is_from_a_real_run() -> None:
     assert len(lines) >= 8
     for line in lines:
         assert line in actual, f"README demo line not in the demo's output: {line!r}"
+
+
+def shape(line: str) -> str:
+    """``line`` with its hex digest and its numbers replaced by ``#``."""
+    return re.sub(r"[\d.]+", "#", re.sub(r"sha256 [0-9a-f]+", "sha256 #", line))
+
+
+def test_the_main_job_output_shown_is_what_the_default_run_prints() -> None:
+    from engine.runner import RunConfig, format_summary, run
+
+    shown = block("text", after="## The main job")
+    printed = format_summary(run(RunConfig())).splitlines()
+    # Float rounding differs between CPUs: compare what does not depend on it exactly
+    # (windows, states, weights per layer, the steps measured) and the rest by shape.
+    for line in shown.splitlines():
+        if re.search(r"\d\.\d+%|e-0\d|sha256|^  fc\d +[\d,]+ +[\d,]+ ", line):
+            assert any(shape(line) == shape(p) for p in printed), f"no line shaped like {line!r}"
+        else:
+            assert line in printed, f"README line not in the default run's summary: {line!r}"
