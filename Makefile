@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutation clean spin verify
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,46 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest
+# The Spin model checker and a C compiler, for the model checks in `make test`
+# and `make verify`: installed with apt-get when missing (as root, or through sudo).
+APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+spin:
+	@missing=""; \
+	command -v spin >/dev/null 2>&1 || missing=" spin"; \
+	command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	  else echo "model checking needs:$$missing, and installing it needs root. To fix, install spin (apt-get install spin) and gcc." >&2; exit 1; fi; \
+	  echo "installing$$missing for model checking (apt-get install$$missing)"; \
+	  $$sudo $(APT_INSTALL) $$missing >/dev/null \
+	    || { $$sudo apt-get update -qq && $$sudo $(APT_INSTALL) $$missing >/dev/null; } \
+	    || { echo "could not install$$missing. To fix, install spin (apt-get install spin) and gcc." >&2; exit 1; }; \
+	fi
+
+# MODFSM_REQUIRE_SPIN: tests that need Spin fail, rather than skip, without it.
+test: lint spin
+	MODFSM_REQUIRE_SPIN=1 $(BIN)/python -m pytest
+
+# Structural proofs and Spin model checks of the declared machines, as one table.
+verify: $(STAMP) spin
+	$(BIN)/modfsm verify
+
+# Mutation testing of the lifecycle, stage, session and factory modules (mutmut;
+# configured in pyproject.toml, results in specs/verification.md). Not part of
+# `make test`: a full run takes hours on 2 cores. Results are kept in mutants/,
+# so a second run only tests mutants not yet tested or whose function changed.
+MUTATION_STAMP := $(VENV)/.installed-mutation
+MUTATION_JOBS  ?= 2
+
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run --max-children $(MUTATION_JOBS)
+	$(BIN)/python -m tests.mutmut_report
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dispatch
@@ -32,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.compression
 
 clean:
-	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

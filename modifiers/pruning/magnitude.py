@@ -133,6 +133,8 @@ class MagnitudePruningModifier(MaskingBase):
             self.apply_masks()
 
     def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        if not self.started:  # the window never opened (ended_unstarted): leave the model alone
+            return
         self.prune_to(self.final_sparsity)
         if not self.leave_enabled:
             self._masks = {}

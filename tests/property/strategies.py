@@ -1,30 +1,13 @@
-"""Hypothesis strategies shared by the property tests."""
+"""Hypothesis strategies the property tests share beyond ``engine.testing.strategies``.
+
+Schedules, event types and steps come from the public test kit
+(``from engine.testing import strategies as ms``); what is here scripts the
+test doubles (``tests/doubles.py``), which users of the kit do not have.
+"""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
-
-from engine import EventType
-
-#: start/end values: unset, the one-shot conventions, step counts and fractional epochs.
-schedule_values = st.one_of(
-    st.none(),
-    st.sampled_from([-1, 0]),
-    st.integers(min_value=1, max_value=6),
-    st.sampled_from([0.5, 1.5, 2.25, 3.0, 0.3]),
-)
-
-#: None for step-based schedules, else optimizer steps per epoch.
-steps_per_epoch = st.one_of(st.none(), st.integers(min_value=1, max_value=4))
-
-#: event types, with the two that move the lifecycle drawn more often.
-event_types = st.one_of(
-    st.sampled_from([EventType.BATCH_START, EventType.BATCH_END]),
-    st.sampled_from(list(EventType)),
-)
-
-#: global_step values; small, so windows are hit often, and free to go backwards.
-steps = st.integers(min_value=0, max_value=8)
 
 #: what a gate hook may return: the two bools and two forgotten-return mistakes.
 gate_results = st.sampled_from([True, False, None, 1])

@@ -18,6 +18,7 @@ from hypothesis.stateful import (
 )
 
 from engine import Event, EventType
+from engine.testing import strategies as ms
 from specs.reference import ReferenceModifier, SpecModifier
 from tests.doubles import FINALIZE, INITIALIZE, Call, RecordingModifier, apply, flags_of
 from tests.property import strategies as s
@@ -54,7 +55,7 @@ class _Lockstep(RuleBasedStateMachine):
     def finalize_(self) -> None:
         self.everyone(FINALIZE)
 
-    @rule(type_=s.event_types, step=s.steps)
+    @rule(type_=ms.event_types, step=ms.steps)
     def update(self, type_: EventType, step: int) -> None:
         event = Event(type_, global_step=step, steps_per_epoch=self.steps_per_epoch)
         self.everyone(("update", event))
@@ -69,7 +70,7 @@ class _Lockstep(RuleBasedStateMachine):
 class AgainstReference(_Lockstep):
     """Hooks all succeed: the engine must equal the reference, quirks included."""
 
-    @initialize(start=s.schedule_values, end=s.schedule_values, spe=s.steps_per_epoch)
+    @initialize(start=ms.schedule_values, end=ms.schedule_values, spe=ms.steps_per_epoch)
     def setup(self, start: float | None, end: float | None, spe: int | None) -> None:
         self.build(start, end, spe)
 
@@ -80,7 +81,7 @@ class AgainstReference(_Lockstep):
 class AgainstSpecification(_Lockstep):
     """Gates return scripted values, hooks and guards raise: the engine must equal the spec."""
 
-    @initialize(start=s.schedule_values, end=s.schedule_values, spe=s.steps_per_epoch)
+    @initialize(start=ms.schedule_values, end=ms.schedule_values, spe=ms.steps_per_epoch)
     def setup(self, start: float | None, end: float | None, spe: int | None) -> None:
         self.build(start, end, spe)
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from engine import Event, EventType, Modifier, State
 from engine.session import Session
 from engine.stage import StageModifiers
-from tests.property import strategies as s
+from engine.testing import strategies as ms
 
 
 @attrs.define(eq=False)
@@ -102,7 +102,7 @@ def plans(draw: st.DrawFn) -> Plan:
     skippable = step_batches[1:-1]
     skips = draw(st.frozensets(st.sampled_from(skippable)) if skippable else st.just(frozenset()))
     anchor = (draw(st.sampled_from([-1, 0]), label="anchor start"), None)
-    others = draw(st.lists(st.tuples(s.schedule_values, s.schedule_values), max_size=2))
+    others = draw(st.lists(st.tuples(ms.schedule_values, ms.schedule_values), max_size=2))
     return Plan(
         schedule=[anchor, *others],
         two_stages=draw(st.booleans(), label="two stages"),

@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from engine import Event, EventType, State
 from engine.stage import StageModifiers
+from engine.testing import strategies as ms
 from specs.reference import ReferenceModifier, ReferenceStage, SpecModifier, SpecStage
 from tests.doubles import RecordingModifier, error_kind, flags_of
 from tests.property import strategies as s
@@ -42,7 +43,7 @@ def outcome(call: Any) -> str | None:
     return None
 
 
-windows = st.lists(st.tuples(s.schedule_values, s.schedule_values), min_size=1, max_size=3)
+windows = st.lists(st.tuples(ms.schedule_values, ms.schedule_values), min_size=1, max_size=3)
 
 
 ModelPair = tuple[type[ReferenceStage], type[ReferenceModifier]]
@@ -80,7 +81,7 @@ class _StageLockstep(RuleBasedStateMachine):
     def finalize_(self) -> None:
         self.everyone("finalize")
 
-    @rule(type_=s.event_types, step=s.steps)
+    @rule(type_=ms.event_types, step=ms.steps)
     def update(self, type_: EventType, step: int) -> None:
         self.everyone("update_event", Event(type_, global_step=step))
 

@@ -20,10 +20,10 @@ from engine import EventType, LifecycleState, Modifier
 from engine.session import Session
 from engine.stage import StageModifiers
 from engine.stage_lifecycle import StageState
+from engine.testing import strategies as ms
 from engine.trace import verify
 from specs.reference import HookFailure
 from tests.doubles import EventLog, RecordingModifier
-from tests.property import strategies as s
 
 #: position -> the loop calls that are legal there, as (event name, partial).
 LEGAL: dict[str, list[tuple[str, bool]]] = {
@@ -104,12 +104,12 @@ def tamper(records: list[dict[str, Any]], data: st.DataObject) -> int | None:
 
 
 @given(
-    windows=st.lists(st.tuples(s.schedule_values, s.schedule_values), min_size=1, max_size=4),
+    windows=st.lists(st.tuples(ms.schedule_values, ms.schedule_values), min_size=1, max_size=4),
     custom=st.lists(st.booleans(), min_size=4, max_size=4),
     two_stages=st.booleans(),
     fail_after=st.one_of(st.none(), st.integers(0, 12)),
     per_step=st.integers(1, 3),
-    steps_per_epoch=s.steps_per_epoch,
+    steps_per_epoch=ms.steps_per_epoch,
     moves=st.lists(st.integers(0, 2), max_size=40),
     finalize=st.booleans(),
     data=st.data(),

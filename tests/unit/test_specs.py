@@ -12,6 +12,7 @@ from engine import LIFECYCLE
 from engine.lifecycle import FINALIZED_STATES
 from engine.session_grammar import SESSION_GRAMMAR
 from engine.stage_lifecycle import STAGE_LIFECYCLE
+from engine.verify.properties import machine_named
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs").glob("*.md")}
@@ -22,6 +23,14 @@ CATALOG_PREFIX = {
     "recipe": "RC",
     "session": "SE",
     "modifiers": "M",
+    "testing": "K",
+    "verification": "V",
+}
+#: the "Temporal properties" catalogs, model-checked by engine/verify (spec -> machine, prefix)
+TEMPORAL = {
+    "lifecycle": ("lifecycle", "LT"),
+    "stage": ("stage", "STT"),
+    "session": ("session", "SET"),
 }
 
 
@@ -201,6 +210,26 @@ def test_every_property_names_at_least_one_test(doc: str) -> None:
     assert list(properties) == [f"{prefix}{n}" for n in range(1, len(properties) + 1)]
     for name, text in properties.items():
         assert "::" in text, f"{name} names no test"
+
+
+@pytest.mark.parametrize("doc", sorted(TEMPORAL))
+def test_the_temporal_catalog_is_what_the_model_checker_checks(doc: str) -> None:
+    machine_name, prefix = TEMPORAL[doc]
+    text = SPECS[doc]
+    section = text[text.index("Temporal properties") :]
+    entries = re.split(rf"\n- \*\*(?={prefix}\d+ )", section)[1:]
+    documented = []
+    for entry in entries:
+        match = re.match(rf"({prefix}\d+) — (.+?)\.\*\* `([^`]+)`", entry)
+        assert match, f"specs/{doc}.md: {entry[:60]!r} is not '**ID — Title.** `formula`'"
+        documented.append(match.groups())
+        assert "::" in entry, f"{match.group(1)} names no test"
+    declared = [
+        (p.id, p.title[0].upper() + p.title[1:], p.formula)
+        for p in machine_named(machine_name).temporal
+    ]
+    assert documented == declared
+    assert [d[0] for d in documented] == [f"{prefix}{n}" for n in range(1, len(declared) + 1)]
 
 
 def test_the_reference_model_never_imports_the_engine() -> None:

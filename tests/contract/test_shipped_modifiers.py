@@ -1,0 +1,83 @@
+"""Every modifier in ``modifiers/`` runs the modifier contract (``engine.testing``).
+
+Each class below is the whole test: ``ModifierContract`` supplies the five checks
+(lifecycle, illegal calls, torch hooks, outside the window, resume). The classes
+say what each modifier does on purpose: pruning masks and fake quantization stay
+in force after the window (``holds_after_end``) where the modifier keeps them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from engine import Modifier
+from engine.testing import ModifierContract, strategies
+from modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
+from modifiers.quantization import QuantizationModifier
+
+
+def model_with_zeros() -> torch.nn.Module:
+    """The contract's default model, with a third of the first layer's weights at zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    first = model[0]
+    assert isinstance(first, torch.nn.Linear)
+    with torch.no_grad():
+        first.weight[:, ::3] = 0.0
+    return model
+
+
+class TestConstantPruningContract(ModifierContract):
+    """Masks recorded at start, applied after each step in the window, dropped at its end."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return ConstantPruningModifier(start=start, end=end)
+
+    def make_model(self) -> torch.nn.Module:
+        return model_with_zeros()  # so the masks it records prune something
+
+
+class TestMagnitudePruningContract(ModifierContract):
+    """With ``leave_enabled`` (the default) the final masks stay applied until finalize."""
+
+    holds_after_end = True
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return MagnitudePruningModifier(
+            init_sparsity=0.1, final_sparsity=0.5, update=1, start=start, end=end
+        )
+
+
+class TestMagnitudePruningWithoutLeaveEnabledContract(ModifierContract):
+    """Without ``leave_enabled`` the masks are dropped at the end: the model is left alone."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return MagnitudePruningModifier(
+            final_sparsity=0.5, leave_enabled=False, start=start, end=end
+        )
+
+
+def test_magnitude_pruning_leaves_the_model_alone_when_its_window_never_opens() -> None:
+    # Every window, not only the contract's mix of early-opening ones: on_end runs on a
+    # modifier that never started when no step falls inside [start, end).
+    contract = TestMagnitudePruningContract().contract()
+    attrs.evolve(contract, schedules=strategies.schedules()).check_untouched_outside_window()
+
+
+class TestQuantizationContract(ModifierContract):
+    """W8A8: static input scales; fake quantization stays on after the window until finalize.
+
+    With calibration data, so that a one-shot window (``start: -1``) is accepted.
+    """
+
+    holds_after_end = True
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return QuantizationModifier(scheme="W8A8", start=start, end=end)
+
+    def make_calib_data(self) -> Any:
+        generator = torch.Generator().manual_seed(7)
+        return [torch.randn(4, 8, generator=generator) for _ in range(2)]
