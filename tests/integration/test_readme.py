@@ -80,3 +80,20 @@ def test_the_main_job_output_shown_is_what_the_default_run_prints() -> None:
             assert any(shape(line) == shape(p) for p in printed), f"no line shaped like {line!r}"
         else:
             assert line in printed, f"README line not in the default run's summary: {line!r}"
+
+
+def test_the_verify_excerpt_is_what_modfsm_verify_prints() -> None:
+    from engine.cli import main
+
+    shown = block("text", after="## Proving the machines")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["verify"])
+    assert code == 0
+    actual = printed.getvalue().splitlines()
+    lines = [line for line in shown.splitlines() if line not in ("...", "")]
+    assert len(lines) >= 8
+    for line in lines[:-1]:
+        assert line in actual, f"README verify line not in modfsm verify's output: {line!r}"
+    # the summary's timing differs between runs
+    assert re.sub(r"[\d.]+ s\.$", "", lines[-1]) == re.sub(r"[\d.]+ s\.$", "", actual[-1])
