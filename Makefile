@@ -6,14 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench mutation clean spin verify
+.PHONY: demo test lint bench mutation clean spin verify graphviz docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel. An unpinned torch would
 	# pull several GB of CUDA packages from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,diagrams]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,9 +41,28 @@ spin:
 	    || { echo "could not install$$missing. To fix, install spin (apt-get install spin) and gcc." >&2; exit 1; }; \
 	fi
 
-# MODFSM_REQUIRE_SPIN: tests that need Spin fail, rather than skip, without it.
-test: lint spin
-	MODFSM_REQUIRE_SPIN=1 $(BIN)/python -m pytest
+# Graphviz's dot program, for `modfsm diagram --format svg|png` and the committed SVGs
+# under docs/diagrams: installed with apt-get when missing (as root, or through sudo).
+graphviz:
+	@if ! command -v dot >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	  else echo "diagrams as svg or png need graphviz's dot, and installing it needs root. To fix, install graphviz (apt-get install graphviz)." >&2; exit 1; fi; \
+	  echo "installing graphviz for svg and png diagrams (apt-get install graphviz)"; \
+	  $$sudo $(APT_INSTALL) graphviz >/dev/null \
+	    || { $$sudo apt-get update -qq && $$sudo $(APT_INSTALL) graphviz >/dev/null; } \
+	    || { echo "could not install graphviz. To fix, install graphviz (apt-get install graphviz)." >&2; exit 1; }; \
+	fi
+
+# MODFSM_REQUIRE_SPIN / MODFSM_REQUIRE_GRAPHVIZ: tests that need Spin or graphviz's dot
+# fail, rather than skip, without them.
+test: lint spin graphviz
+	MODFSM_REQUIRE_SPIN=1 MODFSM_REQUIRE_GRAPHVIZ=1 $(BIN)/python -m pytest
+
+# Regenerate the diagrams committed under docs/diagrams (mermaid, dot, svg) from the
+# declared machines; a test fails while they are stale.
+docs: $(STAMP) graphviz
+	$(BIN)/python -m engine.diagrams docs/diagrams
 
 # Structural proofs and Spin model checks of the declared machines, as one table.
 verify: $(STAMP) spin

@@ -5,8 +5,10 @@ is declared twice. Three uses:
 
 * :func:`build_machine` - a ``transitions.Machine`` (no auto transitions) with
   the declared states and rows, for inspection and markup;
-* :func:`mermaid` - the machine as mermaid ``stateDiagram-v2`` text, through
-  ``transitions``' own mermaid engine (no binary needed);
+* :func:`diagram_source` - a :class:`~engine.diagrams.drawing.Drawing` of a
+  declaration as mermaid ``stateDiagram-v2`` or graphviz ``dot`` text, through
+  ``transitions``' ``GraphMachine`` (the mermaid engine needs nothing installed;
+  the graphviz engine needs the Python package ``graphviz``);
 * :class:`TransitionsDriver` - runs an object's hooks through ``transitions``'
   dispatch. A call costs about 16-24x as much as the reference's flag logic,
   which the compiled table beats (``benchmarks/dispatch.py``; figures in
@@ -16,8 +18,10 @@ is declared twice. Three uses:
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from transitions import Machine
 from transitions.core import EventData
@@ -25,7 +29,10 @@ from transitions.core import EventData
 from engine.errors import IllegalTransitionError
 from engine.machine import Declaration, describe
 
-__all__ = ["TransitionsDriver", "build_machine", "machine_rows", "mermaid"]
+if TYPE_CHECKING:  # engine.diagrams imports this module
+    from engine.diagrams.drawing import Drawing
+
+__all__ = ["TransitionsDriver", "build_machine", "diagram_source", "machine_rows"]
 
 
 def machine_rows(declaration: Declaration) -> list[dict[str, Any]]:
@@ -59,23 +66,93 @@ def build_machine(declaration: Declaration, model: Any = None) -> Machine:
     )
 
 
-def mermaid(declaration: Declaration, *, title: str | None = None) -> str:
-    """The declaration as a mermaid ``stateDiagram-v2``, guards shown on the edges."""
-    from transitions.extensions import GraphMachine
+_DOT_SPACING: Final = {"nodesep": "0.9", "ranksep": "0.7"}
+"""Room between nodes for the edge labels, in inches (graphviz only)."""
+
+_STYLES: Final[dict[str, Any]] = {
+    "node": {
+        "default": {
+            "style": "rounded,filled",
+            "shape": "rectangle",
+            "fillcolor": "white",
+            "color": "black",
+            "peripheries": "1",
+        },
+        "initial": {"fillcolor": "lightyellow", "peripheries": "2"},
+        "final": {"fillcolor": "lightgrey"},
+        "rejected": {"style": "dashed,rounded,filled", "fillcolor": "mistyrose", "color": "red"},
+    },
+    "edge": {
+        "default": {"color": "black"},
+        "rejected": {"color": "red", "fontcolor": "red", "style": "dashed"},
+    },
+    "graph": {"default": {"color": "black", "fillcolor": "white", "style": "solid"}},
+}
+"""modfsm's styles for ``GraphMachine``: initial, final (absorbing) and rejected."""
+
+
+def diagram_source(drawing: Drawing, engine: Literal["mermaid", "graphviz"]) -> str:
+    """The drawing as mermaid ``stateDiagram-v2`` or graphviz ``dot`` text.
+
+    Built by ``transitions``' ``GraphMachine`` from the drawing's states and
+    edges (each edge a row with its own ``label``; an edge whose state stays is
+    a reflexive row, so ``transitions`` adds no ``[internal]`` marks). Node
+    styles: ``initial``, ``final`` (absorbing) and ``rejected``; rejected edges
+    are dashed in ``dot``. Two fixes to the mermaid text: the title becomes
+    mermaid front matter (``title: "..."``, which ``transitions`` writes as a
+    bare line mermaid ignores), and trailing spaces are removed. The text
+    depends only on the drawing: the same drawing gives the same bytes.
+
+    Raises:
+        ModuleNotFoundError: ``engine="graphviz"`` and the Python package
+            ``graphviz`` is not installed (``transitions`` would fall back to mermaid).
+    """
+    if engine == "graphviz" and importlib.util.find_spec("graphviz") is None:
+        raise ModuleNotFoundError(
+            "the graphviz engine needs the Python package graphviz", name="graphviz"
+        )
+    from transitions.extensions import GraphMachine  # loads markup and nesting: on first use
 
     machine = GraphMachine(
-        states=list(declaration.state_names()),
-        initial=declaration.initial,
-        transitions=machine_rows(declaration),
+        states=list(drawing.states),
+        initial=drawing.initial,
+        transitions=[
+            {"trigger": e.trigger, "source": e.source, "dest": e.dest, "label": e.label}
+            for e in drawing.edges
+        ],
         auto_transitions=False,
-        graph_engine="mermaid",
-        show_conditions=True,
-        title=title or declaration.name,
-        name=declaration.name,
+        graph_engine=engine,
+        title=drawing.title,
+        name=drawing.name,
     )
-    graph = machine.get_graph()
-    text: str = graph.source
-    return text + ("" if text.endswith("\n") else "\n")
+    # Instance attributes, read when the graph is drawn; the spacing only for graphviz
+    # (mermaid would print it as statements it does not know).
+    machine.style_attributes = _STYLES
+    machine.machine_attributes = {
+        "directed": "true",
+        "strict": "false",
+        "rankdir": "TB",
+        **(_DOT_SPACING if engine == "graphviz" else {}),
+    }
+    # Both engines' Graph classes keep custom_styles; BaseGraph's stub does not declare it.
+    graph: Any = machine.model_graphs[id(machine)]
+    graph.reset_styling()
+    for state in drawing.states:
+        if state == drawing.initial:
+            graph.set_node_style(state, "initial")
+        elif state in drawing.final:
+            graph.set_node_style(state, "final")
+    for edge in drawing.edges:
+        if edge.kind == "rejected":
+            graph.set_node_style(edge.dest, "rejected")
+            graph.custom_styles["edge"][edge.source][edge.dest] = "rejected"
+    text: str = machine.get_graph().source
+    if engine == "mermaid":
+        lines = text.split("\n")
+        if lines[:1] == ["---"] and lines[2:3] == ["---"]:
+            lines[1] = f"title: {json.dumps(drawing.title)}"
+        text = "\n".join(line.rstrip() for line in lines)
+    return text if text.endswith("\n") else text + "\n"
 
 
 class TransitionsDriver:

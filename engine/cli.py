@@ -2,8 +2,9 @@
 
 ``modfsm run [RECIPE]`` trains and compresses the built-in digits MLP with a
 recipe (the default one without RECIPE) and prints a summary;
-``modfsm demo`` runs the illustrative training loop; ``modfsm diagram`` prints
-the lifecycle as mermaid text; ``modfsm trace verify FILE`` replays a session
+``modfsm demo`` runs the illustrative training loop; ``modfsm diagram [TARGET]``
+draws a declared machine (mermaid, dot, SVG, PNG) or a recipe's timeline
+(PNG); ``modfsm trace verify FILE`` replays a session
 trace against the specification (exit 0: it follows it, 1: divergence, 2:
 unreadable); ``modfsm verify`` proves the declared tables and model-checks
 them with Spin (exit 0: every property holds, 1: one fails, 2: Spin is
@@ -139,8 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for lifecycle.mmd (default demo-out)",
     )  # fmt: skip
 
-    diagram = commands.add_parser("diagram", help="print the modifier lifecycle as mermaid text")
-    diagram.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
+    _add_diagram(commands)
 
     trace = commands.add_parser("trace", help="work with session traces")
     trace_commands = trace.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
@@ -173,6 +173,107 @@ def _add_verify(commands: Any) -> None:
         "--write-models", type=Path, metavar="DIR",
         help="also write each generated Promela model to DIR/<machine>.pml",
     )  # fmt: skip
+
+
+def _add_diagram(commands: Any) -> None:
+    diagram = commands.add_parser(
+        "diagram",
+        help="draw a declared machine (mermaid, dot, svg, png) or a recipe's timeline (png)",
+        description="Draw TARGET: 'lifecycle' (the modifier lifecycle, the default), 'stage', "
+        "'session' (the step grammar), or a modifier class name (its lifecycle, with the guards "
+        "and hooks the class defines marked *), as mermaid or dot text, or as svg or png "
+        "through graphviz; or RECIPE.yaml: the recipe's timeline as png (with --trace, the "
+        "states each modifier was in). Edges read 'trigger [guard] / hooks'; see "
+        "docs/diagrams.md. Exit 2 for an unknown target, a missing graphviz or a bad option.",
+    )
+    diagram.add_argument(
+        "target", nargs="?", default="lifecycle", metavar="TARGET",
+        help="lifecycle (default), stage, session, a modifier class name, or a recipe .yaml",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--format", "-f", choices=("mermaid", "dot", "svg", "png"),
+        help="output format (default: from the -o suffix, else mermaid; png for a recipe)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--output", "-o", type=Path, metavar="FILE",
+        help="write to FILE (default: stdout, text formats only)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--illegal", action="store_true",
+        help="also draw the rejected calls, as dashed edges to a 'rejected' pseudo-state",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--no-self-loops", dest="self_loops", action="store_false",
+        help="leave out the calls that keep the state (updates, no-ops, ignored calls)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--trace", type=Path, metavar="FILE",
+        help="recipe only: a trace of a run (JSONL); adds the modifiers' states over the run",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--steps", type=_positive, metavar="N",
+        help="recipe only: end the x axis at N (default: the trace's end, else 1.25 x the "
+        "largest start/end)",
+    )  # fmt: skip
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from engine.diagrams import MACHINE_TARGETS, draw, format_for, render
+    from engine.errors import LifecycleError
+
+    def fail(message: str) -> int:
+        print(f"modfsm diagram: {message}", file=sys.stderr)
+        return 2
+
+    target: str = args.target
+    is_recipe = target not in MACHINE_TARGETS and (
+        target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    )
+    try:
+        if is_recipe:
+            if args.illegal or not args.self_loops:
+                return fail("--illegal and --no-self-loops draw a machine, not a recipe. To "
+                            "fix, leave them out.")  # fmt: skip
+            content = _timeline(args)
+        else:
+            if args.trace is not None or args.steps is not None:
+                return fail("--trace and --steps draw a recipe's timeline. To fix, pass a "
+                            "recipe file as TARGET.")  # fmt: skip
+            format = format_for(args.output, args.format)
+            if format == "png" and args.output is None:
+                return fail("png is binary. To fix, pass -o FILE.png.")
+            content = render(draw(target, self_loops=args.self_loops, illegal=args.illegal),
+                             format)  # fmt: skip
+    except LifecycleError as error:  # unknown target, graphviz missing, bad recipe or trace
+        return fail(str(error))
+    except OSError as error:
+        return fail(f"cannot read {error.filename}: {error.strerror}. To fix, check the path.")
+    if args.output is None:
+        sys.stdout.write(content.decode())
+        return 0
+    try:
+        args.output.write_bytes(content)
+    except OSError as error:
+        return fail(f"cannot write {args.output}: {error.strerror}. To fix, pass a writable "
+                    "path with --output.")  # fmt: skip
+    return 0
+
+
+def _timeline(args: argparse.Namespace) -> bytes:
+    from engine.diagrams import DiagramError, draw_timeline
+    from engine.diagrams.render import SUFFIXES
+    from engine.recipe import Recipe
+    from engine.trace import read_jsonl
+
+    if (
+        args.output is None
+        or (args.format or SUFFIXES.get(args.output.suffix.lower(), "png")) != "png"
+    ):
+        raise DiagramError("a recipe's timeline is drawn as png only. To fix, pass "
+                           "-o FILE.png (and no other --format).")  # fmt: skip
+    recipe = Recipe.load(Path(args.target))
+    trace = read_jsonl(args.trace) if args.trace is not None else None
+    return draw_timeline(recipe, trace=trace, steps=args.steps)
 
 
 def _verify_machines(args: argparse.Namespace) -> int:
@@ -239,20 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verify(args.file)
     if args.command == "verify":
         return _verify_machines(args)
-    from engine._transitions import mermaid
-    from engine.lifecycle import LIFECYCLE
-
-    text = mermaid(LIFECYCLE, title="modfsm modifier lifecycle")
-    if args.output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        args.output.write_text(text, encoding="utf-8")
-    except OSError as error:
-        print(f"modfsm diagram: cannot write {args.output}: {error.strerror}. "
-              "To fix, pass a writable path with --output.", file=sys.stderr)  # fmt: skip
-        return 2
-    return 0
+    return _diagram(args)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from engine._transitions import mermaid
+from engine.diagrams import draw, render
 from engine.events import TRAINING_STEP_EVENTS, Event, EventType
-from engine.lifecycle import LIFECYCLE
 from engine.modifier import Modifier
 from engine.state import State
 
@@ -182,7 +181,7 @@ def run_demo(*, steps: int = 12, seed: int = 0, out: Path | None = None,
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "lifecycle.mmd"
-        path.write_text(mermaid(LIFECYCLE, title="modfsm modifier lifecycle"), encoding="utf-8")
+        path.write_bytes(render(draw("lifecycle"), "mermaid"))
         print(f"lifecycle diagram (mermaid): {path}", file=stream)
     return rows
 

@@ -13,15 +13,18 @@ from engine import LIFECYCLE
 from engine.cli import main
 
 SCRIPT = Path(sys.executable).parent / "modfsm"
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "engine" / "data" / "default_recipe.yaml"
 
 
 def test_the_console_script_prints_the_lifecycle_diagram() -> None:
     result = subprocess.run(
         [str(SCRIPT), "diagram"], capture_output=True, text=True, check=True, timeout=120
     )
-    assert result.stdout.startswith("---\nmodfsm modifier lifecycle\n---\nstateDiagram-v2")
+    assert result.stdout.startswith('---\ntitle: "modfsm modifier lifecycle"\n---\nstateDiagram-v2')
     for state in LIFECYCLE.state_names():
         assert f'state "{state}" as {state}' in result.stdout
+    assert result.stdout == (ROOT / "docs" / "diagrams" / "lifecycle.mmd").read_text()
 
 
 def test_diagram_writes_a_file(tmp_path: Path) -> None:
@@ -35,6 +38,115 @@ def test_diagram_to_an_unwritable_path_exits_2_with_a_message(
 ) -> None:
     assert main(["diagram", "--output", str(tmp_path / "missing" / "x.mmd")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["diagram", "stage", "--format", "dot"], 'digraph "modfsm stage lifecycle" {'),
+        (["diagram", "session", "-f", "mermaid"], '---\ntitle: "modfsm session step grammar"'),
+        (["diagram", "MagnitudePruningModifier"], '---\ntitle: "MagnitudePruningModifier lif'),
+    ],
+)
+def test_diagram_prints_each_target_in_the_format_asked(
+    argv: list[str], starts: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(starts)
+
+
+def test_diagram_options_add_illegal_moves_and_drop_self_loops(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["diagram", "lifecycle", "--illegal", "--no-self-loops"]) == 0
+    out = capsys.readouterr().out
+    assert "created --> rejected: batch_start, batch_end, other_event (R3) | finalize (R6)" in out
+    assert "started --> started" not in out
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".svg", b"<?xml"), (".png", b"\x89PNG\r\n")])
+def test_diagram_draws_svg_and_png_named_by_the_output_suffix(
+    suffix: str, magic: bytes, tmp_path: Path
+) -> None:
+    from tests.diagram_support import require_graphviz
+
+    require_graphviz()
+    target = tmp_path / f"session{suffix}"
+    assert main(["diagram", "session", "-o", str(target)]) == 0
+    assert target.read_bytes().startswith(magic)
+    assert target.stat().st_size > 5000
+
+
+def test_diagram_of_an_unknown_target_exits_2_listing_the_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["diagram", "lifecylce"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modfsm diagram: unknown diagram target 'lifecylce'. ")
+    assert "Targets: the machines lifecycle, stage, session; a modifier class (" in err
+    assert "MagnitudePruningModifier" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("format", ["svg", "png"])
+def test_diagram_without_graphviz_exits_2_with_the_fix(
+    format: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["diagram", "stage", "--format", format, "-o", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == (
+        f"modfsm diagram: the {format} format needs graphviz's dot program, not found on PATH. "
+        "To fix, install graphviz (apt-get install graphviz) or use --format mermaid.\n"
+    )
+    assert not (tmp_path / "x").exists()
+    assert main(["diagram", "stage", "--format", "mermaid"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["diagram", "stage", "-f", "png"], "png is binary. To fix, pass -o FILE.png."),
+        (["diagram", "stage", "--trace", "t.jsonl"], "--trace and --steps draw a recipe's"),
+        (["diagram", "stage", "--steps", "5"], "--trace and --steps draw a recipe's"),
+        (["diagram", "DEFAULT", "--illegal", "-o", "t.png"], "--illegal and --no-self-loops"),
+        (["diagram", "DEFAULT"], "a recipe's timeline is drawn as png only. To fix, pass -o"),
+        (["diagram", "DEFAULT", "-o", "t.svg"], "a recipe's timeline is drawn as png only."),
+        (["diagram", "DEFAULT", "-f", "svg", "-o", "t.png"], "is drawn as png only."),
+        (["diagram", "missing.yaml", "-o", "t.png"], "no such file or directory"),
+        (["diagram", "DEFAULT", "--trace", "missing.jsonl", "-o", "t.png"], "cannot read"),
+    ],
+)
+def test_diagram_refuses_what_it_cannot_draw_with_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = [str(DEFAULT) if a == "DEFAULT" else str(tmp_path / a) if "." in a else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.lower() in err.lower()
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diagram_draws_a_recipe_timeline_with_the_states_of_a_trace(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "s_stage:\n  e_modifiers:\n    EventLogModifier: {start: 1, end: 2, update: 1}\n"
+    )
+    trace = tmp_path / "run.jsonl"
+    _run_trace(trace)
+    target = tmp_path / "timeline.png"
+    from engine.factory import ModifierFactory
+    from tests.doubles import EventLog
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModifierFactory, "_registered_registry", {})
+        ModifierFactory.register("EventLogModifier", EventLog)
+        code = main(["diagram", str(recipe), "--trace", str(trace), "-o", str(target)])
+        assert code == 0
+        alone = tmp_path / "alone.png"
+        assert main(["diagram", str(recipe), "--steps", "3", "-o", str(alone)]) == 0
+    assert target.read_bytes().startswith(b"\x89PNG\r\n")
+    assert target.read_bytes() != alone.read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import LIFECYCLE
-from engine._transitions import mermaid
 from engine.demo import run_demo
+from engine.diagrams import draw, render
 from engine.factory import ModifierFactory
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def block(language: str, after: str = "") -> str:
@@ -45,11 +45,12 @@ def test_each_example_prints_exactly_the_output_shown(
     assert printed.getvalue() == shown
 
 
-def test_the_diagram_is_the_declared_state_changes() -> None:
-    shown = set(re.findall(r"^\s*(\w+) --> (\w+): (.+)$", block("mermaid"), re.M))
-    generated = set(re.findall(r"^\s*(\w+) --> (\w+): (.+)$", mermaid(LIFECYCLE), re.M))
-    assert shown == {edge for edge in generated if edge[0] != edge[1]}
-    assert "[*] --> created" in block("mermaid")
+def test_the_diagram_is_the_generated_lifecycle_diagram_with_the_command_that_draws_it() -> None:
+    shown = block("mermaid", after="## The lifecycle")
+    assert shown == render(draw("lifecycle"), "mermaid").decode()
+    assert shown == (ROOT / "docs" / "diagrams" / "lifecycle.mmd").read_text(encoding="utf-8")
+    command = block("sh", after="## The lifecycle")
+    assert re.search(r"^modfsm diagram lifecycle --format mermaid +#", command, re.M)
 
 
 def test_the_demo_excerpt_is_from_a_real_run() -> None:

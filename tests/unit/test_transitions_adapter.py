@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from engine import LIFECYCLE
-from engine._transitions import build_machine, machine_rows, mermaid
+from engine._transitions import build_machine, diagram_source, machine_rows
+from engine.diagrams import draw_declaration
 from engine.modifier import Modifier
 
 
@@ -29,11 +30,19 @@ def test_rows_are_passed_through_unchanged() -> None:
 
 
 def test_mermaid_shows_every_state_and_guarded_edge_and_is_stable() -> None:
-    text = mermaid(LIFECYCLE)
-    assert text == mermaid(LIFECYCLE)
+    text = diagram_source(draw_declaration(LIFECYCLE), "mermaid")
+    assert text == diagram_source(draw_declaration(LIFECYCLE), "mermaid")
     for state in LIFECYCLE.state_names():
         assert f'state "{state}" as {state}' in text
-    assert "created --> started: initialize [should_start]" in text
-    assert "created --> initialized: initialize [!should_start]" in text
-    assert "started --> ended: batch_end [should_end]" in text
-    assert "ended_unstarted --> ended: batch_start [should_start]" in text
+    assert "created --> started: initialize [should_start] / on_start\n" in text
+    assert "created --> initialized: initialize [!should_start]\n" in text
+    assert "started --> ended: batch_end [should_end] / on_end, on_update\n" in text
+    assert "ended_unstarted --> ended: batch_start [should_start] / on_start, on_update\n" in text
+    assert "[internal]" not in text
+
+
+def test_the_graphviz_engine_gives_dot_text_from_the_same_drawing() -> None:
+    text = diagram_source(draw_declaration(LIFECYCLE), "graphviz")
+    assert text.startswith('digraph "modifier-lifecycle" {\n')
+    assert '\tcreated -> started [label="initialize [should_start] / on_start"]\n' in text
+    assert "nodesep=0.9" in text

@@ -1,0 +1,252 @@
+"""State diagrams drawn from the declarations: every state and every row, read back from the
+mermaid and dot text; self-loops, illegal moves, styles and modifier-class diagrams."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import attrs
+import pytest
+
+from engine import Event, Modifier, State
+from engine.declaration import Declaration
+from engine.diagrams import (
+    MACHINE_TARGETS,
+    REJECTED,
+    DiagramError,
+    UnknownTargetError,
+    draw,
+    draw_declaration,
+    overridden,
+    render,
+)
+from engine.factory import ModifierFactory, ModifierImportError
+from engine.lifecycle import LIFECYCLE
+from engine.session_grammar import SESSION_GRAMMAR
+from engine.stage_lifecycle import STAGE_LIFECYCLE
+from tests.diagram_support import (
+    Edge,
+    dot_edge_attributes,
+    dot_edges,
+    dot_states,
+    mermaid_edges,
+    mermaid_states,
+)
+
+MACHINES = ["lifecycle", "stage", "session"]
+
+
+def names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def declared_edges(declaration: Declaration, marked: tuple[str, ...] = ()) -> Counter[Edge]:
+    """What the diagram must show, written from the declaration independently of the code."""
+
+    def shown(name: str) -> str:
+        return name + "*" if name in marked else name
+
+    edges: Counter[Edge] = Counter()
+    for row in declaration.transitions:
+        guards = [shown(g) for g in names(row.get("conditions"))]
+        guards += ["!" + shown(g) for g in names(row.get("unless"))]
+        hooks = [shown(h) for h in names(row.get("before"))]
+        label = row["trigger"]
+        label += f" [{' & '.join(guards)}]" if guards else ""
+        label += f" / {', '.join(hooks)}" if hooks else ""
+        for source in names(row["source"]):
+            edges[(source, row["dest"] or source, label)] += 1
+    for rule in declaration.ignored:
+        for state in rule.states:
+            edges[(state, state, ", ".join(rule.triggers) + " (ignored)")] += 1
+    return edges
+
+
+@pytest.mark.parametrize("target", MACHINES)
+def test_the_mermaid_diagram_has_every_declared_state_and_row_and_nothing_else(
+    target: str,
+) -> None:
+    declaration = MACHINE_TARGETS[target]
+    text = render(draw(target), "mermaid").decode()
+    assert mermaid_states(text) == list(declaration.state_names())
+    assert mermaid_edges(text) == declared_edges(declaration)
+    assert f"[*] --> {declaration.initial}" in text
+
+
+@pytest.mark.parametrize("target", MACHINES)
+def test_the_dot_diagram_has_every_declared_state_and_row_and_nothing_else(target: str) -> None:
+    declaration = MACHINE_TARGETS[target]
+    text = render(draw(target), "dot").decode()
+    assert dot_states(text) == list(declaration.state_names())
+    assert dot_edges(text) == declared_edges(declaration)
+
+
+def test_edges_read_trigger_guard_and_hooks() -> None:
+    text = render(draw("lifecycle"), "mermaid").decode()
+    assert "initialized --> started: batch_start [should_start] / on_start, on_update\n" in text
+    assert "created --> initialized: initialize [!should_start]\n" in text
+    assert "ended --> finalized_ended: finalize / release_hooks\n" in text
+    session = render(draw("session"), "mermaid").decode()
+    assert "idle --> step_due: batch_start [completes_accumulation] / absorb, send\n" in session
+
+
+def test_the_stage_diagram_shows_the_ignored_calls_of_an_applied_stage() -> None:
+    text = render(draw("stage"), "mermaid").decode()
+    assert "applied --> applied: initialize, update, begin_finalize, finalize (ignored)" in text
+
+
+@pytest.mark.parametrize("target", MACHINES)
+@pytest.mark.parametrize("format", ["mermaid", "dot"])
+def test_without_self_loops_only_the_state_changes_remain(target: str, format: str) -> None:
+    declaration = MACHINE_TARGETS[target]
+    text = render(draw(target, self_loops=False), format).decode()
+    edges = mermaid_edges(text) if format == "mermaid" else dot_edges(text)
+    assert edges == Counter({e: n for e, n in declared_edges(declaration).items() if e[0] != e[1]})
+
+
+@pytest.mark.parametrize("target", MACHINES)
+def test_illegal_moves_are_edges_to_the_rejected_pseudo_state_naming_their_rule(
+    target: str,
+) -> None:
+    declaration = MACHINE_TARGETS[target]
+    text = render(draw(target, illegal=True), "mermaid").decode()
+    assert mermaid_states(text) == [*declaration.state_names(), REJECTED]
+    edges = mermaid_edges(text)
+    rejected = Counter(e for e in edges.elements() if e[1] == REJECTED)
+    expected = Counter(
+        (state, REJECTED, f"{', '.join(rule.triggers)} ({rule.rule})")
+        for state in declaration.state_names()
+        for rule in declaration.rejections
+        if state in rule.states
+    )
+    assert rejected == expected
+    assert edges - rejected == declared_edges(declaration)
+    # every rejected cell is drawn once, from its state
+    cells = Counter(
+        (source, trigger)
+        for source, _, label in rejected.elements()
+        for trigger in label.rsplit(" (", 1)[0].split(", ")
+    )
+    assert set(cells.values()) == {1}
+    assert len(cells) == sum(len(r.states) * len(r.triggers) for r in declaration.rejections)
+
+
+def test_in_dot_illegal_moves_are_dashed_red_and_the_pseudo_state_is_distinct() -> None:
+    text = render(draw("lifecycle", illegal=True), "dot").decode()
+    attributes = dot_edge_attributes(text)
+    assert attributes[("created", REJECTED)] == "color=red fontcolor=red style=dashed"
+    assert attributes[("created", "started")] == ""
+    assert f'\t{REJECTED} [label="{REJECTED}\\l" color=red fillcolor=mistyrose' in text
+    assert 'style="dashed,rounded,filled"]' in text
+
+
+def test_the_initial_state_is_double_and_absorbing_states_grey() -> None:
+    dot = render(draw("lifecycle"), "dot").decode()
+    assert '\tcreated [label="created\\l" fillcolor=lightyellow peripheries=2]' in dot
+    for state in ("finalized_initialized", "finalized_started", "finalized_ended"):
+        assert f'\t{state} [label="{state}\\l" fillcolor=lightgrey]' in dot
+    assert '\tstarted [label="started\\l"]' in dot
+    assert draw("stage").final == ("applied",)
+    assert draw("session").final == ("finalized",)
+    mermaid = render(draw("lifecycle"), "mermaid").decode()
+    assert "Class created s_initial\n" in mermaid
+    assert "Class finalized_ended s_final\n" in mermaid
+
+
+def test_the_mermaid_title_is_front_matter_and_no_line_has_trailing_space() -> None:
+    text = render(draw("session"), "mermaid").decode()
+    assert text.startswith('---\ntitle: "modfsm session step grammar"\n---\nstateDiagram-v2\n')
+    assert all(line == line.rstrip() for line in text.splitlines())
+    assert text.endswith("\n")
+
+
+@attrs.define
+class OwnStartModifier(Modifier):
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        pass
+
+    def should_end(self, event: Event) -> bool:
+        return False
+
+
+@attrs.define
+class InheritsOwnStartModifier(OwnStartModifier):
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        pass
+
+
+def test_a_modifier_class_diagram_marks_the_guards_and_hooks_the_class_defines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ModifierFactory, "_registered_registry", {})
+    ModifierFactory.register("OwnStartModifier", OwnStartModifier)
+    assert overridden(OwnStartModifier) == ("should_end", "on_initialize", "on_start")
+    assert overridden(InheritsOwnStartModifier) == (
+        "should_end",
+        "on_initialize",
+        "on_start",
+        "on_end",
+    )
+    text = render(draw("OwnStartModifier"), "mermaid").decode()
+    assert text.startswith(
+        '---\ntitle: "OwnStartModifier lifecycle; * = defined by OwnStartModifier: '
+        'should_end, on_initialize, on_start"\n---\n'
+    )
+    marked = ("should_end", "on_initialize", "on_start")
+    assert mermaid_edges(text) == declared_edges(LIFECYCLE, marked)
+    assert "initialized --> started: batch_start [should_start] / on_start*, on_update\n" in text
+    assert "started --> ended: batch_end [should_end*] / on_end, on_update\n" in text
+
+
+def test_a_shipped_modifier_is_drawn_by_its_class_name() -> None:
+    drawing = draw("MagnitudePruningModifier", illegal=True)
+    assert drawing.title.startswith("MagnitudePruningModifier lifecycle; * = defined by ")
+    assert REJECTED in drawing.states
+    assert any("on_update*" in edge.label for edge in drawing.edges)
+
+
+def test_an_unknown_target_names_the_machines_and_the_modifier_types() -> None:
+    with pytest.raises(UnknownTargetError) as caught:
+        draw("MagnitudePrunningModifier")
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert error.target == "MagnitudePrunningModifier"
+    assert error.machines == ("lifecycle", "stage", "session")
+    assert "MagnitudePruningModifier" in error.modifiers
+    message = str(error)
+    assert "Did you mean MagnitudePruningModifier?" in message
+    assert "the machines lifecycle, stage, session" in message
+    assert "QuantizationModifier" in message
+    assert "To fix" in message
+
+
+def test_a_modifier_whose_module_failed_to_import_is_refused_with_the_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed = ModifierImportError("no torch")
+    monkeypatch.setattr(ModifierFactory, "_errors", {"BrokenModifier": failed})
+    monkeypatch.setattr(ModifierFactory, "_loaded", True)
+    with pytest.raises(DiagramError, match="cannot draw 'BrokenModifier': no torch"):
+        draw("BrokenModifier")
+
+
+def test_a_declaration_with_a_state_named_rejected_cannot_show_illegal_moves() -> None:
+    states = tuple(attrs.evolve(s, name=REJECTED) if s.name == "pending" else s
+                   for s in STAGE_LIFECYCLE.states)  # fmt: skip
+    clash = attrs.evolve(STAGE_LIFECYCLE, states=states, initial=REJECTED)
+    with pytest.raises(ValueError, match="has a state named 'rejected'"):
+        draw_declaration(clash, illegal=True)
+    assert draw_declaration(clash).states[0] == REJECTED
+
+
+@pytest.mark.parametrize("format", ["mermaid", "dot"])
+def test_text_diagrams_are_the_same_bytes_every_time(format: str) -> None:
+    for declaration in (LIFECYCLE, STAGE_LIFECYCLE, SESSION_GRAMMAR):
+        first = render(draw_declaration(declaration, illegal=True), format)
+        assert render(draw_declaration(declaration, illegal=True), format) == first
