@@ -362,11 +362,11 @@ def _read_row(
         raise _fail(decl, f"{where}.dest", "missing", "give a state, or None to stay")
     dest = row["dest"]
     if dest is not None and (not isinstance(dest, str) or dest not in decl.state_names()):
-        hint = "'=' (reflexive) is not supported; use None to stay" if dest == "=" else ""
+        hint = " ('=', transitions' reflexive dest, is not supported)" if dest == "=" else ""
         raise _fail(
             decl,
             f"{where}.dest",
-            f"{dest!r} is not a declared state {hint}".rstrip(),
+            f"{dest!r} is not a declared state{hint}",
             "name a declared state, or None to stay",
         )
     conditions = _names(row.get("conditions"), decl, f"{where}.conditions")

@@ -147,3 +147,353 @@ def test_register_rejects_what_it_cannot_create(factory: type[ModifierFactory]) 
 def test_the_real_packages_load_without_errors() -> None:
     ModifierFactory.refresh()
     assert ModifierFactory._errors == {}
+
+
+def test_known_loads_the_packages_on_first_use(factory: type[ModifierFactory]) -> None:
+    assert factory.known()["main"] == ("AlphaModifier", "DeepModifier", "NeedsTargetsModifier")
+
+
+def test_names_are_compared_without_the_modifier_suffix_or_its_typos() -> None:
+    from engine.factory import _stem
+
+    assert _stem("MagnitudePruningModifier") == "magnitudepruning"
+    assert _stem("MagnitudePruningModifer") == "magnitudepruning"
+    assert _stem("Modifier") == "modifier"  # nothing left: the whole name
+
+
+def test_at_most_three_close_names_are_suggested() -> None:
+    from engine.factory import _closest
+
+    known = ["AlphaModifier", "AlphbModifier", "AlphcModifier", "AlphdModifier"]
+    assert _closest("AlphxModifier", known) == ("AlphaModifier", "AlphbModifier", "AlphcModifier")
+
+
+def test_suggestions_come_closest_first_then_by_name() -> None:
+    from engine.factory import _closest
+
+    known = ["ZetaModifier", "AlphbModifier", "AlphcModifier", "AlphaModifier"]
+    assert _closest("AlphaModifer", known) == ("AlphaModifier", "AlphbModifier", "AlphcModifier")
+
+
+def test_a_name_contained_in_a_known_name_is_suggested_though_not_close() -> None:
+    from engine.factory import _closest
+
+    known = ["MagnitudePruningModifier", "QuantizationModifier"]
+    assert _closest("Pruning", known) == ("MagnitudePruningModifier",)
+    assert _closest("MagnitudePruningWithLotsOfExtras", known) == ("MagnitudePruningModifier",)
+
+
+def test_unknown_names_the_type_and_the_fix_for_each_reason(
+    factory: type[ModifierFactory],
+) -> None:
+    class OnlyRegistered(NoopModifier):
+        pass
+
+    factory.register("OnlyRegisteredModifier", OnlyRegistered)
+    factory.refresh()
+    experimental = factory.unknown("TrialModifier", True, False)
+    assert str(experimental) == (
+        "No modifier of type 'TrialModifier' found: it is experimental. To fix, pass "
+        "allow_experimental=True."
+    )
+    assert (experimental.type_, experimental.suggestions) == ("TrialModifier", ("TrialModifier",))
+    registered = factory.unknown("OnlyRegisteredModifier", False, False)
+    assert str(registered) == (
+        "No modifier of type 'OnlyRegisteredModifier' found: it is registered, but registered "
+        "modifiers are not allowed here. To fix, pass allow_registered=True."
+    )
+    assert (registered.type_, registered.suggestions) == (
+        "OnlyRegisteredModifier", ("OnlyRegisteredModifier",),
+    )  # fmt: skip
+    nothing_close = factory.unknown("Zzz", False, False)
+    assert str(nothing_close) == (
+        "No modifier of type 'Zzz' found. Known types: AlphaModifier, DeepModifier, "
+        "NeedsTargetsModifier. To fix, use one of those names or register the class with "
+        "ModifierFactory.register()."
+    )
+    assert (nothing_close.type_, nothing_close.suggestions) == ("Zzz", ())
+
+
+def test_the_known_types_listed_follow_the_allowed_registries(
+    factory: type[ModifierFactory],
+) -> None:
+    class OnlyRegistered(NoopModifier):
+        pass
+
+    factory.register("OnlyRegisteredModifier", OnlyRegistered)
+    factory.refresh()
+    everything = str(factory.unknown("Zzz", True, True))
+    assert "Known types: AlphaModifier, DeepModifier, NeedsTargetsModifier, " in everything
+    assert "OnlyRegisteredModifier, TrialModifier. To fix" in everything
+    main_only = str(factory.unknown("Zzz", False, False))
+    assert "OnlyRegisteredModifier" not in main_only
+    assert "TrialModifier" not in main_only
+
+
+def test_several_suggestions_are_joined_and_no_known_types_say_none(
+    factory: type[ModifierFactory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory.refresh()
+    error = factory.unknown("eModifier", True, True)  # "e" is in two names
+    assert error.suggestions == ("DeepModifier", "NeedsTargetsModifier")
+    assert "found. Did you mean DeepModifier, NeedsTargetsModifier? Known types:" in str(error)
+    monkeypatch.setattr(ModifierFactory, "_main_registry", {})
+    monkeypatch.setattr(ModifierFactory, "_experimental_registry", {})
+    assert "Known types: none. To fix" in str(factory.unknown("Zzz", True, True))
+
+
+def test_a_name_exactly_three_quarters_similar_is_suggested() -> None:
+    from engine.factory import _closest
+
+    assert _closest("AbcdModifier", ["AbceModifier"]) == ("AbceModifier",)  # ratio 6/8
+
+
+def test_a_module_whose_source_cannot_be_found_is_remembered_without_class_names(
+    factory: type[ModifierFactory], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "namespace_only").mkdir()  # a namespace package: its spec has no origin
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("tests.fixtures.no_such_package.module", "namespace_only"):
+        cause = ImportError("boom")
+        factory._remember_import_error(name, cause)
+        error = factory._errors[f"<module {name}>"]
+        assert str(error) == (
+            f"module {name} failed to import (ImportError: boom). To fix, repair that module; "
+            "it defines no *Modifier class."
+        )
+        assert error.__cause__ is cause
+
+
+def test_a_broken_modules_class_names_are_read_as_utf8_whatever_the_locale(
+    factory: type[ModifierFactory], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import textwrap
+
+    (tmp_path / "cafe_broken.py").write_text(
+        "# café: not ASCII\nimport this_module_does_not_exist\n\n\n"
+        "class CafeModifier:\n    pass\n\n\nclass CremeModifier:\n    pass\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory._remember_import_error("cafe_broken", ImportError("boom"))
+    assert str(factory._errors["CafeModifier"]) == (
+        "module cafe_broken failed to import (ImportError: boom). To fix, repair that module; "
+        "it defines CafeModifier, CremeModifier."
+    )
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        for key, value in os.environ.items():  # the C locale decodes them as ASCII; they
+            os.environ[key] = os.fsencode(value).decode("utf-8")  # are UTF-8 (mutmut's ids)
+        sys.path.insert(1, {str(tmp_path)!r})
+        from engine.factory import ModifierFactory
+        ModifierFactory._remember_import_error("cafe_broken", ImportError("boom"))
+        print(sorted(ModifierFactory._errors))
+        """
+    )
+    env = {**__import__("os").environ, "LC_ALL": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['<module cafe_broken>', 'CafeModifier', 'CremeModifier']"
+
+
+def test_a_broken_module_that_does_not_parse_is_remembered_without_class_names(
+    factory: type[ModifierFactory], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad_syntax.py").write_text("class HalfModifier(:\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory._remember_import_error("bad_syntax", SyntaxError("invalid syntax"))
+    assert str(factory._errors["<module bad_syntax>"]).endswith(
+        "it defines no *Modifier class."
+    )
+    assert "HalfModifier" not in factory._errors
+
+
+def test_a_package_that_raises_on_import_is_remembered_not_fatal(
+    factory: type[ModifierFactory], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boom = tmp_path / "tmp_mods" / "boom"
+    boom.mkdir(parents=True)
+    (tmp_path / "tmp_mods" / "__init__.py").write_text("", encoding="utf-8")
+    (boom / "__init__.py").write_text(
+        'raise RuntimeError("boom")\n\n\nclass BoomModifier:\n    pass\n', encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(ModifierFactory, "main_package", "tmp_mods")
+    assert factory.load_from_package("tmp_mods") == {}
+    error = factory._errors["BoomModifier"]
+    assert isinstance(error, ModifierImportError)
+    assert isinstance(error.__cause__, RuntimeError)
+    for name in [n for n in sys.modules if n.startswith("tmp_mods")]:
+        del sys.modules[name]  # imported from tmp_path, which goes away
+
+
+def test_missing_lists_the_abstract_methods_sorted_or_says_abstract_methods() -> None:
+    from engine.factory import _missing
+
+    class TwoMissing(Modifier):
+        def on_start(self, state: State, event: Any, **kwargs: Any) -> None:
+            raise NotImplementedError
+
+    TwoMissing.__abstractmethods__ = frozenset({"on_start", "on_initialize"})
+    assert _missing(TwoMissing) == "on_initialize, on_start"
+    assert _missing(int) == "abstract methods"  # no __abstractmethods__ at all
+
+
+def test_a_class_taking_any_keyword_accepts_unknown_arguments_but_not_missing_ones() -> None:
+    class OpenEnded(NoopModifier):
+        def __init__(self, needed: int, **kwargs: Any) -> None:
+            super().__init__()
+
+    ModifierFactory.check_arguments(OpenEnded, ["needed", "anything", "else"])
+    with pytest.raises(ConfigTypeError) as caught:
+        ModifierFactory.check_arguments(OpenEnded, ["anything"])
+    assert str(caught.value) == (
+        "OpenEnded: missing required argument(s) ['needed']. OpenEnded accepts: needed. "
+        "To fix, use only those names and give every required one."
+    )
+    assert (caught.value.owner, caught.value.field) == ("OpenEnded", "needed")
+
+
+def test_an_argument_error_names_the_class_the_guess_and_the_accepted_names(
+    factory: type[ModifierFactory],
+) -> None:
+    alpha = factory.lookup("AlphaModifier")
+    with pytest.raises(ConfigTypeError) as caught:
+        factory.check_arguments(alpha, ["strenght", "zzz"], hide=("start", "end"))
+    error = caught.value
+    accepted = ", ".join(sorted(factory.parameters(alpha)[0] - {"start", "end"}))
+    assert str(error) == (
+        "AlphaModifier: unknown argument(s) ['strenght', 'zzz'] (did you mean 'strength' "
+        f"instead of 'strenght'?). AlphaModifier accepts: {accepted}. To fix, use only those "
+        "names and give every required one."
+    )
+    assert (error.owner, error.field, error.value) == ("AlphaModifier", "strenght", None)
+
+
+def test_argument_guesses_are_close_matches_only_and_joined(
+    factory: type[ModifierFactory],
+) -> None:
+    alpha = factory.lookup("AlphaModifier")
+    accepted = "end, group, index, start, strength, update"
+    with pytest.raises(ConfigTypeError) as far:
+        factory.check_arguments(alpha, ["strenxxx"])  # 'strength' is only 0.625 similar
+    assert str(far.value) == (
+        f"AlphaModifier: unknown argument(s) ['strenxxx']. AlphaModifier accepts: {accepted}. "
+        "To fix, use only those names and give every required one."
+    )
+    with pytest.raises(ConfigTypeError) as two:
+        factory.check_arguments(alpha, ["startt", "groupp"])
+    assert str(two.value).startswith(
+        "AlphaModifier: unknown argument(s) ['startt', 'groupp'] (did you mean 'start' instead "
+        "of 'startt', 'group' instead of 'groupp'?). AlphaModifier accepts:"
+    )
+
+
+def test_unknown_and_missing_arguments_are_reported_together(
+    factory: type[ModifierFactory],
+) -> None:
+    needs = factory.lookup("NeedsTargetsModifier")
+    with pytest.raises(ConfigTypeError) as caught:
+        factory.check_arguments(needs, ["zzz"])
+    assert str(caught.value).startswith(
+        "NeedsTargetsModifier: unknown argument(s) ['zzz'] and missing required argument(s) "
+        "['targets']. NeedsTargetsModifier accepts: "
+    )
+    assert caught.value.field == "zzz"
+
+
+def test_refresh_loads_once_and_later_lookups_do_not_walk_again(
+    factory: type[ModifierFactory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory.refresh()
+
+    def no_walk(*args: Any, **kwargs: Any) -> dict[str, type[Modifier]]:
+        raise AssertionError("walked the packages again")
+
+    monkeypatch.setattr(ModifierFactory, "load_from_package", staticmethod(no_walk))
+    assert type(factory.create("AlphaModifier")).__name__ == "AlphaModifier"
+    assert factory.known()["main"][0] == "AlphaModifier"
+
+
+def test_a_remembered_non_class_error_names_it_and_the_fix(factory: type[ModifierFactory]) -> None:
+    factory.refresh()
+    with pytest.raises(ConfigTypeError) as caught:
+        factory.create("StringModifier")
+    error = caught.value
+    assert str(error) == (
+        f"{FAKE}.good.StringModifier is not a class, so it cannot be created by name. To fix, "
+        "make it a concrete engine.Modifier subclass or rename it."
+    )
+    good = sys.modules[f"{FAKE}.good"]
+    assert (error.owner, error.field, error.value) == (
+        "ModifierFactory", "StringModifier", good.StringModifier,
+    )  # fmt: skip
+
+
+def test_load_from_package_takes_subpackages_and_names_what_it_refuses(
+    factory: type[ModifierFactory],
+) -> None:
+    assert list(factory.load_from_package(f"{FAKE}.sub")) == ["DeepModifier"]
+    with pytest.raises(ConfigError) as caught:
+        factory.load_from_package("json")
+    error = caught.value
+    assert str(error) == (
+        f"ModifierFactory.load_from_package('json'): only the modifier packages ['{FAKE}', "
+        f"'{FAKE}.experimental'] and their subpackages are loaded. To fix, put the module "
+        "there, or register the class with ModifierFactory.register()."
+    )
+    assert (error.owner, error.field, error.value) == ("ModifierFactory", "package_path", "json")
+
+
+def test_parameters_say_whether_a_class_takes_any_keyword() -> None:
+    class OpenEnded(NoopModifier):
+        def __init__(self, needed: int, *, extra: int = 0, **kwargs: Any) -> None:
+            super().__init__()
+
+    assert ModifierFactory.parameters(OpenEnded) == (
+        frozenset({"needed", "extra"}), ("needed",), True,
+    )  # fmt: skip
+    accepted, required, open_ended = ModifierFactory.parameters(NoopModifier)
+    assert (required, open_ended) == ((), False)
+    assert open_ended is False
+    assert {"start", "end", "group", "index", "update"} <= accepted
+
+
+def test_register_errors_name_the_argument_the_value_and_the_fix() -> None:
+    with pytest.raises(ConfigTypeError) as bad_name:
+        ModifierFactory.register("", NoopModifier)
+    assert str(bad_name.value) == (
+        "ModifierFactory.register: type_ must be a non-empty str, got ''. To fix, pass the name "
+        "recipes use, e.g. 'MyPruningModifier'."
+    )
+    assert (bad_name.value.owner, bad_name.value.field, bad_name.value.value) == (
+        "ModifierFactory", "type_", "",
+    )  # fmt: skip
+    with pytest.raises(ConfigTypeError) as bad_class:
+        ModifierFactory.register("FiveModifier", 5)
+    assert str(bad_class.value) == (
+        "ModifierFactory.register('FiveModifier', ...): 5 is not a class. To fix, register a "
+        "concrete subclass of engine.Modifier."
+    )
+    assert (bad_class.value.owner, bad_class.value.field, bad_class.value.value) == (
+        "ModifierFactory", "modifier_class", 5,
+    )  # fmt: skip
+    assert "FiveModifier" not in ModifierFactory.known()["registered"]
+
+
+def test_lookup_allows_registered_and_refuses_experimental_by_default(
+    factory: type[ModifierFactory],
+) -> None:
+    class OnlyRegistered(NoopModifier):
+        pass
+
+    factory.register("OnlyRegisteredModifier", OnlyRegistered)
+    assert factory.lookup("OnlyRegisteredModifier") is OnlyRegistered
+    with pytest.raises(UnknownModifierError, match="it is experimental"):
+        factory.lookup("TrialModifier")
+    with pytest.raises(UnknownModifierError, match=r"Known types: .*TrialModifier\."):
+        factory.lookup("Zzz", allow_experimental=True)

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import LIFECYCLE, DeclarationError, EventType, State
+from engine import LIFECYCLE, DeclarationError, EventType, HookReturnError, State
 from engine.lifecycle import LifecycleState
 from engine.machine import (
     Branch,
@@ -94,7 +94,7 @@ def test_unsupported_row_keys_are_refused(key: str, value: Any, message: str) ->
     [
         ({"source": "*"}, r"wildcard '\*' is not supported"),
         ({"source": "limbo"}, r"'limbo' is not a declared state"),
-        ({"dest": "="}, r"'=' \(reflexive\) is not supported"),
+        ({"dest": "="}, r"reflexive dest, is not supported"),
         ({"dest": "limbo"}, r"'limbo' is not a declared state"),
         ({"trigger": "explode"}, r"'explode' is not a declared trigger"),
         ({"conditions": ["should_start", "should_end"]}, r"combine 2 guards"),
@@ -281,3 +281,400 @@ def test_a_minimal_machine_with_a_plain_prelude_free_trigger_compiles() -> None:
     switch.state.calls["press"](switch, None, None, {})
     assert flips == ["off", "on"]
     assert switch.state.name == "off"
+
+
+def test_restoring_a_state_of_a_machine_not_compiled_here_names_it_and_the_fix() -> None:
+    from engine.machine import _restore_state
+
+    with pytest.raises(DeclarationError) as caught:
+        _restore_state("no-such-machine", "started")
+    error = caught.value
+    assert str(error) == (
+        "cannot restore state 'started' of machine 'no-such-machine': no such machine or "
+        "state is compiled in this process. To fix, import the module that declares it first."
+    )
+    assert (error.declaration, error.where, error.__cause__) == ("no-such-machine", "states", None)
+    assert error.__suppress_context__
+    with pytest.raises(DeclarationError, match=r"cannot restore state 'limbo'"):
+        _restore_state("modifier-lifecycle", "limbo")
+
+
+_ROWS_KEYS = "['before', 'conditions', 'dest', 'source', 'trigger', 'unless']"
+_STARTED_BATCH_START = LIFECYCLE.transitions[row_index("started", "batch_start")]
+
+
+def _refusal(name: str = "bad", **changes: Any) -> DeclarationError:
+    """The error compiling LIFECYCLE with ``changes`` raises, under ``name``."""
+    with pytest.raises(DeclarationError) as caught:
+        compile_machine(attrs.evolve(LIFECYCLE, name=name, **changes), state_attr="_lc")
+    assert caught.value.declaration == name
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "message"),
+    [
+        (lambda: {"transitions": with_row(0, after="on_update")}, "transitions[0].after",
+         "the compiler does not support 'after' (hooks after the state change would leave the "
+         f"state changed when they raise; list them in 'before'). To fix, use only {_ROWS_KEYS}."),
+        (lambda: {"transitions": with_row(0, prepare="on_update")}, "transitions[0].prepare",
+         "the compiler does not support 'prepare' (per-row prepare callbacks; declare a trigger "
+         f"prelude instead). To fix, use only {_ROWS_KEYS}."),
+        (lambda: {"transitions": with_row(0, on_exception="on_update")},
+         "transitions[0].on_exception",
+         "the compiler does not support 'on_exception' (exception callbacks; hooks' exceptions "
+         f"always propagate). To fix, use only {_ROWS_KEYS}."),
+        (lambda: {"transitions": with_row(0, timeout=3)}, "transitions[0].timeout",
+         "the compiler does not support 'timeout' (not part of the supported row format). "
+         f"To fix, use only {_ROWS_KEYS}."),
+        (lambda: {"transitions": (["x"], *LIFECYCLE.transitions[1:])}, "transitions[0]",
+         "expected a dict, got list. To fix, write rows as dicts."),
+        (lambda: {"transitions": with_row(0, source="*")}, "transitions[0].source",
+         "wildcard '*' is not supported. To fix, list the source states explicitly."),
+        (lambda: {"transitions": with_row(0, source="=")}, "transitions[0].source",
+         "wildcard '=' is not supported. To fix, list the source states explicitly."),
+        (lambda: {"transitions": with_row(0, source=[])}, "transitions[0].source",
+         "no source state. To fix, name the source state(s)."),
+        (lambda: {"transitions": with_row(0, source="limbo")}, "transitions[0].source",
+         "'limbo' is not a declared state. To fix, name a declared state."),
+        (lambda: {"transitions": with_row(0, dest="=")}, "transitions[0].dest",
+         "'=' is not a declared state ('=', transitions' reflexive dest, is not supported). "
+         "To fix, name a declared state, or None to stay."),
+        (lambda: {"transitions": with_row(0, dest="limbo")}, "transitions[0].dest",
+         "'limbo' is not a declared state. To fix, name a declared state, or None to stay."),
+        (lambda: {"transitions": with_row(0, dest=3)}, "transitions[0].dest",
+         "3 is not a declared state. To fix, name a declared state, or None to stay."),
+        (lambda: {"transitions": with_row(0, trigger="explode")}, "transitions[0].trigger",
+         "'explode' is not a declared trigger. To fix, declare it in triggers."),
+        (lambda: {"transitions": with_row(0, conditions=["should_start", "should_end"])},
+         "transitions[0]",
+         "guards [('should_start', True), ('should_end', True)] combine 2 guards. To fix, use "
+         "at most one guard per row (split the state instead)."),
+        (lambda: {"transitions": with_row(0, conditions="is_ready")}, "transitions[0]",
+         "'is_ready' is not a declared guard. To fix, declare it in guards."),
+        (lambda: {"transitions": with_row(0, unless="is_ready", conditions=[])}, "transitions[0]",
+         "'is_ready' is not a declared guard. To fix, declare it in guards."),
+        (lambda: {"transitions": with_row(0, conditions=5)}, "transitions[0].conditions",
+         "expected a name or a list of names, got 5. To fix, refer to guards and hooks by their "
+         "method names (callables are not supported)."),
+        (lambda: {"transitions": with_row(0, source=5)}, "transitions[0].source",
+         "expected a name or a list of names, got 5. To fix, refer to guards and hooks by their "
+         "method names (callables are not supported)."),
+        (lambda: {"transitions": with_row(0, unless=5)}, "transitions[0].unless",
+         "expected a name or a list of names, got 5. To fix, refer to guards and hooks by their "
+         "method names (callables are not supported)."),
+        (lambda: {"transitions": with_row(0, before=["on_start", 5])}, "transitions[0].before",
+         "expected a name or a list of names, got ['on_start', 5]. To fix, refer to guards and "
+         "hooks by their method names (callables are not supported)."),
+        (lambda: {"transitions": with_row(0, before="on_launch")}, "transitions[0].before",
+         "'on_launch' is not a declared hook. To fix, declare it in hooks."),
+        (lambda: {"transitions": with_row(0, before="on_initialize")}, "transitions[0].before",
+         "'on_initialize' is a gate or event-less hook. To fix, call gate hooks only as trigger "
+         "preludes."),
+        (lambda: {"hooks": (*LIFECYCLE.hooks, HookSpec("on_boot", takes_event=False)),
+                  "transitions": with_row(0, before="on_boot")},
+         "transitions[0].before",
+         "'on_boot' is a gate or event-less hook. To fix, call gate hooks only as trigger "
+         "preludes."),
+        (lambda: {"transitions": without_row(row_index("initialized", "batch_start", "unless"))},
+         "transitions[2]",
+         "cell (initialized, batch_start) has one guarded row, so some guard outcome has no row. "
+         "To fix, add the row for the opposite guard outcome."),
+        (lambda: {"transitions": with_row(row_index("initialized", "batch_start", "unless"),
+                                          unless="should_end")},
+         "transitions[3]",
+         "cell (initialized, batch_start) rows guarded by ('should_start', True) and "
+         "('should_end', False) are not one guard and its negation. To fix, guard two rows of a "
+         "cell by the same guard, one with conditions and one with unless."),
+        (lambda: {"transitions": (*LIFECYCLE.transitions, *[_STARTED_BATCH_START] * 2)},
+         "cell (started, batch_start)",
+         "has 3 rows; the compiler supports 1 or 2. To fix, split the state so each cell needs "
+         "at most one guard."),
+        (lambda: {"transitions": without_row(row_index("ended", "other_event"))},
+         "cell (ended, other_event)",
+         "has neither rows nor a rejection. To fix, declare what the trigger does in this state, "
+         "reject it or ignore it."),
+        (lambda: {"rejections": (*LIFECYCLE.rejections,
+                                 Rejection("R9", ("ended",), ("other_event",), "x", "y"))},
+         "rejections[R9]",
+         "(ended, other_event) is already covered. To fix, cover each (state, trigger) by rows, "
+         "one rejection or one ignore rule."),
+        (lambda: {"rejections": (*LIFECYCLE.rejections,
+                                 Rejection("R9", ("limbo",), ("other_event",), "x", "y"))},
+         "rejections[R9]",
+         "('limbo', 'other_event') is not a declared cell. To fix, name declared states and "
+         "triggers."),
+        (lambda: {"ignored": (Ignored(("ended",), ("explode",), "x"),)}, "ignored[0]",
+         "('ended', 'explode') is not a declared cell. To fix, name declared states and "
+         "triggers."),
+        (lambda: {"states": (*LIFECYCLE.states, LIFECYCLE.states[0])}, "states",
+         "'created' is declared twice. To fix, declare each name once."),
+        (lambda: {"flags": ("initialized", "initialized")}, "flags",
+         "'initialized' is declared twice. To fix, declare each name once."),
+        (lambda: {"guards": ("not valid",)}, "guards",
+         "'not valid' is not a valid identifier. To fix, use a method-like name."),
+        (lambda: {"hooks": (*LIFECYCLE.hooks, LIFECYCLE.hooks[0])}, "hooks",
+         "'on_initialize' is declared twice. To fix, declare each name once."),
+        (lambda: {"triggers": (*LIFECYCLE.triggers, LIFECYCLE.triggers[0])}, "triggers",
+         "'initialize' is declared twice. To fix, declare each name once."),
+        (lambda: {"initial": "nowhere"}, "initial",
+         "'nowhere' is not a declared state. To fix, name a state."),
+        (lambda: {"states": (StateSpec("created", {"initialized": False}),
+                             *LIFECYCLE.states[1:])},
+         "states[created].flags",
+         "defines ['initialized'], expected ['ended', 'finalized', 'initialized', 'started']. "
+         "To fix, give every state a value for every declared flag."),
+        (lambda: {"triggers": (TriggerSpec("initialize", "initialize", "on_boot"),
+                               *LIFECYCLE.triggers[1:])},
+         "triggers[initialize].prelude",
+         "'on_boot' is not a declared hook. To fix, declare it in hooks."),
+        (lambda: {"triggers": (TriggerSpec("initialize", "initialize", None),
+                               *LIFECYCLE.triggers[1:-1],
+                               TriggerSpec("finalize", "finalize", "on_boot"))},
+         "triggers[finalize].prelude",  # checked after a trigger without a prelude
+         "'on_boot' is not a declared hook. To fix, declare it in hooks."),
+        (lambda: {"hooks": (*LIFECYCLE.hooks, HookSpec("on_boot", takes_event=False)),
+                  "triggers": (TriggerSpec("initialize", "initialize", "on_boot"),
+                               *LIFECYCLE.triggers[1:])},
+         "triggers[initialize].prelude",
+         "'on_boot' has gate=False and takes_event=False. To fix, use a gate prelude called as "
+         "hook(state, **kwargs), or a notify prelude called as hook(state, event, **kwargs)."),
+        (lambda: {"event_triggers": {**LIFECYCLE.event_triggers, "extra": "other"}},
+         "event_triggers['extra']",
+         "'other' is not a declared trigger. To fix, route each event to a declared trigger."),
+        (lambda: {"event_triggers": {k: v for k, v in LIFECYCLE.event_triggers.items()
+                                     if k is not EventType.OPTIM_PRE_STEP}},
+         "event_triggers",
+         "EventType OPTIM_PRE_STEP is routed to no trigger, so dispatching it would fail at run "
+         "time. To fix, route every EventType member to a trigger (for example "
+         "EventType.OPTIM_PRE_STEP to the trigger that handles other events; reject that "
+         "trigger in the states where the event must not arrive)."),
+        (lambda: {"event_triggers": {k: v for k, v in LIFECYCLE.event_triggers.items()
+                                     if k not in (EventType.BATCH_START, EventType.BATCH_END)}},
+         "event_triggers",
+         "EventType BATCH_START, BATCH_END are routed to no trigger, so dispatching them would "
+         "fail at run time. To fix, route every EventType member to a trigger (for example "
+         "EventType.BATCH_START to the trigger that handles other events; reject that "
+         "trigger in the states where the event must not arrive)."),
+    ],
+)  # fmt: skip
+def test_every_refusal_names_the_declaration_the_place_and_the_fix_exactly(
+    changes: Any, where: str, message: str
+) -> None:
+    name = next(_names)
+    error = _refusal(name, **changes())
+    assert (error.where, str(error)) == (where, f"declaration {name!r}, {where}: {message}")
+
+
+def test_a_refused_declaration_leaves_its_name_free() -> None:
+    from engine.machine import _COMPILED
+
+    _refusal("refused-twice", initial="nowhere")
+    _refusal("refused-twice", initial="nowhere")  # not "already compiled"
+    assert "refused-twice" not in _COMPILED
+
+
+def test_a_taken_name_error_names_the_declaration_and_the_fix() -> None:
+    other = attrs.evolve(LIFECYCLE, rejections=LIFECYCLE.rejections[:-1])
+    error = _refusal("modifier-lifecycle", rejections=other.rejections)
+    assert (error.where, str(error)) == (
+        "name",
+        "another declaration named 'modifier-lifecycle' is already compiled. To fix, give each "
+        "declaration a unique name (attrs.evolve(decl, name=...)).",
+    )
+
+
+def test_a_gate_returning_a_non_bool_names_the_class_the_hook_the_value_and_the_fix() -> None:
+    from tests.doubles import RecordingModifier
+
+    mod = RecordingModifier(returns={"on_finalize": "yes"})
+    mod.initialize(State())
+    with pytest.raises(HookReturnError) as caught:
+        mod.finalize(State())
+    error = caught.value
+    assert str(error) == (
+        "RecordingModifier.on_finalize returned 'yes', expected True or False; the state is "
+        "unchanged. To fix, end on_finalize with 'return True' (or 'return False' to leave "
+        "the lifecycle where it was)."
+    )
+    assert (error.modifier, error.hook, error.value) == (mod, "on_finalize", "yes")
+    assert error.modifier is mod
+
+
+def test_unrouted_members_are_reported_per_enum_in_name_order() -> None:
+    import enum
+
+    class Color(enum.Enum):
+        RED = 1
+        BLUE = 2
+
+    routed = {**LIFECYCLE.event_triggers, Color.RED: "other_event"}
+    error = _refusal(next(_names), event_triggers=routed)
+    assert error.where == "event_triggers"
+    assert "Color BLUE is routed to no trigger, so dispatching it would fail" in str(error)
+
+
+def test_a_row_without_dest_is_refused_with_the_fix() -> None:
+    rows = [dict(row) for row in LIFECYCLE.transitions]
+    del rows[0]["dest"]
+    name = next(_names)
+    error = _refusal(name, transitions=tuple(rows))
+    assert (error.where, str(error)) == (
+        "transitions[0].dest",
+        f"declaration {name!r}, transitions[0].dest: missing. To fix, give a state, or None to "
+        "stay.",
+    )
+
+
+def test_every_plan_names_its_own_cell_rejected_and_ignored_ones_too() -> None:
+    from engine.stage import _COMPILED as STAGE
+
+    for compiled in (Modifier.__compiled_lifecycle__, STAGE):
+        kinds = {(p.rejection is not None, p.ignored is not None) for p in compiled.plans.values()}
+        assert (True, False) in kinds
+        hooks = {hook.name: hook for hook in compiled.declaration.hooks}
+        for (state, trigger), plan in compiled.plans.items():
+            assert (plan.state, plan.trigger) == (state, trigger)
+            assert plan.gate is (plan.prelude is not None and hooks[plan.prelude].gate)
+    assert any(plan.ignored is not None for plan in STAGE.plans.values())
+    assert Modifier.__compiled_lifecycle__.plans[("started", "finalize")].gate is True  # one row
+
+
+def test_a_rejection_names_the_call_the_state_what_is_allowed_and_the_fix() -> None:
+    from engine import Event, IllegalTransitionError
+    from tests.doubles import RecordingModifier
+
+    mod = RecordingModifier(start=0)
+    mod.initialize(State())
+    with pytest.raises(IllegalTransitionError) as again:
+        mod.initialize(State())  # not routed: no event type in the call's name
+    assert str(again.value) == (
+        "initialize is not allowed on RecordingModifier(group=None, index=None): it is "
+        "'started' (already initialized). Allowed from 'started': update_event, finalize. "
+        "To fix, initialize each modifier once; build a new instance to run it again. [rule R1]"
+    )
+    assert Modifier.__compiled_lifecycle__.allowed["started"] == ("update_event", "finalize")
+    mod.finalize(State())
+    with pytest.raises(IllegalTransitionError) as late:
+        mod.update_event(State(), Event(EventType.BATCH_END))  # routed: the type is named
+    assert str(late.value).startswith(
+        "update_event(BATCH_END) is not allowed on RecordingModifier(group=None, index=None): "
+        "it is 'finalized_started' (already finalized). Allowed from 'finalized_started': "
+        "nothing (it accepts no further calls). To fix,"
+    )
+    assert Modifier.__compiled_lifecycle__.allowed["finalized_started"] == ()
+
+
+def test_a_rejecting_cell_does_not_need_an_event_with_a_type() -> None:
+    from engine import IllegalTransitionError
+
+    compiled = compile_machine(
+        Declaration(
+            name=next(_names),
+            flags=("on",),
+            states=(StateSpec("off", {"on": False}), StateSpec("on", {"on": True})),
+            initial="off",
+            guards=(),
+            hooks=(),
+            triggers=(TriggerSpec("press", "press"), TriggerSpec("release", "release")),
+            event_triggers={"press": "press", "release": "release"},
+            transitions=(
+                {"trigger": "press", "source": "off", "dest": "on"},
+                {"trigger": "release", "source": "on", "dest": "off"},
+            ),
+            rejections=(
+                Rejection("T1", ("on",), ("press",), "pressed", "release it."),
+                Rejection("T2", ("off",), ("release",), "released", "press it."),
+            ),
+        ),
+        state_attr="state",
+    )
+    with pytest.raises(IllegalTransitionError, match=r"^release is not allowed on object: it is "):
+        compiled.initial.calls["release"](object(), None, None, {})
+
+
+def test_hooks_after_a_gate_prelude_get_the_calls_keyword_arguments() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Keen(Modifier):
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            seen.append(("on_initialize", kwargs))
+            return True
+
+        def on_start(self, state: State, event: Any, **kwargs: Any) -> None:
+            seen.append(("on_start", kwargs))
+
+    Keen(start=0).initialize(State(), marker=7)  # the gated initialize cell starts it
+    assert seen == [("on_initialize", {"marker": 7}), ("on_start", {"marker": 7})]
+
+
+def test_every_event_hook_gets_the_calls_state_and_keyword_arguments() -> None:
+    from engine import Event
+
+    seen: list[tuple[str, bool, dict[str, Any]]] = []
+    call_state = State()
+
+    class Witness(Modifier):
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+        def on_event(self, state: State, event: Any, **kwargs: Any) -> None:
+            seen.append(("on_event", state is call_state, kwargs))
+
+        def on_start(self, state: State, event: Any, **kwargs: Any) -> None:
+            seen.append(("on_start", state is call_state, kwargs))
+
+        def on_update(self, state: State, event: Any, **kwargs: Any) -> None:
+            seen.append(("on_update", state is call_state, kwargs))
+
+        def on_end(self, state: State, event: Any, **kwargs: Any) -> None:
+            seen.append(("on_end", state is call_state, kwargs))
+
+    mod = Witness(start=1, end=3)
+    mod.initialize(call_state)
+    mod.update_event(call_state, Event(EventType.BATCH_START, global_step=1), k=1)  # guarded cell
+    mod.update_event(call_state, Event(EventType.LOSS_CALCULATED, global_step=1), k=2)  # unguarded
+    mod.update_event(call_state, Event(EventType.BATCH_END, global_step=2), k=3)  # guard False
+    mod.update_event(call_state, Event(EventType.BATCH_END, global_step=3), k=4)  # guard True
+    assert seen == [
+        ("on_event", True, {"k": 1}), ("on_start", True, {"k": 1}), ("on_update", True, {"k": 1}),
+        ("on_event", True, {"k": 2}), ("on_update", True, {"k": 2}),
+        ("on_event", True, {"k": 3}), ("on_update", True, {"k": 3}),
+        ("on_event", True, {"k": 4}), ("on_end", True, {"k": 4}), ("on_update", True, {"k": 4}),
+    ]  # fmt: skip
+
+
+def test_a_guard_without_a_prelude_is_asked_about_the_calls_event() -> None:
+    compiled = compile_machine(
+        Declaration(
+            name=next(_names),
+            flags=("on",),
+            states=(StateSpec("off", {"on": False}), StateSpec("on", {"on": True})),
+            initial="off",
+            guards=("ready",),
+            hooks=(),
+            triggers=(TriggerSpec("press", "press"),),
+            event_triggers={},
+            transitions=(
+                {"trigger": "press", "source": "off", "dest": "on", "conditions": "ready"},
+                {"trigger": "press", "source": "off", "dest": None, "unless": "ready"},
+                {"trigger": "press", "source": "on", "dest": None},
+            ),
+            rejections=(),
+        ),
+        state_attr="state",
+    )
+    asked: list[Any] = []
+
+    class Switch:
+        state = compiled.initial
+
+        def ready(self, event: Any) -> bool:
+            asked.append(event)
+            return bool(event == "go")
+
+    switch = Switch()
+    switch.state.calls["press"](switch, None, "wait", {})
+    assert switch.state.name == "off"
+    switch.state.calls["press"](switch, None, "go", {})
+    assert (switch.state.name, asked) == ("on", ["wait", "go"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import attrs
 import pytest
 
 from engine import (
@@ -267,6 +269,44 @@ def test_update_event_with_a_non_event_is_a_clear_error() -> None:
         StageModifiers([]).update_event(STATE, "batch_start")  # type: ignore[arg-type]  # on purpose
 
 
+def test_a_non_event_error_names_the_stage_and_the_value() -> None:
+    stage = StageModifiers([], group="prune_stage", index=1)
+    with pytest.raises(ConfigTypeError) as caught:
+        stage.update_event(STATE, "batch_start")  # type: ignore[arg-type]  # on purpose
+    assert str(caught.value).startswith(
+        "StageModifiers(group='prune_stage', index=1).update_event needs an Event with an "
+        "EventType type_, got 'batch_start'."
+    )
+    assert (caught.value.owner, caught.value.value) == ("StageModifiers", "batch_start")
+
+
+@attrs.define(eq=False)
+class KwargsSeen(NoopModifier):
+    """Records the keyword arguments each update reaches it with."""
+
+    seen: list[dict[str, Any]] = attrs.field(factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        self.calls.append(("on_initialize", kwargs))
+        return True
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append(kwargs)
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        self.calls.append(("on_finalize", kwargs))
+        return True
+
+
+def test_update_event_passes_keyword_arguments_to_every_modifier() -> None:
+    a, b = KwargsSeen(), KwargsSeen()
+    stage = StageModifiers([a, b])
+    stage.initialize(STATE)
+    stage.update_event(STATE, Event(EventType.LOSS_CALCULATED), loss=0.5)
+    assert (a.seen, b.seen) == ([{"loss": 0.5}], [{"loss": 0.5}])
+
+
 def test_the_stage_declaration_covers_every_cell() -> None:
     from engine.stage import _COMPILED
 
@@ -274,3 +314,81 @@ def test_the_stage_declaration_covers_every_cell() -> None:
     ignored = {key for key, plan in _COMPILED.plans.items() if plan.ignored is not None}
     assert ignored == {("applied", t) for t in STAGE_LIFECYCLE.trigger_names()}
     assert [s.value for s in StageState] == list(STAGE_LIFECYCLE.state_names())
+
+
+def _label(index: int) -> str:
+    return f"RecordingModifier(group='prune_stage', index={index})"
+
+
+def test_a_declined_finalize_names_the_stage_the_hook_and_every_modifier() -> None:
+    a, b, c = (RecordingModifier(start=0) for _ in range(3))
+    stage = stage_of(a, b, c)
+    stage.initialize(STATE)
+    c.returns["on_finalize"] = False
+    with pytest.raises(StageError) as caught:
+        stage.finalize(STATE)
+    error = caught.value
+    assert str(error) == (
+        f"StageModifiers(group='prune_stage', index=1) stopped: {_label(2)}.on_finalize "
+        f"returned False, so it is not finalized (done: {_label(0)}, {_label(1)}; "
+        f"failed: {_label(2)}; not attempted: none). The stage stays 'finalizing'. To fix, "
+        "make on_finalize return True once it can, then call finalize again: it resumes "
+        "from that modifier."
+    )
+    assert (error.stage, error.action, error.done, error.failed, error.not_attempted) == (
+        stage, "finalize", (a, b), c, (),
+    )  # fmt: skip
+    assert error.stage is stage
+
+
+def test_a_declined_initialize_of_the_first_modifier_has_done_none() -> None:
+    a, b, c = RecordingModifier(), RecordingModifier(), RecordingModifier()
+    a.returns["on_initialize"] = False
+    stage = stage_of(a, b, c)
+    with pytest.raises(StageError) as caught:
+        stage.initialize(STATE)
+    assert str(caught.value) == (
+        f"StageModifiers(group='prune_stage', index=1) stopped: {_label(0)}.on_initialize "
+        f"returned False, so it is not initialized (done: none; failed: {_label(0)}; "
+        f"not attempted: {_label(1)}, {_label(2)}). The stage stays 'pending'. To fix, "
+        "make on_initialize return True once it can, then call initialize again: it "
+        "resumes from that modifier."
+    )
+    assert caught.value.stage is stage
+
+
+def test_initialize_and_finalize_pass_keyword_arguments_to_every_modifier() -> None:
+    barrier = Barrier()
+    a, b = KwargsSeen(), KwargsSeen()
+    stage = StageModifiers([a, b])
+    stage.initialize(STATE, accelerator=barrier, seed=3)
+    stage.finalize(STATE, accelerator=barrier)
+    expected = [
+        ("on_initialize", {"accelerator": barrier, "seed": 3}),
+        ("on_finalize", {"accelerator": barrier}),
+    ]
+    assert (a.calls, b.calls) == (expected, expected)
+
+
+def test_a_stage_entry_that_is_not_a_modifier_is_named_with_its_type() -> None:
+    with pytest.raises(ConfigTypeError) as caught:
+        StageModifiers([NoopModifier(), 3])  # type: ignore[list-item]  # on purpose
+    error = caught.value
+    assert str(error) == (
+        "StageModifiers.modifiers[1] must be a Modifier, got 3 (int). "
+        "To fix, pass modifier instances."
+    )
+    assert (error.owner, error.field, error.value) == ("StageModifiers", "modifiers", 3)
+
+
+def test_the_same_modifier_twice_is_named_in_the_error() -> None:
+    twice = NoopModifier()
+    with pytest.raises(ConfigError) as caught:
+        StageModifiers([twice, twice])
+    error = caught.value
+    assert str(error) == (
+        "StageModifiers.modifiers[1] is the same object as an earlier entry "
+        "(NoopModifier(group=None, index=None)). To fix, build a separate instance for "
+        "each entry."
+    )
+    assert (error.owner, error.field, error.value) == ("StageModifiers", "modifiers", twice)
