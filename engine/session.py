@@ -27,6 +27,7 @@ the grammar, the counters and the resume contract.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,16 @@ from typing import Any, Final
 
 import attrs
 
-from engine._validate import check_optional_int
+from engine._validate import check_optional_int, check_optional_number
+from engine.distributed import (
+    DEFAULT_TIMEOUT_S,
+    Collective,
+    Snapshot,
+    agree,
+    hardware,
+    torch_collective,
+    unwrap_model,
+)
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
 from engine.events import Event, EventType, to_event_type, trusted_event
 from engine.machine import CompiledState, compile_machine
@@ -65,6 +75,8 @@ _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
 _ACCUMULATING: Final = frozenset({SessionState.ACCUMULATING, SessionState.ACCUMULATING_LOSS})
 _LOCAL = threading.local()
+_BATCH_END: Final = EventType.BATCH_END
+_NEVER: Final = sys.maxsize
 
 
 class SessionMismatchError(ConfigError):
@@ -111,6 +123,9 @@ class Session:
         global_batch: batches completed.
         batches_since_step: batches completed since the last optimizer step.
         trace: the trace recorder, when ``initialize(trace=...)`` asked for one.
+        agree_every: under ``torch.distributed``, the ranks agree every this many
+            optimizer steps (None: only at stage boundaries and :meth:`agree`).
+        collective: how the ranks reach each other (None in a single process).
     """
 
     state: State = attrs.field(factory=State)
@@ -121,6 +136,8 @@ class Session:
     global_batch: int = 0
     batches_since_step: int = 0
     trace: TraceRecorder | None = None
+    agree_every: int | None = 100
+    collective: Collective | None = None
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_default_position, takes_self=True)
     )
@@ -130,6 +147,7 @@ class Session:
     _seq: int = attrs.field(init=False, repr=False, default=0)
     _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
     _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
+    _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
 
     # --- views ------------------------------------------------------------------------------
 
@@ -164,6 +182,9 @@ class Session:
         wrap_optimizer: bool = False,
         trace: bool | str | Path = False,
         allow_experimental: bool = False,
+        distributed: bool | Collective | None = None,
+        agree_every: int | None = 100,
+        collective_timeout: float = DEFAULT_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         """Build the state and the recipe's stages, then initialize them (or resume).
@@ -181,7 +202,18 @@ class Session:
                 ``optimizer.step()`` itself (torch step hooks, removed at finalize).
             trace: True to keep a trace in memory, or a path to also stream it as JSONL.
             allow_experimental: let the recipe use experimental modifiers.
+            distributed: None to run in lockstep with the other ranks when
+                ``torch.distributed`` has a process group (every rank must then
+                build its session the same way), True to require one, False to run
+                alone; or a :class:`~engine.distributed.Collective` of your own.
+            agree_every: in lockstep, the ranks also agree every this many optimizer
+                steps (None: only at stage boundaries and :meth:`agree`).
+            collective_timeout: seconds a rank waits for the others at an agreement.
             **kwargs: passed to every modifier's ``initialize``.
+
+        A ``DistributedDataParallel`` (or ``DataParallel``) model is unwrapped:
+        ``state.model`` is the module it holds, so modifiers hook the user's layers.
+        ``state.hardware`` says the rank and world size (rank 0 of 1 alone).
 
         If :meth:`load_state_dict` was called first, the session resumes: the
         modifiers, stages, counters and position are restored from it and no
@@ -192,6 +224,10 @@ class Session:
                 ``"<stage>.<index>"``, so they would collide).
             SessionMismatchError: the loaded state does not fit; lists every mismatch.
             StageError: a modifier declined to initialize (the session stays ``created``).
+            RankFailureError: in lockstep, initialize failed on some rank (every rank
+                raises it; see ``specs/distributed.md``).
+            RankDivergenceError: in lockstep, the ranks built or restored different
+                recipes or states.
         """
         arguments = {
             "model": model,
@@ -205,6 +241,9 @@ class Session:
             "wrap_optimizer": wrap_optimizer,
             "trace": trace,
             "allow_experimental": allow_experimental,
+            "distributed": distributed,
+            "agree_every": agree_every,
+            "collective_timeout": collective_timeout,
             "modifier_kwargs": kwargs,
         }
         self._call("initialize", None, arguments)
@@ -281,6 +320,77 @@ class Session:
             self._lc.calls[trigger](self, self.state, event, kwargs)
         else:
             self._call(trigger, event, kwargs)
+        if kind is _BATCH_END and self.global_step >= self._next_agreement:
+            self._next_agreement = self._agreement_after(self.global_step)
+            self._agree(f"the end of batch {self.global_batch} (step {self.global_step})")
+
+    # --- lockstep across ranks ----------------------------------------------------------------
+
+    def agree(self) -> None:
+        """Check, here, that every rank is in the same lifecycle state (all must call it).
+
+        Does nothing in a single process. Allowed between initialize and finalize.
+
+        Raises:
+            RankDivergenceError: the ranks differ; the error lists which, and where.
+            CollectiveError: a rank did not arrive within the collective timeout.
+        """
+        if self.position in (SessionState.CREATED, SessionState.FINALIZED):
+            raise IllegalTransitionError(
+                f"Session.agree is not allowed: the session is {self.position.value!r}. "
+                "Allowed: between initialize and finalize. To fix, call it during the run.",
+                modifier=self,
+                state=self.position.value,
+                trigger="agree",
+                rule="-",
+                allowed=("session.agree",),
+            )
+        self._agree(f"Session.agree() in batch {self.global_batch} (step {self.global_step})")
+
+    def _agreement_after(self, step: int) -> int:
+        """The first step after ``step`` at which the ranks agree (never: sys.maxsize)."""
+        every = self.agree_every
+        if self.collective is None or every is None:
+            return _NEVER
+        return (step // every + 1) * every
+
+    def _agree(self, where: str, error: BaseException | None = None, recipe: bool = False) -> None:
+        """Run the agreement protocol at ``where`` (nothing in a single process).
+
+        ``recipe=True`` compares the modifiers' arguments instead of their states.
+        """
+        collective = self.collective
+        if collective is None:
+            return
+        snapshot = Snapshot(
+            where=where,
+            counters=(self.global_step, self.global_batch, self.batches_since_step),
+            position=self._lc.name,
+            modifiers=tuple(
+                (mid, type(m).__name__, "" if recipe else m._lc.name) for mid, m in self._ids
+            ),
+            stages=tuple(
+                (_stage_label(st, i), "" if recipe else st._lc.name)
+                for i, st in enumerate(self.stages)
+            ),
+            recipe=tuple((mid, repr(self._arguments[mid])) for mid, _ in self._ids)
+            if recipe
+            else (),
+            error=None if error is None else f"{type(error).__name__}: {error}",
+        )
+        agree(collective, snapshot, cause=error)
+
+    def _run_agreed(self, where: str, call: Any, *args: Any, **kwargs: Any) -> None:
+        """``call(*args, **kwargs)``, then agree on how it went; a failure fails every rank."""
+        if self.collective is None:
+            call(*args, **kwargs)
+            return
+        try:
+            call(*args, **kwargs)
+        except Exception as error:
+            self._agree(where, error)
+            raise
+        self._agree(where)
 
     # --- context manager ---------------------------------------------------------------------
 
@@ -379,7 +489,91 @@ class Session:
     # --- the grammar's hooks and guard (called by its compiled table) ------------------------
 
     def setup(self, state: Any, **arguments: Any) -> bool:
-        """Gate of ``initialize``: build everything; True once the stages are ready."""
+        """Gate of ``initialize``: build everything; True once the stages are ready.
+
+        In lockstep (``self.collective``), the ranks agree once everything is built
+        (recipe included), after each stage's ``initialize`` and after a resume: a
+        failure on any rank makes every rank raise (``specs/distributed.md``).
+        """
+        collective = self._connect(arguments)
+        try:
+            ids = self._build(arguments)
+        except Exception as error:
+            if collective is None:
+                raise
+            self._agree("initialize", error)
+            raise  # unreachable: _agree raised, every rank failed the same way
+        # The recipe, not the lifecycle states: a retry after a failure on some ranks
+        # finds modifiers initialized on some ranks only; the stages then agree.
+        self._agree("initialize", recipe=True)
+        run_state, resume = self.state, self._resume
+        try:
+            if resume is not None:
+                self._run_agreed("resume", self._restore, resume)
+                if self.trace is not None:
+                    self._write_header(resume["position"], resumed=True)
+            else:
+                if self.trace is not None:
+                    self._write_header(self._lc.name, resumed=False)
+                for position, stage in enumerate(self.stages):
+                    self._run_agreed(
+                        f"initialize of stage {_stage_label(stage, position)!r}",
+                        stage.initialize,
+                        run_state,
+                        **arguments["modifier_kwargs"],
+                    )
+        except BaseException:
+            # Nothing half-initialized may keep hooks on the model; a retry starts afresh.
+            for _, modifier in ids:
+                modifier.remove_hooks()
+            raise
+        if arguments["wrap_optimizer"]:
+            self._add_optimizer_hooks(arguments["optimizer"])
+        run_state.start_event = Event(
+            EventType.INITIALIZE,
+            steps_per_epoch=self.steps_per_epoch,
+            global_step=self.global_step,
+            global_batch=self.global_batch,
+        )
+        self._next_agreement = self._agreement_after(self.global_step)
+        return True
+
+    def _connect(self, arguments: Mapping[str, Any]) -> Collective | None:
+        """Check the lockstep settings and join the other ranks (once per session)."""
+        distributed = arguments["distributed"]
+        if distributed is not None and not isinstance(distributed, bool | Collective):
+            raise ConfigTypeError(
+                f"Session.initialize: distributed must be None, a bool or a Collective, got "
+                f"{distributed!r} ({type(distributed).__name__}). To fix, pass True, False or "
+                "leave it unset.",
+                owner="Session",
+                field="distributed",
+                value=distributed,
+            )
+        agree_every = check_optional_int(
+            "Session", "agree_every", arguments["agree_every"], minimum=1
+        )
+        timeout = check_optional_number(
+            "Session", "collective_timeout", arguments["collective_timeout"], minimum=0.001
+        )
+        if timeout is None:
+            raise ConfigTypeError(
+                "Session.collective_timeout must be a number of seconds, got None. To fix, "
+                f"pass a positive number (default {DEFAULT_TIMEOUT_S:g}).",
+                owner="Session",
+                field="collective_timeout",
+                value=None,
+            )
+        self.agree_every = agree_every
+        if isinstance(distributed, Collective):
+            self.collective = distributed
+        elif self.collective is None or distributed is False:
+            # A retried initialize keeps the group it made: every rank retries alike.
+            self.collective = torch_collective(distributed, timeout)
+        return self.collective
+
+    def _build(self, arguments: Mapping[str, Any]) -> list[tuple[str, Modifier]]:
+        """Check the arguments, build the state and the stages (no lifecycle hook runs)."""
         self.trace = None  # a trace left by a failed earlier attempt is closed
         steps_per_epoch = check_optional_int(
             "Session", "steps_per_epoch", arguments["steps_per_epoch"], minimum=1
@@ -417,12 +611,14 @@ class Session:
                 field="wrap_optimizer",
                 value=True,
             )
+        model, strategy = unwrap_model(arguments["model"])
         run_state = State(
-            model=arguments["model"],
+            model=model,
             teacher_model=arguments["teacher_model"],
             optimizer=arguments["optimizer"],
             optim_wrapped=bool(arguments["wrap_optimizer"]),
             data=Data(train=arguments["train_data"], calib=arguments["calib_data"]),
+            hardware=hardware(self.collective, model, strategy),
         )
         self.state, self.stages, self._ids = run_state, stages, ids
         self._arguments = given
@@ -432,35 +628,20 @@ class Session:
             for _, modifier in ids:
                 check_traceable(type(modifier).__compiled_lifecycle__)
             self.trace = TraceRecorder(path=None if trace is True else Path(trace))
-        try:
-            if resume is not None:
-                self._restore(resume)
-                if self.trace is not None:
-                    self._write_header(resume["position"], resumed=True)
-            else:
-                if self.trace is not None:
-                    self._write_header(self._lc.name, resumed=False)
-                for stage in stages:
-                    stage.initialize(run_state, **arguments["modifier_kwargs"])
-        except BaseException:
-            # Nothing half-initialized may keep hooks on the model; a retry starts afresh.
-            for _, modifier in ids:
-                modifier.remove_hooks()
-            raise
-        if arguments["wrap_optimizer"]:
-            self._add_optimizer_hooks(arguments["optimizer"])
-        run_state.start_event = Event(
-            EventType.INITIALIZE,
-            steps_per_epoch=steps_per_epoch,
-            global_step=self.global_step,
-            global_batch=self.global_batch,
-        )
-        return True
+        return ids
 
     def teardown(self, state: Any, **kwargs: Any) -> bool:
-        """Gate of ``finalize``: finalize every stage; True once all are applied."""
-        for stage in self.stages:
-            stage.finalize(self.state, **kwargs)
+        """Gate of ``finalize``: finalize every stage; True once all are applied.
+
+        In lockstep the ranks agree after each stage's ``finalize``.
+        """
+        for position, stage in enumerate(self.stages):
+            self._run_agreed(
+                f"finalize of stage {_stage_label(stage, position)!r}",
+                stage.finalize,
+                self.state,
+                **kwargs,
+            )
         self._remove_optimizer_hooks()
         return True
 
