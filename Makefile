@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.dispatch
 	$(BIN)/python -m benchmarks.session_overhead
 	$(BIN)/python -m benchmarks.compression
+	$(BIN)/python -m benchmarks.distributed
 
 clean:
 	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -185,13 +185,15 @@ class TorchCollective:
     """:class:`Collective` over a ``torch.distributed`` process group.
 
     Attributes:
-        group: the process group (the session creates a ``gloo`` group of its own,
-            so agreements work under NCCL too and have their own timeout).
-        timeout_s: the group's timeout, for error messages.
+        group: the process group: None for the default group when it is ``gloo``;
+            under another backend (NCCL) the session makes a ``gloo`` group of its
+            own, so agreements need no GPU tensor.
+        timeout_s: the group's timeout when the session made it, for error messages
+            (the default group has the one given to ``init_process_group``).
     """
 
     group: Any
-    timeout_s: float
+    timeout_s: float | None
     _rank: int = attrs.field(alias="rank")
     _world_size: int = attrs.field(alias="world_size")
 
@@ -213,6 +215,19 @@ class TorchCollective:
         gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self._world_size)]
         torch.distributed.all_gather(gathered, mine, group=self.group)
         return [int(value.item()) for value in gathered]
+
+    def close(self) -> None:
+        """Destroy the group (the session calls it after its last agreement).
+
+        Gloo's threads must not outlive the interpreter (a process that exits with a
+        live group can abort); a peer still waiting on this rank gets a closed
+        connection at once instead of waiting out the timeout.
+        """
+        import torch
+
+        if self.group is not None:  # only a group the session made; never the default one
+            group, self.group = self.group, None
+            torch.distributed.destroy_process_group(group)
 
     def gather_snapshots(self, snapshot: Snapshot) -> list[Snapshot]:
         """All-gather the snapshots as plain tuples (pickled by torch)."""
@@ -236,7 +251,10 @@ def torch_collective(distributed: bool | None, timeout_s: float) -> TorchCollect
     Raises:
         ConfigError: ``distributed=True`` but no process group is initialized.
 
-    Every rank must call this at the same point: it creates a ``gloo`` group.
+    Every rank must call this at the same point: under a backend other than
+    ``gloo`` it creates a ``gloo`` group with ``timeout_s``. Under ``gloo`` the
+    default group serves (an extra gloo group alive at exit makes some processes
+    abort in torch's teardown), with the timeout given to ``init_process_group``.
     """
     dist = sys.modules.get("torch.distributed")
     ready = dist is not None and dist.is_available() and dist.is_initialized()
@@ -252,10 +270,14 @@ def torch_collective(distributed: bool | None, timeout_s: float) -> TorchCollect
             value=True,
         )
     assert dist is not None  # for mypy: ready implies it
-    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    if dist.get_backend() == "gloo":
+        group, timeout = None, None
+    else:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        timeout = timeout_s
     return TorchCollective(
         group=group,
-        timeout_s=timeout_s,
+        timeout_s=timeout,
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
     )

@@ -208,7 +208,9 @@ class Session:
                 alone; or a :class:`~engine.distributed.Collective` of your own.
             agree_every: in lockstep, the ranks also agree every this many optimizer
                 steps (None: only at stage boundaries and :meth:`agree`).
-            collective_timeout: seconds a rank waits for the others at an agreement.
+            collective_timeout: seconds a rank waits for the others at an agreement,
+                under a non-gloo backend (the session's own gloo group); under gloo the
+                default group's timeout applies.
             **kwargs: passed to every modifier's ``initialize``.
 
         A ``DistributedDataParallel`` (or ``DataParallel``) model is unwrapped:
@@ -380,6 +382,14 @@ class Session:
         )
         agree(collective, snapshot, cause=error)
 
+    def _disconnect(self) -> None:
+        """Release the collective's group, if it has one to release (no more agreements)."""
+        collective, self.collective = self.collective, None
+        self._next_agreement = _NEVER
+        close = getattr(collective, "close", None)
+        if callable(close):
+            close()
+
     def _run_agreed(self, where: str, call: Any, *args: Any, **kwargs: Any) -> None:
         """``call(*args, **kwargs)``, then agree on how it went; a failure fails every rank."""
         if self.collective is None:
@@ -417,6 +427,7 @@ class Session:
         for _, modifier in self._ids:
             modifier.remove_hooks()
         self._remove_optimizer_hooks()
+        self._disconnect()  # the other ranks learn it at their next agreement
         if self.trace is not None:
             self.trace.close()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import compression, session_overhead
+import pytest
+
+from benchmarks import compression, distributed, session_overhead
 from benchmarks.dispatch import main
 
 
@@ -43,3 +45,14 @@ def test_quick_compression_benchmark_reports_every_phase_with_identical_weights(
     assert [p["phase"] for p in figures["phases"]] == list(compression.PHASES)
     assert figures["modfsm_steps_per_s"] > 0
     assert figures["hand_steps_per_s"] > 0
+
+
+@pytest.mark.distributed
+def test_quick_distributed_benchmark_reports_the_agreement_cost(tmp_path: Path) -> None:
+    target = tmp_path / "distributed.json"
+    assert distributed.main(["--quick", "--json", str(target)]) == 0
+    figures = json.loads(target.read_text(encoding="utf-8"))
+    assert [report["rank"] for report in figures["ranks"]] == [0, 1]
+    assert figures["step_us"] > 0
+    assert figures["agreement_us"] > 0
+    assert figures["amortized"]["100"] == figures["agreement_us"] / 100 / figures["step_us"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,9 @@ def block(language: str, after: str = "") -> str:
     return match.group(1)
 
 
-EXAMPLES = re.findall(r"```python\n(.*?)```\n\nOutput:\n\n```text\n(.*?)```", README, re.S)
+EXAMPLES = re.findall(
+    r"```python\n((?:(?!```).)*?)```\n\nOutput:\n\n```text\n(.*?)```", README, re.S
+)
 
 
 def test_the_readme_has_its_examples() -> None:
@@ -98,3 +103,26 @@ def test_the_verify_excerpt_is_what_modfsm_verify_prints() -> None:
         assert line in actual, f"README verify line not in modfsm verify's output: {line!r}"
     # the summary's timing differs between runs
     assert re.sub(r"[\d.]+ s\.$", "", lines[-1]) == re.sub(r"[\d.]+ s\.$", "", actual[-1])
+
+
+@pytest.mark.distributed
+def test_the_torchrun_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    script = tmp_path / "train_ddp.py"
+    script.write_text(block("python", "## Distributed training"), encoding="utf-8")
+    shown = block("text", "## Distributed training")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    done = subprocess.run(
+        [*command, "--nproc-per-node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout == shown
+    # torch 2.13's gloo sometimes aborts a process in its own teardown, at interpreter
+    # exit, after the script is done: measured in 4 of 24 runs of a plain DDP script
+    # without modfsm (specs/distributed.md). Anything else must exit cleanly.
+    upstream_abort = "terminate called without an active exception" in done.stderr
+    assert done.returncode == 0 or upstream_abort, done.stderr[-3000:]

@@ -24,6 +24,7 @@ from engine.distributed import (
     Snapshot,
     agree,
     differences,
+    torch_collective,
     unwrap_model,
 )
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError
@@ -398,3 +399,78 @@ def test_a_batch_end_reported_through_event_counts_for_the_agreement(
     for kind in ("BATCH_START", "OPTIM_PRE_STEP", "OPTIM_POST_STEP", "BATCH_END"):
         session.event(EventType[kind])
     assert ranks.places[-1] == "the end of batch 1 (step 1)"
+
+
+@attrs.define
+class FakeDist:
+    """Stands in for ``torch.distributed`` in sys.modules."""
+
+    backend: str = "gloo"
+    initialized: bool = True
+    made: list[Any] = attrs.field(factory=list)
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def get_backend(self) -> str:
+        return self.backend
+
+    def new_group(self, backend: str, timeout: Any) -> str:
+        self.made.append((backend, timeout.total_seconds()))
+        return "own group"
+
+    def get_rank(self) -> int:
+        return 1
+
+    def get_world_size(self) -> int:
+        return 4
+
+
+@pytest.mark.parametrize(
+    ("backend", "group", "timeout", "made"),
+    [("gloo", None, None, []), ("nccl", "own group", 12.5, [("gloo", 12.5)])],
+)
+def test_the_collective_uses_the_default_gloo_group_or_makes_a_gloo_group(
+    monkeypatch: pytest.MonkeyPatch, backend: str, group: Any, timeout: Any, made: Any
+) -> None:
+    fake = FakeDist(backend=backend)
+    monkeypatch.setitem(sys.modules, "torch.distributed", fake)
+    collective = torch_collective(None, 12.5)
+    assert collective is not None
+    assert (collective.group, collective.timeout_s, fake.made) == (group, timeout, made)
+    assert (collective.rank, collective.world_size) == (1, 4)
+    assert torch_collective(False, 12.5) is None
+
+
+def test_no_process_group_means_no_collective_unless_one_is_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.distributed", FakeDist(initialized=False))
+    assert torch_collective(None, 1.0) is None
+    with pytest.raises(ConfigError, match=r"distributed=True, but torch\.distributed has no"):
+        torch_collective(True, 1.0)
+
+
+def test_leaving_a_with_block_on_an_error_releases_the_collective(spy: list[Snapshot]) -> None:
+    @attrs.define
+    class Closable(Ranks):
+        closed: int = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    ranks = Closable()
+    session = Session()
+
+    def failing_run() -> None:
+        with session:
+            session.initialize(recipe=[], distributed=ranks, agree_every=None)
+            raise KeyError("the loop failed")
+
+    with pytest.raises(KeyError):
+        failing_run()
+    assert ranks.closed == 1
+    assert session.collective is None

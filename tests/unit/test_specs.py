@@ -25,6 +25,7 @@ CATALOG_PREFIX = {
     "modifiers": "M",
     "testing": "K",
     "verification": "V",
+    "distributed": "D",
 }
 #: the "Temporal properties" catalogs, model-checked by engine/verify (spec -> machine, prefix)
 TEMPORAL = {
