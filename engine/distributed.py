@@ -185,11 +185,9 @@ class TorchCollective:
     """:class:`Collective` over a ``torch.distributed`` process group.
 
     Attributes:
-        group: the process group: None for the default group when it is ``gloo``;
-            under another backend (NCCL) the session makes a ``gloo`` group of its
-            own, so agreements need no GPU tensor.
-        timeout_s: the group's timeout when the session made it, for error messages
-            (the default group has the one given to ``init_process_group``).
+        group: the session's own ``gloo`` group: agreements need no GPU tensor under
+            NCCL, and wait ``timeout_s`` at most whatever the default group's timeout.
+        timeout_s: the group's timeout, for error messages.
     """
 
     group: Any
@@ -225,7 +223,7 @@ class TorchCollective:
         """
         import torch
 
-        if self.group is not None:  # only a group the session made; never the default one
+        if self.group is not None:
             group, self.group = self.group, None
             torch.distributed.destroy_process_group(group)
 
@@ -251,10 +249,8 @@ def torch_collective(distributed: bool | None, timeout_s: float) -> TorchCollect
     Raises:
         ConfigError: ``distributed=True`` but no process group is initialized.
 
-    Every rank must call this at the same point: under a backend other than
-    ``gloo`` it creates a ``gloo`` group with ``timeout_s``. Under ``gloo`` the
-    default group serves (an extra gloo group alive at exit makes some processes
-    abort in torch's teardown), with the timeout given to ``init_process_group``.
+    Every rank must call this at the same point: it creates a ``gloo`` group with
+    ``timeout_s`` (``destroy_process_group()`` destroys it with the others).
     """
     dist = sys.modules.get("torch.distributed")
     ready = dist is not None and dist.is_available() and dist.is_initialized()
@@ -270,14 +266,10 @@ def torch_collective(distributed: bool | None, timeout_s: float) -> TorchCollect
             value=True,
         )
     assert dist is not None  # for mypy: ready implies it
-    if dist.get_backend() == "gloo":
-        group, timeout = None, None
-    else:
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-        timeout = timeout_s
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return TorchCollective(
         group=group,
-        timeout_s=timeout,
+        timeout_s=timeout_s,
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
     )

@@ -208,9 +208,7 @@ class Session:
                 alone; or a :class:`~engine.distributed.Collective` of your own.
             agree_every: in lockstep, the ranks also agree every this many optimizer
                 steps (None: only at stage boundaries and :meth:`agree`).
-            collective_timeout: seconds a rank waits for the others at an agreement,
-                under a non-gloo backend (the session's own gloo group); under gloo the
-                default group's timeout applies.
+            collective_timeout: seconds a rank waits for the others at an agreement.
             **kwargs: passed to every modifier's ``initialize``.
 
         A ``DistributedDataParallel`` (or ``DataParallel``) model is unwrapped:

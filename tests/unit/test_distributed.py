@@ -429,18 +429,16 @@ class FakeDist:
         return 4
 
 
-@pytest.mark.parametrize(
-    ("backend", "group", "timeout", "made"),
-    [("gloo", None, None, []), ("nccl", "own group", 12.5, [("gloo", 12.5)])],
-)
-def test_the_collective_uses_the_default_gloo_group_or_makes_a_gloo_group(
-    monkeypatch: pytest.MonkeyPatch, backend: str, group: Any, timeout: Any, made: Any
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_the_collective_makes_a_gloo_group_with_the_session_timeout(
+    monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
     fake = FakeDist(backend=backend)
     monkeypatch.setitem(sys.modules, "torch.distributed", fake)
     collective = torch_collective(None, 12.5)
     assert collective is not None
-    assert (collective.group, collective.timeout_s, fake.made) == (group, timeout, made)
+    assert (collective.group, collective.timeout_s) == ("own group", 12.5)
+    assert fake.made == [("gloo", 12.5)]
     assert (collective.rank, collective.world_size) == (1, 4)
     assert torch_collective(False, 12.5) is None
 
