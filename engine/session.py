@@ -629,6 +629,9 @@ class Session:
             data=Data(train=arguments["train_data"], calib=arguments["calib_data"]),
             hardware=hardware(self.collective, model, strategy),
         )
+        if self.collective is not None:  # the agreements replace per-modifier barriers
+            for stage in stages:
+                stage.modifier_barriers = False
         self.state, self.stages, self._ids = run_state, stages, ids
         self._arguments = given
         self.steps_per_epoch, self.batches_per_step = steps_per_epoch, batches_per_step or 1

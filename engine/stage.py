@@ -145,6 +145,11 @@ class StageModifiers(ModifierInterface):
             ``index`` to its position and, if the stage has a ``group``, its ``group``.
         index: the stage's position in its recipe.
         group: the stage's name.
+        modifier_barriers: call ``accelerator.wait_for_everyone()`` after each
+            modifier in ``initialize``/``finalize`` when an ``accelerator`` is passed
+            (the reference's behaviour). A session in lockstep across ranks turns it
+            off: its stage-level agreement replaces the barriers, which would leave
+            the other ranks blocked when one rank's modifier raises.
 
     A new stage starts where its modifiers are: ``initialized`` when every one of
     them is already initialized (``finalizing`` if some are also finalized), else
@@ -158,6 +163,7 @@ class StageModifiers(ModifierInterface):
     index: int | None = attrs.field(default=None, validator=_check_index)
     group: str | None = attrs.field(default=None, validator=_check_group)
     _start_applied: bool = attrs.field(default=False, alias="applied", repr=False)
+    modifier_barriers: bool = attrs.field(default=True, kw_only=True, repr=False)
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
     )
@@ -270,7 +276,7 @@ class StageModifiers(ModifierInterface):
 
     def _apply(self, action: str, state: State, kwargs: dict[str, Any]) -> bool:
         """Run ``action`` ("initialize"/"finalize") on each modifier not yet done, in order."""
-        accelerator = kwargs.get("accelerator")
+        accelerator = kwargs.get("accelerator") if self.modifier_barriers else None
         for position, modifier in enumerate(self.modifiers):
             if not _done(modifier, action):
                 self._run(action, position, getattr(modifier, action), state, kwargs)

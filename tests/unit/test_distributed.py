@@ -472,3 +472,27 @@ def test_leaving_a_with_block_on_an_error_releases_the_collective(spy: list[Snap
         failing_run()
     assert ranks.closed == 1
     assert session.collective is None
+
+
+@attrs.define
+class CountingAccelerator:
+    waits: int = 0
+
+    def wait_for_everyone(self) -> None:
+        self.waits += 1
+
+
+def test_in_lockstep_the_stage_agreement_replaces_the_per_modifier_barriers(
+    spy: list[Snapshot],
+) -> None:
+    alone, lockstep = CountingAccelerator(), CountingAccelerator()
+    recipe = [NoopModifier(), NoopModifier()]
+    Session().initialize(recipe=recipe, accelerator=alone)
+    session = Session()
+    session.initialize(
+        recipe=[NoopModifier(), NoopModifier()], accelerator=lockstep, distributed=Ranks()
+    )
+    session.finalize(accelerator=lockstep)
+    assert alone.waits == 2  # one per modifier, as in the reference
+    assert lockstep.waits == 0
+    assert all(not stage.modifier_barriers for stage in session.stages)
