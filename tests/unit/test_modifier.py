@@ -341,6 +341,9 @@ def test_a_lifecycle_call_from_inside_a_hook_sees_the_state_before_the_outer_cal
         ({"start": float("nan")}, ConfigError, r"NoopModifier.start must be finite"),
         ({"end": float("inf")}, ConfigError, r"NoopModifier.end must be finite"),
         ({"update": -0.5}, ConfigError, r"NoopModifier.update must be >= 0"),
+        ({"update": True}, ConfigTypeError, r"NoopModifier.update must be a number or None"),
+        ({"update": "2"}, ConfigTypeError, r"NoopModifier.update must be a number or None"),
+        ({"update": float("inf")}, ConfigError, r"NoopModifier.update must be finite"),
         ({"index": -1}, ConfigError, r"NoopModifier.index must be >= 0"),
         ({"index": 1.0}, ConfigTypeError, r"NoopModifier.index must be an int"),
         ({"group": 3}, ConfigTypeError, r"NoopModifier.group must be a str or None"),
@@ -494,3 +497,80 @@ def test_log_entries_carry_the_event_type() -> None:
     step(mod, 2, LOSS)
     assert mod.log == [LogEntry("on_event", "loss_calculated", 2),
                        LogEntry("on_update", "loss_calculated", 2)]  # fmt: skip
+
+
+# --- what the errors carry (pinned whole: they name the thing, the value and the fix) -----
+
+
+def test_a_hook_the_lifecycle_names_but_the_class_lacks_is_a_declaration_error() -> None:
+    from engine.lifecycle import LIFECYCLE
+    from engine.machine import HookSpec
+
+    missing = attrs.evolve(
+        LIFECYCLE, name="lacking-lifecycle", hooks=(*LIFECYCLE.hooks, HookSpec("on_missing"))
+    )
+    with pytest.raises(DeclarationError) as caught:
+
+        class Lacking(Modifier):
+            __lifecycle__ = missing
+
+            def on_initialize(self, state: State, **kwargs: Any) -> bool:
+                return True
+
+    assert str(caught.value) == (
+        "Lacking.on_missing is not callable, but the lifecycle 'lacking-lifecycle' calls "
+        "it. To fix, define on_missing as a method."
+    )
+    assert caught.value.declaration == "lacking-lifecycle"
+    assert caught.value.where == "on_missing"
+
+
+def test_the_default_load_state_dict_refuses_a_state_naming_the_class_and_the_fix() -> None:
+    mod = NoopModifier()
+    with pytest.raises(ConfigError) as caught:
+        mod.load_state_dict({"mask": 1, "a": 2}, STATE)
+    assert str(caught.value) == (
+        "NoopModifier.load_state_dict got ['a', 'mask'], but the class does not override "
+        "load_state_dict. To fix, implement state_dict() and load_state_dict() together."
+    )
+    error = caught.value
+    assert (error.owner, error.field, error.value) == (
+        "NoopModifier",
+        "state_dict",
+        {"mask": 1, "a": 2},
+    )
+    mod.load_state_dict({}, STATE)  # an empty state is what state_dict() returned
+
+
+def test_update_event_with_a_non_event_names_the_modifier_and_the_value() -> None:
+    mod = make_in(S.STARTED)
+    with pytest.raises(ConfigTypeError) as caught:
+        mod.update_event(STATE, "BATCH_START")  # type: ignore[arg-type]  # on purpose
+    assert str(caught.value).startswith(
+        f"{mod.lifecycle_label}.update_event needs an Event with an EventType type_, got "
+        "'BATCH_START'. Known types: "
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        type(mod).__name__,
+        "event",
+        "BATCH_START",
+    )
+
+
+def test_finalize_hands_the_state_to_on_finalize() -> None:
+    seen: list[State] = []
+
+    class Keeps(Modifier):
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+        def on_finalize(self, state: State, **kwargs: Any) -> bool:
+            seen.append(state)
+            return True
+
+    state = State()
+    mod = Keeps()
+    mod.initialize(state)
+    mod.finalize(state)
+    assert seen == [state]
+    assert seen[0] is state
