@@ -496,3 +496,27 @@ def test_in_lockstep_the_stage_agreement_replaces_the_per_modifier_barriers(
     assert alone.waits == 2  # one per modifier, as in the reference
     assert lockstep.waits == 0
     assert all(not stage.modifier_barriers for stage in session.stages)
+
+
+def test_after_a_failed_run_released_its_collective_the_session_runs_alone(
+    spy: list[Snapshot],
+) -> None:
+    @attrs.define
+    class Closable(Ranks):
+        def close(self) -> None:
+            pass
+
+    session = Session()
+    ranks = Closable()
+
+    def failing_run() -> None:
+        with session:
+            session.initialize(recipe=[NoopModifier(start=0)], distributed=ranks, agree_every=1)
+            raise KeyError("the loop failed")
+
+    with pytest.raises(KeyError):
+        failing_run()
+    agreed = len(ranks.places)
+    loop(session, 2)  # every batch end would agree at agree_every=1: none does now
+    assert session.global_step == 2
+    assert len(ranks.places) == agreed

@@ -306,9 +306,7 @@ def test_a_broken_module_that_does_not_parse_is_remembered_without_class_names(
     (tmp_path / "bad_syntax.py").write_text("class HalfModifier(:\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     factory._remember_import_error("bad_syntax", SyntaxError("invalid syntax"))
-    assert str(factory._errors["<module bad_syntax>"]).endswith(
-        "it defines no *Modifier class."
-    )
+    assert str(factory._errors["<module bad_syntax>"]).endswith("it defines no *Modifier class.")
     assert "HalfModifier" not in factory._errors
 
 

@@ -16,6 +16,8 @@ from engine import (
     IllegalTransitionError,
     LifecycleError,
     LifecycleState,
+    Modifier,
+    State,
 )
 from engine.factory import ModifierFactory
 from engine.recipe import Recipe
@@ -540,3 +542,161 @@ def test_checkpoint_calls_out_of_place_are_refused() -> None:
 def test_a_modifier_without_state_methods_refuses_saved_state() -> None:
     with pytest.raises(ConfigError, match=r"does not override load_state_dict"):
         EventLog().load_state_dict({"masks": 1}, started().state)
+
+
+# --- what the errors carry (pinned whole: they name the thing, the value and the fix) -----
+
+
+def test_no_active_session_is_an_error_that_says_how_to_make_one() -> None:
+    with pytest.raises(LifecycleError) as caught:
+        active_session()
+    assert str(caught.value) == (
+        "no session is active in this thread. To fix, run the loop inside "
+        "'with Session() as session:'."
+    )
+
+
+def test_a_mismatch_error_names_the_session_state_dict_and_every_problem() -> None:
+    state = saved(started(EventLog(), RecordingModifier()))
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(recipe=[EventLog()])
+    error = caught.value
+    assert (error.owner, error.field, error.value) == ("Session", "state_dict", None)
+    assert error.problems == ("default_stage.1 (RecordingModifier) is saved but not in the recipe",)
+
+
+def test_agree_before_initialize_names_the_session_the_position_and_the_fix() -> None:
+    session = Session()
+    with pytest.raises(IllegalTransitionError) as caught:
+        session.agree()
+    error = caught.value
+    assert str(error) == (
+        "Session.agree is not allowed: the session is 'created'. Allowed: between "
+        "initialize and finalize. To fix, call it during the run."
+    )
+    assert (error.modifier, error.state, error.trigger, error.rule, error.allowed) == (
+        session,
+        "created",
+        "agree",
+        "-",
+        ("session.agree",),
+    )
+
+
+def test_leaving_a_session_in_a_thread_that_never_entered_one_is_harmless() -> None:
+    import threading
+
+    session = Session()
+    failures: list[BaseException] = []
+
+    def leave() -> None:
+        try:
+            session.__exit__(None, None, None)
+        except BaseException as error:  # the test reports it below
+            failures.append(error)
+
+    worker = threading.Thread(target=leave)
+    worker.start()
+    worker.join()
+    assert failures == []
+    assert session.position == "created"  # nothing to finalize
+
+
+# --- where a failed call stopped, as the trace records it ------------------------------------
+
+
+@attrs.define(eq=False)
+class Finishes(Modifier):
+    """Initializes; its on_finalize raises while ``armed``."""
+
+    armed: bool = False
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        if self.armed:
+            raise ValueError("cannot write the export")
+        return True
+
+
+def failures(session: Session) -> list[tuple[str, Any]]:
+    assert session.trace is not None
+    return [(r["trigger"], r["stopped_at"]) for r in session.trace.records if r["kind"] == "failed"]
+
+
+def test_an_event_a_finalizing_stage_refuses_is_traced_as_stopped_at_its_first_modifier() -> None:
+    failing = Finishes(armed=True)
+    session = Session()
+    session.initialize(recipe=[Finishes(), failing, Finishes()], trace=True)
+    with pytest.raises(ValueError, match="cannot write the export"):
+        session.finalize()
+    with pytest.raises(IllegalTransitionError, match=r"rule S2"):
+        session.batch_start()  # the stage is finalizing: it refuses, no modifier runs
+    failing.armed = False
+    session.finalize()
+    assert failures(session) == [
+        ("finalize", {"stage": "default_stage", "modifier": "default_stage.1"}),
+        ("batch_start", {"stage": "default_stage", "modifier": "default_stage.0"}),
+    ]
+    assert session.trace is not None
+    assert verify(session.trace.records).divergence is None
+
+
+@pytest.mark.parametrize("action", ["initialize", "finalize"])
+def test_a_stage_failing_after_all_its_modifiers_is_traced_as_stopped_past_them(
+    action: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.state
+
+    real = engine.state.SystemLogger.info
+
+    def info(self: engine.state.SystemLogger, *, tag: str, string: str) -> None:
+        if string == f"Modifiers {action}d":
+            raise OSError("the log disk is full")
+        real(self, tag=tag, string=string)
+
+    session = Session()
+    if action == "finalize":
+        session.initialize(recipe=[Finishes(), Finishes()], trace=True)
+    monkeypatch.setattr(engine.state.SystemLogger, "info", info)
+    def call() -> None:
+        if action == "initialize":
+            session.initialize(recipe=[Finishes(), Finishes()], trace=True)
+        else:
+            session.finalize()
+
+    with pytest.raises(OSError, match="the log disk is full"):
+        call()
+    # Every modifier completed the call; the stage itself raised after them.
+    assert failures(session) == [(action, {"stage": "default_stage", "modifier": None})]
+
+
+def test_the_trace_header_lists_stages_modifiers_types_windows_and_guards() -> None:
+    @attrs.define(eq=False)
+    class StartsEarly(Finishes):
+        def should_start(self, event: Any) -> bool:  # only this guard is its own
+            return True
+
+    first, second, third = Finishes(start=1, end=4), StartsEarly(), Finishes()
+    session = Session()
+    session.initialize(
+        recipe=[StageModifiers(modifiers=[first, second]), StageModifiers(modifiers=[third])],
+        trace=True,
+    )
+    assert session.trace is not None
+    header = session.trace.records[0]
+    assert header["stages"] == [
+        {"id": "stage_0", "state": "pending", "modifiers": ["stage_0.0", "stage_0.1"]},
+        {"id": "stage_1", "state": "pending", "modifiers": ["stage_1.0"]},
+    ]
+    assert header["modifiers"] == [
+        {"id": "stage_0.0", "type": "Finishes", "start": 1, "end": 4,
+         "default_guards": True, "state": "created"},
+        {"id": "stage_0.1", "type": "StartsEarly", "start": None, "end": None,
+         "default_guards": False, "state": "created"},
+        {"id": "stage_1.0", "type": "Finishes", "start": None, "end": None,
+         "default_guards": True, "state": "created"},
+    ]  # fmt: skip
