@@ -662,6 +662,7 @@ def test_a_stage_failing_after_all_its_modifiers_is_traced_as_stopped_past_them(
     if action == "finalize":
         session.initialize(recipe=[Finishes(), Finishes()], trace=True)
     monkeypatch.setattr(engine.state.SystemLogger, "info", info)
+
     def call() -> None:
         if action == "initialize":
             session.initialize(recipe=[Finishes(), Finishes()], trace=True)
@@ -700,3 +701,60 @@ def test_the_trace_header_lists_stages_modifiers_types_windows_and_guards() -> N
         {"id": "stage_1.0", "type": "Finishes", "start": None, "end": None,
          "default_guards": True, "state": "created"},
     ]  # fmt: skip
+
+
+def test_a_tampered_state_lists_every_misfit_in_order() -> None:
+    state = saved(started(EventLog(start=1), EventLog(start=2), EventLog(start=3), EventLog()))
+    modifiers = state["modifiers"]
+    modifiers["default_stage.0"]["type"] = "Pruner"  # checked first: nothing else about it
+    modifiers["default_stage.1"]["lifecycle"] = "half_started"
+    modifiers["default_stage.1"]["arguments"]["gone"] = 1
+    del modifiers["default_stage.2"]["arguments"]["start"]
+    modifiers["default_stage.3"]["arguments"] = None
+    modifiers["default_stage.9"] = {"type": "Ghost", "arguments": {}, "lifecycle": "created"}
+    state["stages"][0]["state"] = "melted"
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(
+            recipe=[EventLog(start=1), EventLog(start=2), EventLog(start=3), EventLog()]
+        )
+    assert caught.value.problems == (
+        "default_stage.9 (Ghost) is saved but not in the recipe",
+        "default_stage.0 was a Pruner, the recipe has EventLog",
+        "default_stage.1: unknown lifecycle state 'half_started'",
+        "default_stage.1.gone is saved but is not an argument any more",
+        "default_stage.2.start is in the recipe but not saved",
+        "default_stage.3: the state has no saved arguments to compare",
+        "stage default_stage: unknown state 'melted'",
+    )
+
+
+def test_a_state_saved_with_other_stages_names_both_lists() -> None:
+    state = saved(started(EventLog()))
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(recipe=[StageModifiers(modifiers=[EventLog()])])
+    assert caught.value.problems[0] == "stages: saved ['default_stage'], recipe ['stage_0']"
+
+
+def test_partial_with_another_event_is_refused_naming_the_fix() -> None:
+    session = started(EventLog())
+    with pytest.raises(ConfigError) as caught:
+        session.event(EventType.BATCH_START, partial=True)
+    error = caught.value
+    assert str(error) == (
+        "Session.event: partial=True applies to OPTIM_PRE_STEP, not BATCH_START. "
+        "To fix, drop partial=True."
+    )
+    assert (error.owner, error.field, error.value) == ("Session", "partial", True)
+    assert session.position == "idle"
+
+
+def test_load_state_dict_on_a_running_session_is_refused_by_the_session() -> None:
+    session = started(EventLog())
+    with pytest.raises(IllegalTransitionError) as caught:
+        session.load_state_dict(session.state_dict())
+    assert caught.value.modifier is session
+    assert caught.value.trigger == "load_state_dict"
