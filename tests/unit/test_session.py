@@ -758,3 +758,84 @@ def test_load_state_dict_on_a_running_session_is_refused_by_the_session() -> Non
         session.load_state_dict(session.state_dict())
     assert caught.value.modifier is session
     assert caught.value.trigger == "load_state_dict"
+
+
+def test_state_dict_outside_the_run_is_refused_naming_the_position_and_the_fix() -> None:
+    session = Session()
+    with pytest.raises(IllegalTransitionError) as caught:
+        session.state_dict()
+    error = caught.value
+    assert str(error) == (
+        "Session.state_dict is not allowed: the session is 'created'. Allowed: between "
+        "initialize and finalize. To fix, save during the run."
+    )
+    assert (error.modifier, error.state, error.trigger, error.rule, error.allowed) == (
+        session,
+        "created",
+        "state_dict",
+        "-",
+        ("session.state_dict",),
+    )
+
+
+def test_load_state_dict_after_initialize_names_the_position_and_the_fix() -> None:
+    session = started(EventLog())
+    with pytest.raises(IllegalTransitionError) as caught:
+        session.load_state_dict({})
+    error = caught.value
+    assert str(error) == (
+        "Session.load_state_dict is not allowed: the session is 'idle'. Allowed: on a new "
+        "Session, before initialize. To fix, build a new Session, load the state, then "
+        "initialize it."
+    )
+    assert (error.state, error.trigger, error.rule, error.allowed) == (
+        "idle",
+        "load_state_dict",
+        "-",
+        ("session.load_state_dict", "session.initialize"),
+    )
+
+
+def _state_with(**changes: Any) -> Any:
+    state = dict(saved(started(EventLog())))
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ([1, 2], "expected a dict, got list"),
+        ({"format": "modfsm.session/0"},
+         "format is 'modfsm.session/0', expected 'modfsm.session/1'"),
+        ({}, "format is None, expected 'modfsm.session/1'"),
+        ("missing", "missing ['counters', 'stages']"),
+        ("created", "position 'created' cannot be resumed"),
+        ("finalized", "position 'finalized' cannot be resumed"),
+        ("sideways", "position 'sideways' cannot be resumed"),
+    ],
+)  # fmt: skip
+def test_a_state_dict_that_is_not_a_session_state_is_refused_saying_why(
+    given: Any, problem: str
+) -> None:
+    if given == "missing":
+        given = _state_with(counters=None, stages=None)
+    elif isinstance(given, str):
+        given = _state_with(position=given)
+    session = Session()
+    with pytest.raises(ConfigError) as caught:
+        session.load_state_dict(given)
+    assert str(caught.value) == (
+        f"Session.load_state_dict: not a modfsm session state ({problem}). To fix, pass "
+        "what Session.state_dict() returned."
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "Session",
+        "state_dict",
+        None,
+    )
+    assert session.position == "created"
