@@ -520,3 +520,21 @@ def test_after_a_failed_run_released_its_collective_the_session_runs_alone(
     loop(session, 2)  # every batch end would agree at agree_every=1: none does now
     assert session.global_step == 2
     assert len(ranks.places) == agreed
+
+
+def test_agreement_points_name_unnamed_stages_by_position(spy: list[Snapshot]) -> None:
+    from engine.stage import StageModifiers
+
+    ranks = Ranks()
+    session = Session()
+    session.initialize(
+        recipe=[StageModifiers(modifiers=[NoopModifier()]), StageModifiers()], distributed=ranks
+    )
+    session.finalize()
+    assert ranks.places == [
+        "initialize",
+        "initialize of stage 'stage_0'",
+        "initialize of stage 'stage_1'",
+        "finalize of stage 'stage_0'",
+        "finalize of stage 'stage_1'",
+    ]

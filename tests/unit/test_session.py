@@ -839,3 +839,53 @@ def test_a_state_dict_that_is_not_a_session_state_is_refused_saying_why(
         None,
     )
     assert session.position == "created"
+
+
+@attrs.define(eq=False)
+class Listens(Modifier):
+    """Records the keyword arguments and batches_per_step its hooks receive."""
+
+    heard: list[tuple[str, Any]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_event(self, state: State, event: Any, **kwargs: Any) -> None:
+        self.heard.append((event.type_.value, (event.batches_per_step, kwargs)))
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        self.heard.append(("finalize", kwargs))
+        return True
+
+
+def test_keyword_arguments_and_the_accumulation_reach_the_modifiers_hooks() -> None:
+    listener = Listens()
+    session = started(listener, batches_per_step=2)
+    session.batch_start("x", note="first")
+    session.batch_end()
+    session.finalize(export="int8")
+    assert listener.heard == [
+        ("batch_start", (2, {"note": "first"})),
+        ("batch_end", (2, {})),
+        ("finalize", {"export": "int8"}),
+    ]
+
+
+def test_an_error_after_finalize_inside_the_with_block_propagates_unchanged() -> None:
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def run() -> None:
+        with Session() as session:
+            session.initialize(model=model, optimizer=optimizer, wrap_optimizer=True)
+            session.finalize()
+            raise KeyError("after the run")
+
+    with pytest.raises(KeyError, match="after the run"):
+        run()
+
+
+def test_stages_without_a_name_are_saved_under_their_position() -> None:
+    session = Session()
+    session.initialize(recipe=[StageModifiers(modifiers=[EventLog()]), StageModifiers()])
+    assert [entry["name"] for entry in session.state_dict()["stages"]] == ["stage_0", "stage_1"]
