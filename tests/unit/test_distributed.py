@@ -538,3 +538,43 @@ def test_agreement_points_name_unnamed_stages_by_position(spy: list[Snapshot]) -
         "finalize of stage 'stage_0'",
         "finalize of stage 'stage_1'",
     ]
+
+
+def test_a_local_failure_is_reported_to_the_others_where_it_happened(
+    spy: list[Snapshot],
+) -> None:
+    @attrs.define(eq=False)
+    class Refuses(NoopModifier):
+        def on_initialize(self, state: Any, **kwargs: Any) -> bool:
+            raise ValueError(f"no disk (asked for {kwargs['size']})")
+
+    ranks = Ranks(peers=[lambda s: attrs.evolve(s, error=None)])  # the peer succeeded
+    session = Session()
+    with pytest.raises(RankFailureError) as caught:
+        session.initialize(recipe=[Refuses()], distributed=ranks, size=3)
+    error = caught.value
+    assert error.where == "initialize of stage 'default_stage'"
+    assert error.failures == {0: "ValueError: no disk (asked for 3)"}
+    assert isinstance(error.__cause__, ValueError)
+    assert spy[-1].position == "created"
+    assert spy[-1].error == "ValueError: no disk (asked for 3)"
+
+
+def test_a_resumed_session_agrees_at_the_next_multiple_of_agree_every(
+    spy: list[Snapshot],
+) -> None:
+    first = Session()
+    first.initialize(recipe=[NoopModifier(start=0)], distributed=Ranks(), agree_every=3)
+    loop(first, 4)
+    state = first.state_dict()
+    ranks = Ranks()
+    resumed = Session()
+    resumed.load_state_dict(state)
+    resumed.initialize(recipe=[NoopModifier(start=0)], distributed=ranks, agree_every=3)
+    loop(resumed, 3)
+    assert ranks.places == [
+        "initialize",
+        "resume",
+        "the end of batch 6 (step 6)",
+    ]
+    assert spy[-1].position == "idle"

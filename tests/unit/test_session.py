@@ -889,3 +889,37 @@ def test_stages_without_a_name_are_saved_under_their_position() -> None:
     session = Session()
     session.initialize(recipe=[StageModifiers(modifiers=[EventLog()]), StageModifiers()])
     assert [entry["name"] for entry in session.state_dict()["stages"]] == ["stage_0", "stage_1"]
+
+
+class _Blank:
+    """Default repr (with an address); an instance-level ``__module__`` of None."""
+
+    def __init__(self) -> None:
+        self.__module__ = None  # type: ignore[assignment]  # the odd case under test
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        ({"a": {2, 1}, "b": [1.5, None]}, {"a": ["1", "2"], "b": [1.5, None]}),
+        ({1: "x"}, "{1: 'x'}"),
+        (object(), "<builtins.object>"),
+        (_Blank(), f"<{__name__}._Blank>"),
+        (float("nan"), "nan"),
+    ],
+)
+def test_saved_arguments_become_plain_comparable_values(value: Any, plain: Any) -> None:
+    from engine.session import _plain
+
+    assert _plain(value) == plain
+
+
+def test_saved_arguments_are_keyed_by_the_constructor_name_of_private_fields() -> None:
+    @attrs.define(eq=False)
+    class Private(EventLog):
+        _rate: float = 0.5
+
+    session = started(Private(rate=0.25))
+    arguments = session.state_dict()["modifiers"]["default_stage.0"]["arguments"]
+    assert arguments["rate"] == 0.25
+    assert "_rate" not in arguments
