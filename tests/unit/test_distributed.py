@@ -538,6 +538,8 @@ def test_agreement_points_name_unnamed_stages_by_position(spy: list[Snapshot]) -
         "finalize of stage 'stage_0'",
         "finalize of stage 'stage_1'",
     ]
+    assert spy[0].stages == (("stage_0", ""), ("stage_1", ""))  # the recipe, not states
+    assert spy[-1].stages == (("stage_0", "applied"), ("stage_1", "applied"))
 
 
 def test_a_local_failure_is_reported_to_the_others_where_it_happened(

@@ -12,6 +12,7 @@ import torch
 
 from engine import (
     ConfigError,
+    ConfigTypeError,
     EventType,
     IllegalTransitionError,
     LifecycleError,
@@ -923,3 +924,50 @@ def test_saved_arguments_are_keyed_by_the_constructor_name_of_private_fields() -
     arguments = session.state_dict()["modifiers"]["default_stage.0"]["arguments"]
     assert arguments["rate"] == 0.25
     assert "_rate" not in arguments
+
+
+def test_a_recipe_may_use_experimental_modifiers_when_the_session_allows_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("_main_registry", "_experimental_registry", "_registered_registry", "_errors"):
+        monkeypatch.setattr(ModifierFactory, name, {})
+    monkeypatch.setattr(ModifierFactory, "_loaded", False)
+    monkeypatch.setattr(ModifierFactory, "main_package", "tests.fixtures.fake_modifiers")
+    monkeypatch.setattr(
+        ModifierFactory, "experimental_package", "tests.fixtures.fake_modifiers.experimental"
+    )
+    recipe: dict[str, Any] = {"trial_stage": {"modifiers": {"TrialModifier": {}}}}
+    session = Session()
+    session.initialize(recipe=recipe, allow_experimental=True)
+    assert [type(m).__name__ for _, m in session.modifiers] == ["TrialModifier"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message", "field"),
+    [
+        ({"steps_per_epoch": 0}, ConfigError,
+         "Session.steps_per_epoch must be >= 1, got 0.", "steps_per_epoch"),
+        ({"batches_per_step": "2"}, ConfigTypeError,
+         "Session.batches_per_step must be an int", "batches_per_step"),
+    ],
+)  # fmt: skip
+def test_bad_counting_settings_are_refused_naming_the_setting(
+    kwargs: dict[str, Any], error: type[ConfigError], message: str, field: str
+) -> None:
+    session = Session()
+    with pytest.raises(error) as caught:
+        session.initialize(**kwargs)
+    assert str(caught.value).startswith(message)
+    assert (caught.value.owner, caught.value.field) == ("Session", field)
+
+
+@pytest.mark.parametrize(("extra", "count"), [(1, "1 mismatch)"), (2, "2 mismatches)")])
+def test_the_mismatch_count_is_spelled_out(extra: int, count: str) -> None:
+    state = saved(started(EventLog()))
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(recipe=[EventLog() for _ in range(1 + extra)])
+    assert str(caught.value).startswith(
+        f"Session.initialize: the loaded state does not fit ({count}: "
+    )
