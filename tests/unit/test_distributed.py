@@ -495,7 +495,9 @@ def test_in_lockstep_the_stage_agreement_replaces_the_per_modifier_barriers(
     session.finalize(accelerator=lockstep)
     assert alone.waits == 2  # one per modifier, as in the reference
     assert lockstep.waits == 0
-    assert all(not stage.modifier_barriers for stage in session.stages)
+    assert all(stage.modifier_barriers is False for stage in session.stages)
+    hardware = session.state.hardware
+    assert (hardware.rank, hardware.world_size, hardware.distributed) == (0, 2, True)
 
 
 def test_after_a_failed_run_released_its_collective_the_session_runs_alone(

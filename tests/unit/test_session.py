@@ -968,6 +968,51 @@ def test_the_mismatch_count_is_spelled_out(extra: int, count: str) -> None:
     fresh.load_state_dict(state)
     with pytest.raises(SessionMismatchError) as caught:
         fresh.initialize(recipe=[EventLog() for _ in range(1 + extra)])
-    assert str(caught.value).startswith(
-        f"Session.initialize: the loaded state does not fit ({count}: "
+    problems = "; ".join(
+        f"default_stage.{i} (EventLog) is in the recipe but not saved" for i in range(1, 1 + extra)
     )
+    assert str(caught.value) == (
+        f"Session.initialize: the loaded state does not fit ({count}: {problems}. To fix, "
+        "resume with the recipe and settings the state was saved with."
+    )
+
+
+def test_a_list_of_modifiers_is_one_stage_at_index_0() -> None:
+    session = started(EventLog())
+    assert session.stages[0].index == 0
+    assert session.stages[0].unique_id == "default_stage_0"
+
+
+def test_a_list_mixing_stages_and_modifiers_is_refused() -> None:
+    recipe = [StageModifiers(), EventLog()]
+    with pytest.raises(ConfigTypeError) as caught:
+        Session().initialize(recipe=recipe)
+    error = caught.value
+    assert str(error) == (
+        "Session.initialize: recipe= as a list must hold only StageModifiers or only "
+        "modifiers. To fix, pass one kind, or a recipe file."
+    )
+    assert (error.owner, error.field, error.value) == ("Session", "recipe", recipe)
+
+
+def test_wrap_optimizer_without_an_optimizer_names_the_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Session().initialize(wrap_optimizer=True)
+    error = caught.value
+    assert str(error) == (
+        "Session.initialize: wrap_optimizer=True needs an optimizer. To fix, pass "
+        "optimizer=... or drop wrap_optimizer."
+    )
+    assert (error.owner, error.field, error.value) == ("Session", "wrap_optimizer", True)
+
+
+def test_initialize_puts_every_argument_on_the_state() -> None:
+    model, teacher = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = Session()
+    session.initialize(
+        model=model, teacher_model=teacher, optimizer=optimizer, train_data="t", calib_data="c"
+    )
+    state = session.state
+    assert (state.model, state.teacher_model, state.optimizer) == (model, teacher, optimizer)
+    assert (state.data.train, state.data.calib) == ("t", "c")
