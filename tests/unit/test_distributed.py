@@ -582,3 +582,18 @@ def test_a_resumed_session_agrees_at_the_next_multiple_of_agree_every(
         "the end of batch 6 (step 6)",
     ]
     assert spy[-1].position == "idle"
+
+
+def test_a_build_failure_on_one_rank_is_agreed_on_before_anyone_raises(
+    spy: list[Snapshot],
+) -> None:
+    ranks = Ranks(peers=[lambda s: attrs.evolve(s, error=None)])
+    with pytest.raises(RankFailureError) as caught:
+        Session().initialize(recipe=[NoopModifier()], distributed=ranks, steps_per_epoch=0)
+    assert caught.value.where == "initialize"
+    assert caught.value.failures == {
+        0: "ConfigError: Session.steps_per_epoch must be >= 1, got 0. To fix, pass a "
+        "whole number >= 1."
+    }
+    assert isinstance(caught.value.__cause__, ConfigError)
+    assert ranks.places == ["initialize"]

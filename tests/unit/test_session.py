@@ -1016,3 +1016,42 @@ def test_initialize_puts_every_argument_on_the_state() -> None:
     state = session.state
     assert (state.model, state.teacher_model, state.optimizer) == (model, teacher, optimizer)
     assert (state.data.train, state.data.calib) == ("t", "c")
+
+
+def test_stages_with_clashing_names_are_refused_listing_every_clash() -> None:
+    stages = [
+        StageModifiers(group="a"),
+        StageModifiers(group="a"),
+        StageModifiers(),
+        StageModifiers(group="stage_2"),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        Session().initialize(recipe=stages)
+    error = caught.value
+    assert str(error) == (
+        "Session.initialize: stage names must be unique, because modifier ids are "
+        "'<stage>.<index>' and resume restores by id, but 'a' names stages 0, 1; 'stage_2' "
+        "names stages 2, 3. To fix, give each stage its own name (its group); an unnamed "
+        "stage is called 'stage_<position>', so do not name another stage that way."
+    )
+    assert (error.owner, error.field, error.value) == ("Session", "recipe", ["a", "stage_2"])
+
+
+def test_initialize_defaults_no_trace_no_experimental_and_agreement_every_100_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = Session()
+    session.initialize()
+    assert session.trace is None
+    assert session.agree_every == 100
+    for name in ("_main_registry", "_experimental_registry", "_registered_registry", "_errors"):
+        monkeypatch.setattr(ModifierFactory, name, {})
+    monkeypatch.setattr(ModifierFactory, "_loaded", False)
+    monkeypatch.setattr(ModifierFactory, "main_package", "tests.fixtures.fake_modifiers")
+    monkeypatch.setattr(
+        ModifierFactory, "experimental_package", "tests.fixtures.fake_modifiers.experimental"
+    )
+    from engine.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"it is experimental\. To fix, pass allow_experimental"):
+        Session().initialize(recipe={"trial_stage": {"modifiers": {"TrialModifier": {}}}})
