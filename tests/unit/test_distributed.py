@@ -342,12 +342,18 @@ def test_agree_outside_the_run_is_rejected() -> None:
     ],
 )  # fmt: skip
 def test_bad_lockstep_settings_are_refused_and_change_nothing(
-    kwargs: dict[str, Any], error: type[Exception], message: str
+    kwargs: dict[str, Any], error: type[ConfigError], message: str
 ) -> None:
     session = Session()
     with pytest.raises(error) as caught:
         session.initialize(recipe=[NoopModifier()], **kwargs)
     assert str(caught.value).startswith(message)
+    ((field, value),) = kwargs.items()
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "Session",
+        field,
+        value,
+    )
     assert session.position.value == "created"
     assert session.collective is None
 

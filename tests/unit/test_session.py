@@ -13,6 +13,7 @@ import torch
 from engine import (
     ConfigError,
     ConfigTypeError,
+    Event,
     EventType,
     IllegalTransitionError,
     LifecycleError,
@@ -1055,3 +1056,18 @@ def test_initialize_defaults_no_trace_no_experimental_and_agreement_every_100_st
 
     with pytest.raises(RecipeError, match=r"it is experimental\. To fix, pass allow_experimental"):
         Session().initialize(recipe={"trial_stage": {"modifiers": {"TrialModifier": {}}}})
+
+
+def test_the_start_event_carries_the_step_the_run_starts_or_resumes_at() -> None:
+    session = started(EventLog(start=0), steps_per_epoch=4)
+    assert session.state.start_event == Event(
+        EventType.INITIALIZE, steps_per_epoch=4, global_step=0, global_batch=0
+    )
+    for _ in range(3):
+        full_batch(session)
+    resumed = Session()
+    resumed.load_state_dict(saved(session))
+    resumed.initialize(recipe=[EventLog(start=0)], steps_per_epoch=4)
+    assert resumed.state.start_event == Event(
+        EventType.INITIALIZE, steps_per_epoch=4, global_step=3, global_batch=3
+    )
