@@ -603,3 +603,30 @@ def test_a_build_failure_on_one_rank_is_agreed_on_before_anyone_raises(
     }
     assert isinstance(caught.value.__cause__, ConfigError)
     assert ranks.places == ["initialize"]
+
+
+def test_a_retried_initialize_keeps_its_collective_unless_told_to_run_alone(
+    spy: list[Snapshot],
+) -> None:
+    ranks = Ranks()
+    session = Session()
+    with pytest.raises(ConfigError):
+        session.initialize(recipe=[NoopModifier()], distributed=ranks, steps_per_epoch=0)
+    session.initialize(recipe=[NoopModifier()])  # distributed left unset: still in lockstep
+    assert session.collective is ranks
+    alone = Session()
+    with pytest.raises(ConfigError):
+        alone.initialize(recipe=[NoopModifier()], distributed=ranks, steps_per_epoch=0)
+    alone.initialize(recipe=[NoopModifier()], distributed=False)
+    assert alone.collective is None
+
+
+def test_the_session_makes_its_group_with_the_collective_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeDist(backend="nccl")
+    monkeypatch.setitem(sys.modules, "torch.distributed", fake)
+    session = Session()
+    with pytest.raises(CollectiveError):  # the fake group cannot really gather
+        session.initialize(recipe=[], distributed=True, collective_timeout=7)
+    assert fake.made == [("gloo", 7.0)]

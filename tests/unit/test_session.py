@@ -1071,3 +1071,58 @@ def test_the_start_event_carries_the_step_the_run_starts_or_resumes_at() -> None
     assert resumed.state.start_event == Event(
         EventType.INITIALIZE, steps_per_epoch=4, global_step=3, global_batch=3
     )
+
+
+def test_a_streamed_trace_keeps_every_record_across_a_failed_and_retried_finalize(
+    tmp_path: Any,
+) -> None:
+    failing = Finishes(armed=True)
+    path = tmp_path / "run.jsonl"
+    session = Session()
+    session.initialize(recipe=[failing], trace=path)
+    with pytest.raises(ValueError, match="cannot write the export"):
+        session.finalize()
+    failing.armed = False
+    session.finalize()
+    assert session.trace is not None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(session.trace.records)
+
+
+def test_a_failed_initialize_closes_its_trace_file(tmp_path: Any) -> None:
+    session = Session()
+    with pytest.raises(ValueError, match="cannot write the export"):
+        session.initialize(recipe=[Refusing()], trace=tmp_path / "run.jsonl")
+    assert session.trace is not None
+    assert session.trace._stream is None  # closed: a retry opens its own
+
+
+@attrs.define(eq=False)
+class Refusing(Finishes):
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        raise ValueError("cannot write the export")
+
+
+@attrs.define(eq=False)
+class FailsAt(Finishes):
+    """Raises in on_event at the event type named ``at``."""
+
+    at: str = "batch_end"
+
+    def on_event(self, state: State, event: Any, **kwargs: Any) -> None:
+        if event.type_.value == self.at:
+            raise ValueError(f"failed at {self.at}")
+
+
+@pytest.mark.parametrize(("at", "step", "batch"), [("optim_post_step", 1, 0), ("batch_end", 1, 1)])
+def test_a_failed_event_is_traced_with_the_counters_it_carried(
+    at: str, step: int, batch: int
+) -> None:
+    session = Session()
+    session.initialize(recipe=[FailsAt(at=at)], trace=True)
+    with pytest.raises(ValueError, match=f"failed at {at}"):
+        full_batch(session)
+    assert session.trace is not None
+    failed = [r for r in session.trace.records if r["kind"] == "failed"]
+    assert [(r["event"], r["step"], r["batch"]) for r in failed] == [(at, step, batch)]
+    assert (session.global_step, session.global_batch) == (1 if at == "batch_end" else 0, 0)
