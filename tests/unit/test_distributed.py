@@ -630,3 +630,21 @@ def test_the_session_makes_its_group_with_the_collective_timeout(
     with pytest.raises(CollectiveError):  # the fake group cannot really gather
         session.initialize(recipe=[], distributed=True, collective_timeout=7)
     assert fake.made == [("gloo", 7.0)]
+
+
+def test_a_failure_on_another_rank_is_traced_as_stopped_after_every_stage(
+    spy: list[Snapshot],
+) -> None:
+    def fails_in_stages(s: Snapshot) -> Snapshot:
+        return attrs.evolve(s, error="OSError: disk") if s.where != "initialize" else s
+
+    ranks = Ranks(peers=[fails_in_stages])
+    session = Session()
+    with pytest.raises(RankFailureError):
+        session.initialize(recipe=[NoopModifier()], distributed=ranks, trace=True)
+    assert session.trace is not None
+    (failed,) = [r for r in session.trace.records if r["kind"] == "failed"]
+    assert failed["stopped_at"] is None  # every stage here completed; another rank failed
+    assert failed["error"].startswith(
+        "RankFailureError: rank 0: initialize of stage 'default_stage' failed on rank 1"
+    )

@@ -1126,3 +1126,48 @@ def test_a_failed_event_is_traced_with_the_counters_it_carried(
     failed = [r for r in session.trace.records if r["kind"] == "failed"]
     assert [(r["event"], r["step"], r["batch"]) for r in failed] == [(at, step, batch)]
     assert (session.global_step, session.global_batch) == (1 if at == "batch_end" else 0, 0)
+
+
+def test_a_traced_run_over_unnamed_stages_of_several_sizes_names_each_modifier() -> None:
+    late = EventLog(start=0)
+    session = Session()
+    session.initialize(
+        recipe=[
+            StageModifiers(modifiers=[EventLog(), EventLog()]),
+            StageModifiers(modifiers=[EventLog()]),
+            StageModifiers(modifiers=[late]),
+        ],
+        trace=True,
+    )
+    full_batch(session)
+    assert session.trace is not None
+    moves = [
+        (r["modifier"], r["from"], r["to"])
+        for r in session.trace.records
+        if r["kind"] == "transition" and r["from"] != r["to"]
+    ]
+    assert moves == [
+        ("stage_0.0", "created", "initialized"),
+        ("stage_0.1", "created", "initialized"),
+        ("stage_1.0", "created", "initialized"),
+        ("stage_2.0", "created", "started"),  # start=0: it opens at initialize
+    ]
+    stage_ids = {r["stage"] for r in session.trace.records if r["kind"] == "stage"}
+    assert stage_ids == {"stage_0", "stage_1", "stage_2"}
+
+
+def test_a_failure_in_a_later_unnamed_stage_is_traced_with_that_stage_and_the_error() -> None:
+    session = Session()
+    session.initialize(
+        recipe=[
+            StageModifiers(modifiers=[EventLog(), EventLog()]),
+            StageModifiers(modifiers=[FailsAt(at="batch_start")]),
+        ],
+        trace=True,
+    )
+    with pytest.raises(ValueError, match="failed at batch_start"):
+        session.batch_start()
+    assert session.trace is not None
+    (failed,) = [r for r in session.trace.records if r["kind"] == "failed"]
+    assert failed["stopped_at"] == {"stage": "stage_1", "modifier": "stage_1.0"}
+    assert failed["error"] == "ValueError: failed at batch_start"
