@@ -711,8 +711,8 @@ def test_a_tampered_state_lists_every_misfit_in_order() -> None:
     modifiers["default_stage.0"]["type"] = "Pruner"  # checked first: nothing else about it
     modifiers["default_stage.1"]["lifecycle"] = "half_started"
     modifiers["default_stage.1"]["arguments"]["gone"] = 1
-    del modifiers["default_stage.2"]["arguments"]["start"]
-    modifiers["default_stage.3"]["arguments"] = None
+    modifiers["default_stage.2"]["arguments"] = None  # and the checks go on after it
+    del modifiers["default_stage.3"]["arguments"]["start"]
     modifiers["default_stage.9"] = {"type": "Ghost", "arguments": {}, "lifecycle": "created"}
     state["stages"][0]["state"] = "melted"
     fresh = Session()
@@ -726,8 +726,8 @@ def test_a_tampered_state_lists_every_misfit_in_order() -> None:
         "default_stage.0 was a Pruner, the recipe has EventLog",
         "default_stage.1: unknown lifecycle state 'half_started'",
         "default_stage.1.gone is saved but is not an argument any more",
-        "default_stage.2.start is in the recipe but not saved",
-        "default_stage.3: the state has no saved arguments to compare",
+        "default_stage.2: the state has no saved arguments to compare",
+        "default_stage.3.start is in the recipe but not saved",
         "stage default_stage: unknown state 'melted'",
     )
 
@@ -1171,3 +1171,17 @@ def test_a_failure_in_a_later_unnamed_stage_is_traced_with_that_stage_and_the_er
     (failed,) = [r for r in session.trace.records if r["kind"] == "failed"]
     assert failed["stopped_at"] == {"stage": "stage_1", "modifier": "stage_1.0"}
     assert failed["error"] == "ValueError: failed at batch_start"
+
+
+def test_a_resume_that_fails_before_the_trace_header_closes_the_trace_file(
+    tmp_path: Any,
+) -> None:
+    state = saved(started(EventLog()))
+    state["modifiers"]["default_stage.0"]["state"] = {"mask": 1}  # EventLog saves nothing
+    session = Session()
+    session.load_state_dict(state)
+    with pytest.raises(ConfigError, match=r"EventLog.load_state_dict got \['mask'\]"):
+        session.initialize(recipe=[EventLog()], trace=tmp_path / "run.jsonl")
+    assert session.trace is not None
+    assert session.trace.records == []  # it failed before the header
+    assert session.trace._stream is None
