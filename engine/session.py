@@ -335,17 +335,21 @@ class Session:
             RankDivergenceError: the ranks differ; the error lists which, and where.
             CollectiveError: a rank did not arrive within the collective timeout.
         """
+        self._require_run("agree", "call it during the run")
+        self._agree(f"Session.agree() in batch {self.global_batch} (step {self.global_step})")
+
+    def _require_run(self, call: str, fix: str) -> None:
+        """Refuse ``call`` outside the run (before initialize, after finalize); nothing changes."""
         if self.position in (SessionState.CREATED, SessionState.FINALIZED):
             raise IllegalTransitionError(
-                f"Session.agree is not allowed: the session is {self.position.value!r}. "
-                "Allowed: between initialize and finalize. To fix, call it during the run.",
+                f"Session.{call} is not allowed: the session is {self.position.value!r}. "
+                f"Allowed: between initialize and finalize. To fix, {fix}.",
                 modifier=self,
                 state=self.position.value,
-                trigger="agree",
+                trigger=call,
                 rule="-",
-                allowed=("session.agree",),
+                allowed=(f"session.{call}",),
             )
-        self._agree(f"Session.agree() in batch {self.global_batch} (step {self.global_step})")
 
     def _agreement_after(self, step: int) -> int:
         """The first step after ``step`` at which the ranks agree (never: sys.maxsize)."""
@@ -437,16 +441,7 @@ class Session:
         Only plain values (and whatever tensors modifiers return), so it works with
         ``torch.save`` and ``torch.load(weights_only=True)``.
         """
-        if self.position in (SessionState.CREATED, SessionState.FINALIZED):
-            raise IllegalTransitionError(
-                f"Session.state_dict is not allowed: the session is {self.position.value!r}. "
-                "Allowed: between initialize and finalize. To fix, save during the run.",
-                modifier=self,
-                state=self.position.value,
-                trigger="state_dict",
-                rule="-",
-                allowed=("session.state_dict",),
-            )
+        self._require_run("state_dict", "save during the run")
         return {
             "format": STATE_DICT_FORMAT,
             "config": {
