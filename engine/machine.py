@@ -53,6 +53,7 @@ from engine.declaration import (
 from engine.errors import DeclarationError, HookReturnError, IllegalTransitionError
 
 __all__ = [
+    "IGNORE",
     "SUPPORTED_ROW_KEYS",
     "Branch",
     "Cell",
@@ -67,6 +68,7 @@ __all__ = [
     "TriggerSpec",
     "compile_machine",
     "describe",
+    "specialize",
 ]
 
 Cell: TypeAlias = Callable[[Any, Any, Any, dict[str, Any]], None]
@@ -165,6 +167,7 @@ class CompiledMachine:
         initial: the initial state's table.
         plans: (state, trigger) -> :class:`Plan`, the data each cell was built from.
         allowed: state name -> the calls allowed from it, for messages.
+        state_attr: the attribute the cells assign the new state to.
     """
 
     declaration: Declaration
@@ -172,6 +175,7 @@ class CompiledMachine:
     initial: CompiledState
     plans: Mapping[tuple[str, str], Plan]
     allowed: Mapping[str, tuple[str, ...]]
+    state_attr: str
 
 
 _COMPILED: dict[str, CompiledMachine] = {}
@@ -508,10 +512,77 @@ def _plan_cell(
 # --- building the cells ------------------------------------------------------------------
 
 
-def _build(decl: Declaration, plans: Mapping[tuple[str, str], Plan], attr: str) -> CompiledMachine:
+def specialize(
+    machine: CompiledMachine,
+    *,
+    noop_hooks: frozenset[str],
+    pure_guards: frozenset[str] = frozenset(),
+    into: CompiledMachine | None = None,
+) -> CompiledMachine:
+    """A variant of ``machine`` for objects whose hooks in ``noop_hooks`` do nothing.
+
+    The variant's cells leave out the calls to those hooks (never a gate prelude,
+    whose result decides the call); a cell left with no prelude, no hooks and
+    no state change is the shared :data:`IGNORE` cell, so a caller
+    fanning an event out may skip it. A guard in ``pure_guards`` (known to have
+    no side effects) is left out too when both of its branches became the same.
+    What the variant does is therefore observably what ``machine`` does;
+    ``plans`` and ``allowed`` stay the declared ones (traces and the testing kit
+    read them).
+
+    Args:
+        machine: the compiled declaration (:func:`compile_machine`).
+        noop_hooks: hooks that the objects' class leaves as do-nothing defaults.
+        pure_guards: guards the class leaves as side-effect-free defaults.
+        into: an earlier variant of the same declaration to rebuild in place, so
+            objects already holding its states see the new cells (used when a
+            hook is assigned to a class after it was defined).
+    """
+    plans = {key: _elide(plan, noop_hooks, pure_guards) for key, plan in machine.plans.items()}
+    if into is not None and into.declaration != machine.declaration:
+        raise ValueError("specialize: 'into' must be a variant of the same declaration")
+    built = _build(
+        machine.declaration,
+        plans,
+        machine.state_attr,
+        None if into is None else into.states,
+    )
+    return attrs.evolve(built, plans=machine.plans)
+
+
+def _elide(plan: Plan, noop_hooks: frozenset[str], pure_guards: frozenset[str]) -> Plan:
+    if plan.when_true is None:  # rejected or ignored
+        return plan
+    prelude = plan.prelude if plan.gate or plan.prelude not in noop_hooks else None
+    when_true = _elide_branch(plan.when_true, noop_hooks)
+    when_false = None if plan.when_false is None else _elide_branch(plan.when_false, noop_hooks)
+    guard = plan.guard
+    if guard in pure_guards and when_true == when_false:
+        guard, when_false = None, None
+    return attrs.evolve(
+        plan, prelude=prelude, guard=guard, when_true=when_true, when_false=when_false
+    )
+
+
+def _elide_branch(branch: Branch, noop_hooks: frozenset[str]) -> Branch:
+    return Branch(tuple(h for h in branch.hooks if h not in noop_hooks), branch.dest)
+
+
+def _build(
+    decl: Declaration,
+    plans: Mapping[tuple[str, str], Plan],
+    attr: str,
+    into: Mapping[str, CompiledState] | None = None,
+) -> CompiledMachine:
     hooks = {h.name: h for h in decl.hooks}
     triggers = {t.name: t for t in decl.triggers}
-    states = {s.name: CompiledState(decl.name, s.name, s.flags) for s in decl.states}
+    if into is None:
+        states = {s.name: CompiledState(decl.name, s.name, s.flags) for s in decl.states}
+    else:
+        states = dict(into)
+        for table in states.values():
+            table.clear()
+            table.calls.clear()
     allowed = {
         state: tuple(
             dict.fromkeys(
@@ -537,11 +608,16 @@ def _build(decl: Declaration, plans: Mapping[tuple[str, str], Plan], attr: str) 
     for key, trigger in decl.event_triggers.items():
         for table in states.values():
             table[key] = table.calls[trigger]
-    return CompiledMachine(decl, states, states[decl.initial], dict(plans), allowed)
+    return CompiledMachine(decl, states, states[decl.initial], dict(plans), allowed, attr)
 
 
 def _ignore(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
     """The cell of an ignored call: nothing runs, nothing changes."""
+
+
+IGNORE: Final[Cell] = _ignore
+"""The one cell that does nothing (ignored calls, and calls with nothing left to run);
+code that fans events out may skip a cell that ``is IGNORE``."""
 
 
 def _reject_cell(
@@ -591,6 +667,8 @@ def _move_cell(
         hooks_f = plan.when_false.hooks
         dest_f = None if plan.when_false.dest is None else states[plan.when_false.dest]
     set_state = object.__setattr__
+    if prelude is None and guard is None and not hooks_t and dest_t is None:
+        return _ignore  # a row with no prelude, no hooks and no destination
 
     # Three closures, specialised by prelude kind so the hot cells (event preludes)
     # carry no branches they do not need. All run: prelude, guard, hooks, commit.

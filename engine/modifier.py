@@ -28,22 +28,28 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from math import inf, isfinite
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 
 from engine._validate import check_optional_int, check_optional_number, check_optional_str
-from engine.errors import ConfigError, DeclarationError
+from engine.errors import ConfigError, ConfigTypeError, DeclarationError
 from engine.events import Event, EventType, not_an_event
 from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
-from engine.machine import CompiledMachine, CompiledState, Declaration, compile_machine
+from engine.machine import (
+    CompiledMachine,
+    CompiledState,
+    Declaration,
+    compile_machine,
+    specialize,
+)
 from engine.state import State
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["START_PROBE", "Modifier", "ModifierInterface"]
+__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "switch_class"]
 
 START_PROBE = Event(EventType.BATCH_START, global_step=0)
 """The synthetic event ``initialize`` asks ``should_start`` about (step 0, as the reference)."""
@@ -111,8 +117,36 @@ def _initial_state(instance: Modifier) -> CompiledState:
     return type(instance).__compiled_lifecycle__.initial
 
 
+#: The base class's empty hooks and its side-effect-free guards: a class that keeps them
+#: gets a lifecycle that does not call them (see ``Modifier.__compiled_lifecycle__``).
+_EMPTY_HOOK_NAMES: Final = ("on_event", "on_start", "on_update", "on_end")
+_GUARD_NAMES: Final = ("should_start", "should_end")
+_ELIDABLE: Final = frozenset({*_EMPTY_HOOK_NAMES, *_GUARD_NAMES})
+
+
+class _LifecycleMeta(abc.ABCMeta):
+    """Keeps each class's compiled lifecycle true to its hooks when one is assigned later.
+
+    A class's lifecycle is compiled when the class is defined, leaving out the
+    hooks it does not override (:func:`_compile_for`). Assigning or deleting one
+    of those methods on the class afterwards (``mock.patch.object(MyModifier,
+    "on_update", ...)``) recompiles, in place, the lifecycle of the class and of
+    its subclasses, so existing instances call the new method.
+    """
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _ELIDABLE:
+            _recompile(cls)
+
+    def __delattr__(cls, name: str) -> None:
+        super().__delattr__(name)
+        if name in _ELIDABLE:
+            _recompile(cls)
+
+
 @attrs.define(kw_only=True, eq=False)
-class Modifier(ModifierInterface, HooksMixin):
+class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
     """Base class of every modifier: a declared lifecycle plus the schedule fields.
 
     Register torch hooks with ``self.register_hook(...)`` (:class:`~engine.hooks.HooksMixin`):
@@ -137,6 +171,13 @@ class Modifier(ModifierInterface, HooksMixin):
 
     Class attributes:
         __lifecycle__: the declaration to compile (default :data:`LIFECYCLE`).
+        __compiled_lifecycle__: the class's compiled lifecycle. It leaves out the
+            calls to ``on_event``, ``on_start``, ``on_update`` and ``on_end`` where
+            the class keeps this base class's empty methods, so an event that
+            would only call those costs nothing (a stage skips such modifiers).
+            Only classes with ``__slots__`` (``attrs.define``) are specialized
+            so: instances of other classes may be given hooks of their own. A
+            hook assigned to a class later (``mock.patch.object``) is seen.
     """
 
     __lifecycle__: ClassVar[Declaration] = LIFECYCLE
@@ -315,8 +356,13 @@ class Modifier(ModifierInterface, HooksMixin):
 _STATE_MEMBERS: dict[str, LifecycleState] = {member.value: member for member in LifecycleState}
 
 
-def _compile_for(cls: type[Any]) -> CompiledMachine:
-    """Compile ``cls.__lifecycle__`` and check every hook and guard is a method of ``cls``."""
+def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> CompiledMachine:
+    """Compile ``cls.__lifecycle__`` for ``cls``; check every hook and guard is a method of it.
+
+    The class gets its own variant of the compiled declaration (:func:`specialize`):
+    one with ``__slots__`` leaves out the calls to the hooks it keeps as this base
+    class's empty methods. ``into``: its current variant, rebuilt in place.
+    """
     compiled = compile_machine(cls.__lifecycle__, state_attr=_STATE_ATTR)
     declaration = compiled.declaration
     for name in (*declaration.guards, *(hook.name for hook in declaration.hooks)):
@@ -327,7 +373,52 @@ def _compile_for(cls: type[Any]) -> CompiledMachine:
                 declaration=declaration.name,
                 where=name,
             )
-    return compiled
+    if into is not None and into.declaration != declaration:
+        into = None
+    if cls.__dictoffset__:  # instances have a __dict__, so one may be given its own hook
+        return specialize(compiled, noop_hooks=frozenset(), into=into)
+    return specialize(
+        compiled,
+        noop_hooks=frozenset(n for n, f in _NOOP_HOOKS.items() if getattr(cls, n, None) is f),
+        pure_guards=frozenset(n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f),
+        into=into,
+    )
 
 
-Modifier.__compiled_lifecycle__ = _compile_for(Modifier)
+def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:
+    """Make ``modifier`` an instance of ``cls`` in place, keeping its lifecycle state.
+
+    Each class runs its own compiled variant of the lifecycle (see
+    ``Modifier.__compiled_lifecycle__``); assigning ``__class__`` alone would
+    leave the modifier on the old class's variant, which skips the hooks the old
+    class left empty. ``cls`` must compile the same declaration.
+    """
+    states = cls.__compiled_lifecycle__.states
+    current = modifier._lc
+    if cls.__compiled_lifecycle__.declaration.name != current.machine or current.name not in states:
+        raise ConfigTypeError(
+            f"switch_class: {cls.__name__} does not run the lifecycle "
+            f"{current.machine!r} that {modifier.lifecycle_label} is in. To fix, switch to a "
+            "class with the same __lifecycle__.",
+            owner=cls.__name__,
+            field="__lifecycle__",
+            value=current.machine,
+        )
+    object.__setattr__(modifier, "__class__", cls)
+    object.__setattr__(modifier, _STATE_ATTR, states[current.name])
+
+
+def _recompile(cls: type[Any]) -> None:
+    """Recompile, in place, the lifecycle of ``cls`` and its subclasses (a hook changed)."""
+    pending = [cls]
+    while pending:
+        klass = pending.pop()
+        pending.extend(klass.__subclasses__())
+        own = klass.__dict__.get("__compiled_lifecycle__")
+        if klass is not Modifier and own is not None:
+            type.__setattr__(klass, "__compiled_lifecycle__", _compile_for(klass, own))
+
+
+_NOOP_HOOKS: Final = {name: getattr(Modifier, name) for name in _EMPTY_HOOK_NAMES}
+_PURE_GUARDS: Final = {name: getattr(Modifier, name) for name in _GUARD_NAMES}
+Modifier.__compiled_lifecycle__ = compile_machine(Modifier.__lifecycle__, state_attr=_STATE_ATTR)

@@ -30,10 +30,10 @@ import math
 import sys
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -49,12 +49,12 @@ from engine.distributed import (
 )
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
 from engine.events import Event, EventType, to_event_type, trusted_event
-from engine.machine import CompiledState, compile_machine
+from engine.machine import Branch, CompiledState, compile_machine
 from engine.modifier import Modifier
 from engine.recipe import DEFAULT_STAGE, Recipe
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
 from engine.stage import _COMPILED as _STAGE_MACHINE
-from engine.stage import StageError, StageModifiers
+from engine.stage import StageError, StageModifiers, forward
 from engine.state import Data, State
 from engine.trace import (
     FORMAT,
@@ -70,6 +70,8 @@ __all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_sessi
 STATE_DICT_FORMAT: Final = "modfsm.session/1"
 
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
+_STAGE_READY: Final = _STAGE_MACHINE.states["initialized"]
+_ABSORBED: Final = ("batch_data", "loss")
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
@@ -284,13 +286,11 @@ class Session:
 
     def batch_start(self, batch_data: Any = None, **kwargs: Any) -> None:
         """A batch begins (``batch_data`` is stored on the state)."""
-        kwargs["batch_data"] = batch_data
-        self._emit(EventType.BATCH_START, "batch_start", kwargs)
+        self._emit(EventType.BATCH_START, "batch_start", kwargs, "batch_data", batch_data)
 
     def loss_calculated(self, loss: Any = None, **kwargs: Any) -> None:
         """The batch's loss is known (stored on the state)."""
-        kwargs["loss"] = loss
-        self._emit(EventType.LOSS_CALCULATED, "loss_calculated", kwargs)
+        self._emit(EventType.LOSS_CALCULATED, "loss_calculated", kwargs, "loss", loss)
 
     def optim_pre_step(self, partial: bool = False, **kwargs: Any) -> None:
         """The optimizer is about to step (``partial=True``: before the accumulation completes)."""
@@ -306,8 +306,24 @@ class Session:
         """The batch is done."""
         self._emit(EventType.BATCH_END, "batch_end", kwargs)
 
-    def _emit(self, kind: EventType, trigger: str, kwargs: dict[str, Any]) -> None:
-        """Build the event ``kind`` carries (counters as of it) and fire ``trigger``."""
+    def _emit(
+        self,
+        kind: EventType,
+        trigger: str,
+        kwargs: dict[str, Any],
+        key: str | None = None,
+        value: Any = None,
+    ) -> None:
+        """Build the event ``kind`` carries (counters as of it) and fire ``trigger``.
+
+        ``key``/``value``: the ``batch_data`` or ``loss`` a callback was given
+        (as if in ``kwargs``, which the callback owns).
+
+        The legal moves of a loop event go through :data:`_FAST`: the same
+        guard, hooks and commit as the grammar's compiled cell, without the
+        per-hook calls (``tests/property/test_fast_path.py`` checks the two agree).
+        Everything else (a rejected event, a trace, a subclass) takes the cell.
+        """
         steps, batches = _COUNTS.get(kind, _NO_COUNT)
         event = trusted_event(
             kind,
@@ -316,10 +332,28 @@ class Session:
             self.global_step + steps,
             self.global_batch + batches,
         )
-        if self.trace is None:
-            self._lc.calls[trigger](self, self.state, event, kwargs)
-        else:
+        fast = _FAST[self._lc.name].get(trigger)
+        if fast is None or self.trace is not None or type(self) is not Session:
+            if key is not None:
+                kwargs[key] = value
             self._call(trigger, event, kwargs)
+        else:
+            guard, when_true, when_false = fast
+            dest, counter = when_true if guard is None or guard(self, event) else when_false
+            state = self.state
+            state.last_event = event  # absorb
+            if key is not None:
+                setattr(state, key, value)
+            if kwargs:
+                if "batch_data" in kwargs:
+                    state.batch_data = kwargs["batch_data"]
+                if "loss" in kwargs:
+                    state.loss = kwargs["loss"]
+                kwargs = {k: v for k, v in kwargs.items() if k not in _ABSORBED}
+            _send(self.stages, state, event, kwargs)  # send
+            if counter is not None:
+                counter(self, state, event)
+            self._lc = dest
         if kind is _BATCH_END and self.global_step >= self._next_agreement:
             self._next_agreement = self._agreement_after(self.global_step)
             self._agree(f"the end of batch {self.global_batch} (step {self.global_step})")
@@ -672,8 +706,7 @@ class Session:
         ``batch_data`` and ``loss`` are on the state (``absorb``); the other keyword
         arguments reach the modifiers' hooks.
         """
-        for stage in self.stages:
-            stage.update_event(state, event, **kwargs)
+        _send(self.stages, state, event, kwargs)
 
     def count_step(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: the optimizer step is complete."""
@@ -1082,3 +1115,53 @@ def _misfits(
         if entry["state"] not in _STAGE_MACHINE.states:
             problems.append(f"stage {entry['name']}: unknown state {entry['state']!r}")
     return problems
+
+
+def _send(
+    stages: Sequence[StageModifiers], state: State, event: Event, kwargs: dict[str, Any]
+) -> None:
+    """Send ``event`` to every stage, in order: ``stage.update_event(state, event, **kwargs)``.
+
+    A :class:`StageModifiers` that takes events (``initialized``) forwards it
+    straight to its modifiers (:func:`engine.stage.forward`, what its compiled
+    cell runs); any other stage, or a subclass, gets the call.
+    """
+    for stage in stages:
+        if stage._lc is _STAGE_READY and type(stage) is StageModifiers:
+            forward(stage, state, event, kwargs)
+        else:
+            stage.update_event(state, event, **kwargs)
+
+
+_Move: TypeAlias = tuple[CompiledState, Callable[[Session, State, Event], None] | None]
+_FastCell: TypeAlias = tuple[Callable[[Session, Event], bool] | None, _Move, _Move]
+
+
+def _fast_cells() -> dict[str, dict[str, _FastCell]]:
+    """The grammar's legal loop moves as data: state -> trigger -> (guard, when true, when false).
+
+    Derived from the compiled plans, for every cell whose branches are
+    ``absorb, send`` and at most one counter hook, with a destination: that is,
+    every legal move of the five loop events. A move is (new state, counter hook).
+    """
+    cells: dict[str, dict[str, _FastCell]] = {name: {} for name in _GRAMMAR.states}
+    for (state, trigger), plan in _GRAMMAR.plans.items():
+        if plan.when_true is None or plan.prelude is not None:
+            continue
+        moves = [_fast_move(plan.when_true), _fast_move(plan.when_false or plan.when_true)]
+        if moves[0] is None or moves[1] is None:
+            continue
+        guard = None if plan.guard is None else getattr(Session, plan.guard)
+        cells[state][trigger] = (guard, moves[0], moves[1])
+    return cells
+
+
+def _fast_move(branch: Branch) -> _Move | None:
+    hooks = branch.hooks
+    if hooks[:2] != ("absorb", "send") or len(hooks) > 3 or branch.dest is None:
+        return None
+    counter = getattr(Session, hooks[2]) if len(hooks) == 3 else None
+    return (_GRAMMAR.states[branch.dest], counter)
+
+
+_FAST: Final = _fast_cells()

@@ -41,16 +41,44 @@ import attrs
 from engine._validate import check_optional_int, check_optional_str
 from engine.errors import ConfigError, ConfigTypeError, LifecycleError
 from engine.events import Event, not_an_event
-from engine.machine import CompiledState, compile_machine
+from engine.machine import IGNORE, CompiledState, compile_machine
 from engine.modifier import Modifier, ModifierInterface
 from engine.stage_lifecycle import STAGE_LIFECYCLE, StageState
 from engine.state import State
 
-__all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState"]
+__all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState", "forward"]
 
 
 _COMPILED: Final = compile_machine(STAGE_LIFECYCLE, state_attr="_lc")
 _STATE_MEMBERS: Final = {member.value: member for member in StageState}
+_FAST: Final = Modifier.update_event  # forward_event may use the table directly
+
+
+def forward(stage: StageModifiers, state: State, event: Event, kwargs: dict[str, Any]) -> None:
+    """Send ``event`` to each of ``stage``'s modifiers, in order: what its ``update`` does.
+
+    This is ``modifier.update_event(state, event, **kwargs)`` for each, done
+    through the modifier's compiled table directly, and skipping the modifiers
+    whose cell for the event does nothing (:data:`~engine.machine.IGNORE`): in a
+    class that keeps the base class's empty hooks, most events are such. A
+    modifier class that overrides ``update_event`` gets that call. An exception
+    gets a note saying which modifiers the event was and was not delivered to.
+    """
+    kind = event.type_
+    for position, modifier in enumerate(stage.modifiers):
+        try:
+            cell = modifier._lc.get(kind) if type(modifier).update_event is _FAST else None
+            if cell is None:  # update_event overridden, or an event its table lacks
+                modifier.update_event(state, event, **kwargs)
+            elif cell is not IGNORE:
+                cell(modifier, state, event, kwargs)
+        except Exception as error:
+            error.add_note(
+                f"while {stage.lifecycle_label} forwarded {event.type_.name} at step "
+                f"{event.global_step}: "
+                f"{stage._account(position, 'delivered to', 'not delivered to')}"
+            )
+            raise
 
 
 class StageError(LifecycleError, RuntimeError):
@@ -260,17 +288,8 @@ class StageModifiers(ModifierInterface):
         return self._apply("finalize", state, kwargs)
 
     def forward_event(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Hook of ``update``: send ``event`` to every modifier, in order."""
-        for position, modifier in enumerate(self.modifiers):
-            try:
-                modifier.update_event(state, event, **kwargs)
-            except Exception as error:
-                error.add_note(
-                    f"while {self.lifecycle_label} forwarded {event.type_.name} at step "
-                    f"{event.global_step}: "
-                    f"{self._account(position, 'delivered to', 'not delivered to')}"
-                )
-                raise
+        """Hook of ``update``: send ``event`` to every modifier, in order (:func:`forward`)."""
+        forward(self, state, event, kwargs)
 
     # --- applying a lifecycle call to every modifier, and failure accounts ------------------
 

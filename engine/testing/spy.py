@@ -31,7 +31,7 @@ from typing import Any, Final
 import attrs
 
 from engine.events import Event
-from engine.modifier import START_PROBE, Modifier
+from engine.modifier import START_PROBE, Modifier, switch_class
 
 __all__ = ["HookCall", "LifecycleCall", "LifecycleSpy"]
 
@@ -100,7 +100,7 @@ class LifecycleSpy:
         self._frame: list[HookCall] | None = None
         self._depth = 0
         _SPIES[id(modifier)] = self
-        object.__setattr__(modifier, "__class__", _spy_class(self._original))
+        switch_class(modifier, _spy_class(self._original))
 
     @property
     def attached(self) -> bool:
@@ -111,7 +111,7 @@ class LifecycleSpy:
         """Move the modifier back to its own class; recording stops. Idempotent."""
         if self.attached:
             del _SPIES[id(self.modifier)]
-            object.__setattr__(self.modifier, "__class__", self._original)
+            switch_class(self.modifier, self._original)
 
     def __enter__(self) -> LifecycleSpy:
         return self

@@ -1,0 +1,185 @@
+"""The fast paths do what the declared cells do.
+
+Two shortcuts sit on the hot path (see ``benchmarks/README.md``):
+
+* each ``attrs`` modifier class runs a variant of the lifecycle that leaves out
+  the calls to the hooks it keeps empty (``engine.machine.specialize``), and a
+  stage skips a modifier whose cell is then :data:`~engine.machine.IGNORE`;
+* a plain ``Session`` runs the legal moves of loop events from a table derived
+  from the grammar's plans (``engine.session._FAST``) instead of calling the
+  compiled cell, whose hooks it inlines.
+
+Here both are compared, call by call, with the path they shortcut: a modifier
+class against the same instance on the unspecialized table, and a session
+without a trace (fast) against one with a trace (which always calls the cell).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from engine import Event, EventType, Modifier, State
+from engine.machine import IGNORE
+from engine.session import Session
+from tests.doubles import put_in_state
+from tests.property.test_session_grammar import LOOP_EVENTS
+
+EMPTY_HOOKS = ("on_event", "on_start", "on_update", "on_end")
+
+
+def _recording(name: str) -> Any:
+    def hook(self: Any, state: State, event: Event, **kwargs: Any) -> None:
+        call = (name, event.type_.value, event.global_step, event.global_batch, sorted(kwargs))
+        self.calls.append(call)
+        if self.fail_at is not None and (name, event.global_step) == self.fail_at:
+            raise RuntimeError(f"{name} failed at step {event.global_step}")
+
+    hook.__name__ = name
+    return hook
+
+
+def _initialize(self: Any, state: State, **kwargs: Any) -> bool:
+    return True
+
+
+def _class(overridden: tuple[str, ...]) -> type[Modifier]:
+    """An attrs modifier class recording the hooks in ``overridden``; the others stay empty."""
+    namespace: dict[str, Any] = {
+        "__annotations__": {
+            "calls": "list[tuple[str, str, int, int, list[str]]]",
+            "fail_at": "Any",
+        },
+        "calls": attrs.field(factory=list),
+        "fail_at": attrs.field(default=None),
+        "on_initialize": _initialize,
+        **{name: _recording(name) for name in overridden},
+    }
+    cls = type(f"Keeps_{'_'.join(overridden) or 'none'}", (Modifier,), namespace)
+    return attrs.define(eq=False)(cls)
+
+
+#: one class for each subset of the empty hooks it overrides
+CLASSES = {
+    subset: _class(subset)
+    for size in range(len(EMPTY_HOOKS) + 1)
+    for subset in itertools.combinations(EMPTY_HOOKS, size)
+}
+
+EVENTS = [t for t in EventType if t not in (EventType.INITIALIZE, EventType.FINALIZE)]
+bounds = st.one_of(st.none(), st.integers(-1, 6))
+
+
+@settings(max_examples=150)
+@given(
+    subset=st.sampled_from(sorted(CLASSES)),
+    start=bounds,
+    end=bounds,
+    events=st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, 8)), max_size=25),
+)
+def test_a_specialized_class_calls_the_hooks_the_declared_table_calls(
+    subset: tuple[str, ...], start: int | None, end: int | None, events: list[tuple[Any, int]]
+) -> None:
+    cls = CLASSES[subset]
+    fast, full = cls(start=start, end=end), cls(start=start, end=end)
+    fast.initialize(State())
+    full.initialize(State())
+    base = Modifier.__compiled_lifecycle__  # the unspecialized table: every hook is called
+    put_in_state(full, base.states[full._lc.name])
+    for kind, step in events:
+        event = Event(kind, global_step=step)
+        fast.update_event(State(), event)
+        full.update_event(State(), event)
+        assert fast.calls == full.calls  # type: ignore[attr-defined]  # added by _class
+        assert fast._lc.name == full._lc.name
+        assert full._lc is base.states[full._lc.name]  # stayed on the declared table
+    if not subset:
+        assert all(fast._lc[kind] is IGNORE for kind in (EventType.LOSS_CALCULATED,))
+
+
+class FastSessionAgainstCells(RuleBasedStateMachine):
+    """One recipe in two sessions: ``fast`` (no trace) and ``cells`` (traced)."""
+
+    fast: Session
+    cells: Session
+
+    @initialize(
+        per_step=st.integers(1, 3),
+        steps_per_epoch=st.one_of(st.none(), st.integers(1, 4)),
+        windows=st.lists(st.tuples(bounds, bounds, st.sampled_from(sorted(CLASSES))), max_size=3),
+        fail_at=st.one_of(st.none(), st.tuples(st.sampled_from(EMPTY_HOOKS), st.integers(0, 4))),
+    )
+    def setup(
+        self,
+        per_step: int,
+        steps_per_epoch: int | None,
+        windows: list[tuple[int | None, int | None, tuple[str, ...]]],
+        fail_at: tuple[str, int] | None,
+    ) -> None:
+        def recipe() -> list[Modifier]:
+            return [
+                CLASSES[subset](start=start, end=end, fail_at=fail_at)  # type: ignore[call-arg]
+                for start, end, subset in windows
+            ]
+
+        self.fast, self.cells = Session(), Session()
+        for session, trace in ((self.fast, False), (self.cells, True)):
+            session.initialize(
+                recipe=recipe(),
+                batches_per_step=per_step,
+                steps_per_epoch=steps_per_epoch,
+                trace=trace,
+            )
+
+    @rule(
+        name=st.sampled_from(LOOP_EVENTS),
+        partial=st.booleans(),
+        extra=st.dictionaries(st.sampled_from(["batch_data", "loss", "note"]), st.integers(0, 3)),
+    )
+    def send(self, name: str, partial: bool, extra: dict[str, int]) -> None:
+        partial = partial and name == "optim_pre_step"
+        outcomes: list[tuple[str, str, list[str]] | None] = []
+        for session in (self.fast, self.cells):
+            try:
+                session.event(EventType(name), partial=partial, **extra)
+            except Exception as error:  # compared below, type and text
+                outcomes.append((type(error).__name__, str(error), getattr(error, "__notes__", [])))
+            else:
+                outcomes.append(None)
+        assert outcomes[0] == outcomes[1]
+
+    @rule(name=st.sampled_from(["batch_start", "loss_calculated"]), value=st.integers(0, 3))
+    def callback(self, name: str, value: int) -> None:
+        outcomes: list[tuple[str, str] | None] = []
+        for session in (self.fast, self.cells):
+            try:
+                getattr(session, name)(value, note=value)
+            except Exception as error:  # compared below, type and text
+                outcomes.append((type(error).__name__, str(error)))
+            else:
+                outcomes.append(None)
+        assert outcomes[0] == outcomes[1]
+
+    @invariant()
+    def the_same_everywhere(self) -> None:
+        fast, cells = self.fast, self.cells
+        assert fast.position == cells.position
+        assert (fast.global_step, fast.global_batch, fast.batches_since_step) == (
+            cells.global_step,
+            cells.global_batch,
+            cells.batches_since_step,
+        )
+        for attribute in ("last_event", "batch_data", "loss"):
+            assert getattr(fast.state, attribute) == getattr(cells.state, attribute)
+        for (_, a), (_, b) in zip(fast.modifiers, cells.modifiers, strict=True):
+            assert a.calls == b.calls  # type: ignore[attr-defined]  # added by _class
+            assert a.lifecycle_state == b.lifecycle_state
+
+
+FastSessionAgainstCells.TestCase.settings = settings(max_examples=80, stateful_step_count=30)
+test_the_fast_session_path_matches_the_cells = FastSessionAgainstCells.TestCase

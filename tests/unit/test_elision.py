@@ -1,0 +1,253 @@
+"""Per-class lifecycle variants: empty hooks left out, and the ways a hook can still arrive.
+
+``tests/property/test_fast_path.py`` checks, over random events, that a
+specialized class calls exactly the hooks the declared table calls; here are the
+specific cases: which cells become :data:`~engine.machine.IGNORE`, hooks
+assigned to a class later (``mock.patch.object``), classes whose instances have
+a ``__dict__``, moving an instance to another class, and the fan-out of stages
+and sessions to classes that override ``update_event``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import attrs
+import pytest
+
+from engine import Event, EventType, LifecycleState, Modifier, State
+from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
+from engine.errors import ConfigTypeError
+from engine.machine import IGNORE, compile_machine, specialize
+from engine.modifier import switch_class
+from engine.session import Session
+from engine.stage import StageModifiers
+from tests.doubles import NoopModifier
+
+STATE = State()
+LOSS = Event(EventType.LOSS_CALCULATED)
+
+
+@attrs.define
+class Updates(Modifier):
+    seen: list[str] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append(event.type_.value)
+
+
+@attrs.define
+class UpdatesAndMore(Updates):
+    pass
+
+
+def started(cls: type[Modifier]) -> Any:
+    modifier = cls(start=0)
+    modifier.initialize(STATE)
+    assert modifier.lifecycle_state is LifecycleState.STARTED
+    return modifier
+
+
+def test_a_class_keeping_every_empty_hook_ignores_events_inside_its_window() -> None:
+    table = NoopModifier.__compiled_lifecycle__.states["started"]
+    assert table[EventType.LOSS_CALCULATED] is IGNORE
+    assert table[EventType.BATCH_START] is IGNORE
+    # the window can still close: should_end decides a state change
+    assert table[EventType.BATCH_END] is not IGNORE
+    # waiting: should_start decides whether the window opens
+    waiting = NoopModifier.__compiled_lifecycle__.states["initialized"]
+    assert waiting[EventType.BATCH_START] is not IGNORE
+
+
+def test_the_declared_plans_and_the_base_table_are_not_specialized() -> None:
+    base = Modifier.__compiled_lifecycle__
+    assert NoopModifier.__compiled_lifecycle__.plans is base.plans
+    assert base.states["started"][EventType.LOSS_CALCULATED] is not IGNORE
+    assert Updates.__compiled_lifecycle__.states["started"][EventType.LOSS_CALCULATED] is not IGNORE
+
+
+def test_a_hook_patched_onto_the_class_later_is_called_and_unpatching_restores() -> None:
+    modifier = started(NoopModifier)
+    with mock.patch.object(NoopModifier, "on_update") as on_update:
+        modifier.update_event(STATE, LOSS)
+        on_update.assert_called_once_with(STATE, LOSS)
+    assert (
+        NoopModifier.__compiled_lifecycle__.states["started"][EventType.LOSS_CALCULATED] is IGNORE
+    )
+    modifier.update_event(STATE, LOSS)  # the mock is gone; nothing to call
+    on_update.assert_called_once()
+
+
+def test_a_patch_on_a_base_class_reaches_its_subclasses_and_their_instances() -> None:
+    modifier = started(UpdatesAndMore)
+    states_before = dict(UpdatesAndMore.__compiled_lifecycle__.states)
+    with mock.patch.object(Updates, "on_event") as on_event:
+        modifier.update_event(STATE, LOSS)
+        on_event.assert_called_once_with(STATE, LOSS)
+    assert modifier.seen == ["loss_calculated"]
+    # rebuilt in place: the instance kept its state object
+    assert dict(UpdatesAndMore.__compiled_lifecycle__.states) == states_before
+    assert modifier._lc is states_before["started"]
+
+
+def test_instances_with_a_dict_are_not_specialized() -> None:
+    class Plain(Modifier):  # no attrs.define: instances have a __dict__
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+    assert Plain.__compiled_lifecycle__.states["started"][EventType.LOSS_CALCULATED] is not IGNORE
+    modifier = started(Plain)
+    with mock.patch.object(modifier, "on_update") as on_update:
+        stage = StageModifiers([modifier])
+        stage.update_event(STATE, LOSS)
+    on_update.assert_called_once_with(STATE, LOSS)
+
+
+SAID: list[str] = []
+
+
+@attrs.define
+class Louder(NoopModifier):
+    """The same layout as NoopModifier, with an update hook."""
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        SAID.append(event.type_.value)
+
+
+def test_switch_class_moves_the_instance_to_the_new_class_table() -> None:
+    SAID.clear()
+    modifier = started(NoopModifier)
+    switch_class(modifier, Louder)
+    assert type(modifier) is Louder
+    assert modifier._lc is Louder.__compiled_lifecycle__.states["started"]
+    modifier.update_event(STATE, LOSS)
+    assert SAID == ["loss_calculated"]
+    switch_class(modifier, NoopModifier)
+    assert modifier._lc is NoopModifier.__compiled_lifecycle__.states["started"]
+    modifier.update_event(STATE, LOSS)
+    assert SAID == ["loss_calculated"]
+    assert modifier.lifecycle_state is LifecycleState.STARTED
+
+
+def test_switch_class_to_a_class_with_another_lifecycle_is_refused() -> None:
+    other = Declaration(
+        name="elision-test-other",
+        flags=("done",),
+        states=(StateSpec("created", {"done": False}), StateSpec("started", {"done": True})),
+        initial="created",
+        guards=(),
+        hooks=(),
+        triggers=(TriggerSpec("initialize", "initialize", None, "initialize"),),
+        event_triggers={},
+        transitions=(
+            {"trigger": "initialize", "source": ["created", "started"], "dest": "started"},
+        ),
+        rejections=(),
+    )
+
+    @attrs.define
+    class Elsewhere(NoopModifier):
+        __lifecycle__ = other
+
+    modifier = started(NoopModifier)
+    with pytest.raises(ConfigTypeError, match=r"Elsewhere does not run the lifecycle"):
+        switch_class(modifier, Elsewhere)
+    assert type(modifier) is NoopModifier
+
+
+def _guarded(name: str) -> Declaration:
+    """A guard whose two branches differ only by a hook that may be left out."""
+    return Declaration(
+        name=name,
+        flags=("on",),
+        states=(StateSpec("off", {"on": False}),),
+        initial="off",
+        guards=("check",),
+        hooks=(HookSpec("noisy"),),
+        triggers=(TriggerSpec("go", "go", None, "go"),),
+        event_triggers={"go": "go"},
+        transitions=(
+            {
+                "trigger": "go",
+                "source": "off",
+                "dest": None,
+                "conditions": "check",
+                "before": "noisy",
+            },
+            {"trigger": "go", "source": "off", "dest": None, "unless": "check"},
+        ),
+        rejections=(),
+    )
+
+
+def test_a_guard_is_left_out_only_when_known_pure_and_its_branches_became_equal() -> None:
+    machine = compile_machine(_guarded("elision-test-guard"), state_attr="_lc")
+    kept = specialize(machine, noop_hooks=frozenset({"noisy"}))
+    assert kept.states["off"]["go"] is not IGNORE  # the guard may have effects: still asked
+    dropped = specialize(machine, noop_hooks=frozenset({"noisy"}), pure_guards=frozenset({"check"}))
+    assert dropped.states["off"]["go"] is IGNORE
+    full = specialize(machine, noop_hooks=frozenset(), pure_guards=frozenset({"check"}))
+    assert full.states["off"]["go"] is not IGNORE  # the branches differ: the guard decides
+
+    asked: list[str] = []
+
+    class Obj:
+        _lc = kept.states["off"]
+
+        def check(self, event: Any) -> bool:
+            asked.append("check")
+            return True
+
+        def noisy(self, state: Any, event: Any, **kwargs: Any) -> None:
+            asked.append("noisy")
+
+    kept.states["off"]["go"](Obj(), None, None, {})
+    assert asked == ["check"]
+
+
+def test_specialize_into_a_variant_of_another_declaration_is_refused() -> None:
+    one = compile_machine(_guarded("elision-test-one"), state_attr="_lc")
+    two = compile_machine(_guarded("elision-test-two"), state_attr="_lc")
+    with pytest.raises(ValueError, match="same declaration"):
+        specialize(one, noop_hooks=frozenset(), into=specialize(two, noop_hooks=frozenset()))
+
+
+@attrs.define
+class OwnDispatch(NoopModifier):
+    """Overrides update_event: stages must call it, not its table."""
+
+    received: list[str] = attrs.field(factory=list)
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.received.append(event.type_.value)
+        super().update_event(state, event, **kwargs)
+
+
+def test_a_stage_calls_an_overridden_update_event() -> None:
+    modifier = OwnDispatch(start=0)
+    stage = StageModifiers([modifier])
+    stage.initialize(STATE)
+    stage.update_event(STATE, LOSS)
+    assert modifier.received == ["loss_calculated"]
+
+
+def test_a_session_subclass_runs_the_declared_cells() -> None:
+    absorbed: list[str] = []
+
+    @attrs.define(eq=False)
+    class Watching(Session):
+        def absorb(self, state: State, event: Event, **kwargs: Any) -> None:
+            absorbed.append(event.type_.value)
+            super().absorb(state, event, **kwargs)
+
+    session = Watching()
+    session.initialize(recipe=[OwnDispatch(start=0)])
+    session.batch_start("x")
+    session.loss_calculated(1.5)
+    assert absorbed == ["batch_start", "loss_calculated"]
+    assert (session.state.batch_data, session.state.loss) == ("x", 1.5)
+    assert session.modifiers[0][1].received == ["batch_start", "loss_calculated"]  # type: ignore[attr-defined]
