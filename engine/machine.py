@@ -53,6 +53,7 @@ from engine.declaration import (
 from engine.errors import DeclarationError, HookReturnError, IllegalTransitionError
 
 __all__ = [
+    "EPOCH",
     "IGNORE",
     "SUPPORTED_ROW_KEYS",
     "Branch",
@@ -68,7 +69,9 @@ __all__ = [
     "TriggerSpec",
     "compile_machine",
     "describe",
+    "epoch",
     "specialize",
+    "touch",
 ]
 
 Cell: TypeAlias = Callable[[Any, Any, Any, dict[str, Any]], None]
@@ -168,6 +171,8 @@ class CompiledMachine:
         plans: (state, trigger) -> :class:`Plan`, the data each cell was built from.
         allowed: state name -> the calls allowed from it, for messages.
         state_attr: the attribute the cells assign the new state to.
+        cell_plans: the plans the cells were built from: ``plans``, or for a
+            :func:`specialize` variant, the plans with the left-out calls removed.
     """
 
     declaration: Declaration
@@ -176,9 +181,31 @@ class CompiledMachine:
     plans: Mapping[tuple[str, str], Plan]
     allowed: Mapping[str, tuple[str, ...]]
     state_attr: str
+    cell_plans: Mapping[tuple[str, str], Plan]
 
 
 _COMPILED: dict[str, CompiledMachine] = {}
+
+EPOCH: Final = [0]
+"""``EPOCH[0]`` changes whenever any object's compiled state may have changed.
+
+Every cell that commits a new state advances it; so does :func:`touch`, which
+code that changes states or tables by other means calls. Callers that cache
+something computed from objects' states (a session's fan-out plans) keep the
+value they computed it at and recompute when it differs. (A one-element list,
+read on the hot path without a call; :func:`epoch` reads it too.)
+"""
+_EPOCH = EPOCH
+
+
+def epoch() -> int:
+    """The current value of :data:`EPOCH`."""
+    return _EPOCH[0]
+
+
+def touch() -> None:
+    """Advance :data:`EPOCH`: states, tables or fields guards read were changed directly."""
+    _EPOCH[0] += 1
 
 
 def compile_machine(declaration: Declaration, *, state_attr: str) -> CompiledMachine:
@@ -547,7 +574,9 @@ def specialize(
         machine.state_attr,
         None if into is None else into.states,
     )
-    return attrs.evolve(built, plans=machine.plans)
+    if into is not None:
+        touch()  # objects in these states now run other cells
+    return attrs.evolve(built, plans=machine.plans, cell_plans=plans)
 
 
 def _elide(plan: Plan, noop_hooks: frozenset[str], pure_guards: frozenset[str]) -> Plan:
@@ -608,7 +637,9 @@ def _build(
     for key, trigger in decl.event_triggers.items():
         for table in states.values():
             table[key] = table.calls[trigger]
-    return CompiledMachine(decl, states, states[decl.initial], dict(plans), allowed, attr)
+    return CompiledMachine(
+        decl, states, states[decl.initial], dict(plans), allowed, attr, dict(plans)
+    )
 
 
 def _ignore(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
@@ -689,6 +720,7 @@ def _move_cell(
                 getattr(obj, name)(state, event, **kwargs)
             if dest is not None:
                 set_state(obj, attr, dest)
+                _EPOCH[0] += 1
 
         return gated
 
@@ -702,6 +734,7 @@ def _move_cell(
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_t is not None:
                     set_state(obj, attr, dest_t)
+                    _EPOCH[0] += 1
 
             return notified
 
@@ -712,11 +745,13 @@ def _move_cell(
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_t is not None:
                     set_state(obj, attr, dest_t)
+                    _EPOCH[0] += 1
             else:
                 for name in hooks_f:
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_f is not None:
                     set_state(obj, attr, dest_f)
+                    _EPOCH[0] += 1
 
         return notified_guarded
 
@@ -729,5 +764,6 @@ def _move_cell(
             getattr(obj, name)(state, event, **kwargs)
         if dest is not None:
             set_state(obj, attr, dest)
+            _EPOCH[0] += 1
 
     return plain

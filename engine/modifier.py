@@ -38,18 +38,20 @@ from engine.events import Event, EventType, not_an_event
 from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
 from engine.machine import (
+    IGNORE,
     CompiledMachine,
     CompiledState,
     Declaration,
     compile_machine,
     specialize,
+    touch,
 )
 from engine.state import State
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "switch_class"]
+__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "is_inert", "switch_class"]
 
 START_PROBE = Event(EventType.BATCH_START, global_step=0)
 """The synthetic event ``initialize`` asks ``should_start`` about (step 0, as the reference)."""
@@ -111,6 +113,14 @@ def _check_update(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
     if value is None or (type(value) in (int, float) and 0 <= value < inf):
         return
     check_optional_number(type(instance).__name__, attribute.name, value, minimum=0)
+
+
+def _touched(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Any:
+    touch()  # the guards read start and end: plans built from them are stale
+    return value
+
+
+_BOUND_SET: Final = attrs.setters.pipe(attrs.setters.validate, _touched)
 
 
 def _initial_state(instance: Modifier) -> CompiledState:
@@ -185,8 +195,8 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
 
     index: int | None = attrs.field(default=None, validator=_check_index)
     group: str | None = attrs.field(default=None, validator=_check_group)
-    start: float | None = attrs.field(default=None, validator=_check_bound)
-    end: float | None = attrs.field(default=None, validator=_check_bound)
+    start: float | None = attrs.field(default=None, validator=_check_bound, on_setattr=_BOUND_SET)
+    end: float | None = attrs.field(default=None, validator=_check_bound, on_setattr=_BOUND_SET)
     update: float | None = attrs.field(default=None, validator=_check_update)
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
@@ -385,6 +395,42 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
     )
 
 
+def is_inert(modifier: Modifier, kind: EventType) -> bool:
+    """Whether ``update_event`` with an event of type ``kind`` can do nothing, for now.
+
+    True when the modifier's cell for ``kind`` in its current state is
+    :data:`~engine.machine.IGNORE`, or when all the cell does is ask a guard the
+    class keeps from this base class that cannot hold for the modifier's
+    ``start``/``end`` (``should_end`` with no ``end``; ``should_start`` with no
+    ``start``, or with ``start >= end``) and the guard's "no" runs nothing.
+    The answer holds until :data:`~engine.machine.EPOCH` changes (a state change,
+    or ``start``/``end`` assigned). False for a class that overrides
+    ``update_event``.
+    """
+    cls = type(modifier)
+    if cls.update_event is not Modifier.update_event:
+        return False
+    cell = modifier._lc.get(kind)
+    if cell is None:
+        return False
+    if cell is IGNORE:
+        return True
+    machine = cls.__compiled_lifecycle__
+    trigger = machine.declaration.event_triggers.get(kind)
+    plan = None if trigger is None else machine.cell_plans.get((modifier._lc.name, trigger))
+    if plan is None or plan.guard is None or plan.prelude is not None or plan.when_false is None:
+        return False
+    if plan.when_false.hooks or plan.when_false.dest is not None:
+        return False
+    guard = plan.guard
+    if getattr(cls, guard, None) is not _PURE_GUARDS.get(guard):
+        return False
+    start, end = modifier.start, modifier.end
+    if guard == "should_end":
+        return end is None
+    return start is None or (end is not None and start >= end)  # should_start
+
+
 def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:
     """Make ``modifier`` an instance of ``cls`` in place, keeping its lifecycle state.
 
@@ -406,6 +452,7 @@ def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:
         )
     object.__setattr__(modifier, "__class__", cls)
     object.__setattr__(modifier, _STATE_ATTR, states[current.name])
+    touch()
 
 
 def _recompile(cls: type[Any]) -> None:

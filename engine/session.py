@@ -49,8 +49,8 @@ from engine.distributed import (
 )
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
 from engine.events import Event, EventType, to_event_type, trusted_event
-from engine.machine import Branch, CompiledState, compile_machine
-from engine.modifier import Modifier
+from engine.machine import EPOCH, Branch, Cell, CompiledState, compile_machine, touch
+from engine.modifier import Modifier, is_inert
 from engine.recipe import DEFAULT_STAGE, Recipe
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
 from engine.stage import _COMPILED as _STAGE_MACHINE
@@ -72,6 +72,8 @@ STATE_DICT_FORMAT: Final = "modfsm.session/1"
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
 _STAGE_READY: Final = _STAGE_MACHINE.states["initialized"]
 _ABSORBED: Final = ("batch_data", "loss")
+_FAST_UPDATE: Final = Modifier.update_event
+_EPOCH: Final = EPOCH
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
@@ -150,6 +152,8 @@ class Session:
     _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
     _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
     _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
+    _plans: dict[EventType, tuple[_Entry, ...]] = attrs.field(init=False, repr=False, factory=dict)
+    _plans_at: int = attrs.field(init=False, repr=False, default=-1)
 
     # --- views ------------------------------------------------------------------------------
 
@@ -350,7 +354,15 @@ class Session:
                 if "loss" in kwargs:
                     state.loss = kwargs["loss"]
                 kwargs = {k: v for k, v in kwargs.items() if k not in _ABSORBED}
-            _send(self.stages, state, event, kwargs)  # send
+            # send, through the plan for this kind of event (see _fan_out)
+            if self._plans_at != _EPOCH[0]:
+                self._plans.clear()
+                self._plans_at = _EPOCH[0]
+            plan = self._plans.get(kind)
+            if plan is None:
+                plan = self._plans[kind] = _fan_out(self.stages, kind)
+            if plan:
+                _deliver(plan, self.stages, state, event, kwargs)
             if counter is not None:
                 counter(self, state, event)
             self._lc = dest
@@ -923,6 +935,7 @@ class Session:
             states = type(modifier).__compiled_lifecycle__.states
             object.__setattr__(modifier, "_lc", states[entry["lifecycle"]])
             modifier.load_state_dict(entry["state"], self.state)
+        touch()  # states set directly: plans built before are stale
 
     def _add_optimizer_hooks(self, optimizer: Any) -> None:
         def before_step(*_: Any) -> None:
@@ -1118,19 +1131,92 @@ def _misfits(
 
 
 def _send(
-    stages: Sequence[StageModifiers], state: State, event: Event, kwargs: dict[str, Any]
+    stages: Sequence[StageModifiers],
+    state: State,
+    event: Event,
+    kwargs: dict[str, Any],
+    first_stage: int = 0,
+    first_position: int = 0,
 ) -> None:
     """Send ``event`` to every stage, in order: ``stage.update_event(state, event, **kwargs)``.
 
     A :class:`StageModifiers` that takes events (``initialized``) forwards it
     straight to its modifiers (:func:`engine.stage.forward`, what its compiled
-    cell runs); any other stage, or a subclass, gets the call.
+    cell runs); any other stage, or a subclass, gets the call. ``first_stage``
+    and ``first_position``: where to begin (the rest of an event, see
+    :func:`_deliver`).
     """
-    for stage in stages:
-        if stage._lc is _STAGE_READY and type(stage) is StageModifiers:
+    for index in range(first_stage, len(stages)):
+        stage = stages[index]
+        if index == first_stage and first_position:  # the rest of a stage's forward loop
+            forward(stage, state, event, kwargs, first_position)
+        elif stage._lc is _STAGE_READY and type(stage) is StageModifiers:
             forward(stage, state, event, kwargs)
         else:
             stage.update_event(state, event, **kwargs)
+
+
+_Entry: TypeAlias = tuple[int, StageModifiers, int, Modifier | None, Cell | None]
+"""One delivery of a plan: (stage index, stage, position, modifier, cell).
+
+With a cell: ``cell(modifier, ...)``; with a modifier and no cell:
+``modifier.update_event(...)``; with neither: ``stage.update_event(...)``.
+"""
+
+
+def _fan_out(stages: Sequence[StageModifiers], kind: EventType) -> tuple[_Entry, ...]:
+    """The deliveries :func:`_send` would make for an event of type ``kind`` that can act.
+
+    It leaves out every modifier for which that event is inert now
+    (:func:`engine.modifier.is_inert`); a stage that does not take events, or a
+    subclass, is one delivery to the stage. Valid while ``EPOCH[0]`` stays.
+    """
+    entries: list[_Entry] = []
+    for index, stage in enumerate(stages):
+        if stage._lc is not _STAGE_READY or type(stage) is not StageModifiers:
+            entries.append((index, stage, -1, None, None))
+            continue
+        for position, modifier in enumerate(stage.modifiers):
+            if is_inert(modifier, kind):
+                continue
+            fast = type(modifier).update_event is _FAST_UPDATE
+            cell = modifier._lc.get(kind) if fast else None
+            entries.append((index, stage, position, modifier, cell))
+    return tuple(entries)
+
+
+def _deliver(
+    plan: tuple[_Entry, ...],
+    stages: Sequence[StageModifiers],
+    state: State,
+    event: Event,
+    kwargs: dict[str, Any],
+) -> None:
+    """Make the deliveries of ``plan``; what :func:`_send` does, skipping the inert.
+
+    If a delivery changes any state (``EPOCH[0]`` moves: a window opened, a hook
+    changed another modifier), the plan may no longer hold, so the rest of the
+    event goes through :func:`_send` from the next position.
+    """
+    at = _EPOCH[0]
+    for index, stage, position, modifier, cell in plan:
+        if modifier is None:
+            stage.update_event(state, event, **kwargs)
+        else:
+            try:
+                if cell is not None:
+                    cell(modifier, state, event, kwargs)
+                else:
+                    modifier.update_event(state, event, **kwargs)
+            except Exception as error:
+                error.add_note(stage.forwarding_note(event, position))
+                raise
+        if _EPOCH[0] != at:
+            if modifier is None:
+                _send(stages, state, event, kwargs, index + 1)
+            else:
+                _send(stages, state, event, kwargs, index, position + 1)
+            return
 
 
 _Move: TypeAlias = tuple[CompiledState, Callable[[Session, State, Event], None] | None]

@@ -54,7 +54,9 @@ _STATE_MEMBERS: Final = {member.value: member for member in StageState}
 _FAST: Final = Modifier.update_event  # forward_event may use the table directly
 
 
-def forward(stage: StageModifiers, state: State, event: Event, kwargs: dict[str, Any]) -> None:
+def forward(
+    stage: StageModifiers, state: State, event: Event, kwargs: dict[str, Any], start: int = 0
+) -> None:
     """Send ``event`` to each of ``stage``'s modifiers, in order: what its ``update`` does.
 
     This is ``modifier.update_event(state, event, **kwargs)`` for each, done
@@ -63,9 +65,12 @@ def forward(stage: StageModifiers, state: State, event: Event, kwargs: dict[str,
     class that keeps the base class's empty hooks, most events are such. A
     modifier class that overrides ``update_event`` gets that call. An exception
     gets a note saying which modifiers the event was and was not delivered to.
+    ``start``: the position of the first modifier to send it to.
     """
     kind = event.type_
-    for position, modifier in enumerate(stage.modifiers):
+    modifiers = stage.modifiers
+    for position in range(start, len(modifiers)):
+        modifier = modifiers[position]
         try:
             cell = modifier._lc.get(kind) if type(modifier).update_event is _FAST else None
             if cell is None:  # update_event overridden, or an event its table lacks
@@ -73,11 +78,7 @@ def forward(stage: StageModifiers, state: State, event: Event, kwargs: dict[str,
             elif cell is not IGNORE:
                 cell(modifier, state, event, kwargs)
         except Exception as error:
-            error.add_note(
-                f"while {stage.lifecycle_label} forwarded {event.type_.name} at step "
-                f"{event.global_step}: "
-                f"{stage._account(position, 'delivered to', 'not delivered to')}"
-            )
+            error.add_note(stage.forwarding_note(event, position))
             raise
 
 
@@ -292,6 +293,13 @@ class StageModifiers(ModifierInterface):
         forward(self, state, event, kwargs)
 
     # --- applying a lifecycle call to every modifier, and failure accounts ------------------
+
+    def forwarding_note(self, event: Event, position: int) -> str:
+        """The note for an exception that modifier ``position`` raised on ``event``."""
+        return (
+            f"while {self.lifecycle_label} forwarded {event.type_.name} at step "
+            f"{event.global_step}: {self._account(position, 'delivered to', 'not delivered to')}"
+        )
 
     def _apply(self, action: str, state: State, kwargs: dict[str, Any]) -> bool:
         """Run ``action`` ("initialize"/"finalize") on each modifier not yet done, in order."""

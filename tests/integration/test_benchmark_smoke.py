@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import compression, distributed, session_overhead
 from benchmarks.dispatch import main
+from engine import EventType
 
 
 def test_quick_benchmark_reports_all_phases(tmp_path: Path) -> None:
@@ -33,6 +34,24 @@ def test_quick_session_overhead_reports_every_model(tmp_path: Path) -> None:
         assert row["torch_step_us"] > 0
         assert row["engine_us"] > 0
         assert row["overhead"] == row["engine_us"] / row["torch_step_us"]
+        low, high = row["floor_ci_us"]
+        assert low <= row["floor_us"] <= high
+        assert row["floor_overhead"] == row["floor_us"] / row["torch_step_us"]
+
+
+def test_the_minimal_loop_of_the_floor_checks_the_order_and_counts() -> None:
+    loop = session_overhead.MinimalLoop()
+    for call in ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step"):
+        getattr(loop, call)()
+    loop.batch_end()
+    assert (loop.step, loop.batch, loop.position) == (1, 1, "idle")
+    assert (loop.event.type_, loop.event.global_step, loop.event.global_batch) == (
+        EventType.BATCH_END,
+        1,
+        1,
+    )
+    with pytest.raises(RuntimeError, match="out of order"):
+        loop.batch_end()
 
 
 def test_quick_compression_benchmark_reports_every_phase_with_identical_weights(

@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engine import Event, EventType, Modifier, State
 from engine.machine import IGNORE
 from engine.session import Session
+from engine.stage import StageModifiers
 from tests.doubles import put_in_state
 from tests.property.test_session_grammar import LOOP_EVENTS
 
@@ -102,8 +103,60 @@ def test_a_specialized_class_calls_the_hooks_the_declared_table_calls(
         assert all(fast._lc[kind] is IGNORE for kind in (EventType.LOSS_CALCULATED,))
 
 
+@attrs.define(eq=False)
+class Meddler(Modifier):
+    """Reschedules another modifier from inside an event (the plans must notice)."""
+
+    at: int = 0
+    start: int | None = None
+    value: int | None = None
+    victim: Modifier | None = None
+    calls: list[tuple[str, str, int, int, list[str]]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        call = (
+            "on_event",
+            event.type_.value,
+            event.global_step,
+            event.global_batch,
+            sorted(kwargs),
+        )
+        self.calls.append(call)
+        if self.victim is not None and event.global_step == self.at:
+            self.victim.end = self.value
+
+
+@attrs.define(eq=False)
+class Dispatching(Modifier):
+    """Overrides update_event: it must get every event, as the stage would send it."""
+
+    calls: list[tuple[str, str, int, int, list[str]]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        call = (
+            "update_event",
+            event.type_.value,
+            event.global_step,
+            event.global_batch,
+            list[str](),
+        )
+        self.calls.append(call)
+        super().update_event(state, event, **kwargs)
+
+
 class FastSessionAgainstCells(RuleBasedStateMachine):
-    """One recipe in two sessions: ``fast`` (no trace) and ``cells`` (traced)."""
+    """One recipe in two sessions: ``fast`` (no trace) and ``cells`` (traced).
+
+    The first stage holds a :class:`Meddler` that changes the ``end`` of the
+    stage's last modifier at a drawn step, then the drawn modifiers; the second
+    stage holds a :class:`Dispatching` modifier.
+    """
 
     fast: Session
     cells: Session
@@ -112,7 +165,10 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
         per_step=st.integers(1, 3),
         steps_per_epoch=st.one_of(st.none(), st.integers(1, 4)),
         windows=st.lists(st.tuples(bounds, bounds, st.sampled_from(sorted(CLASSES))), max_size=3),
-        fail_at=st.one_of(st.none(), st.tuples(st.sampled_from(EMPTY_HOOKS), st.integers(0, 4))),
+        # from step 1: initialize (step 0) must succeed; the loop's failures are what is compared
+        fail_at=st.one_of(st.none(), st.tuples(st.sampled_from(EMPTY_HOOKS), st.integers(1, 4))),
+        meddle=st.tuples(st.integers(0, 4), bounds),
+        dispatching=bounds,
     )
     def setup(
         self,
@@ -120,11 +176,20 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
         steps_per_epoch: int | None,
         windows: list[tuple[int | None, int | None, tuple[str, ...]]],
         fail_at: tuple[str, int] | None,
+        meddle: tuple[int, int | None],
+        dispatching: int | None,
     ) -> None:
-        def recipe() -> list[Modifier]:
-            return [
+        def recipe() -> list[StageModifiers]:
+            modifiers = [
                 CLASSES[subset](start=start, end=end, fail_at=fail_at)  # type: ignore[call-arg]
                 for start, end, subset in windows
+            ]
+            meddler = Meddler(
+                start=0, at=meddle[0], value=meddle[1], victim=modifiers[-1] if modifiers else None
+            )
+            return [
+                StageModifiers([meddler, *modifiers], group="first"),
+                StageModifiers([Dispatching(start=dispatching)], group="second"),
             ]
 
         self.fast, self.cells = Session(), Session()
@@ -164,6 +229,13 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
             else:
                 outcomes.append(None)
         assert outcomes[0] == outcomes[1]
+
+    @rule(which=st.integers(0, 4), start=bounds, end=bounds)
+    def reschedule(self, which: int, start: int | None, end: int | None) -> None:
+        for session in (self.fast, self.cells):
+            modifiers = [modifier for _, modifier in session.modifiers]
+            modifier = modifiers[which % len(modifiers)]
+            modifier.start, modifier.end = start, end
 
     @invariant()
     def the_same_everywhere(self) -> None:

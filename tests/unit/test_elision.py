@@ -19,8 +19,8 @@ import pytest
 from engine import Event, EventType, LifecycleState, Modifier, State
 from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
 from engine.errors import ConfigTypeError
-from engine.machine import IGNORE, compile_machine, specialize
-from engine.modifier import switch_class
+from engine.machine import IGNORE, compile_machine, epoch, specialize
+from engine.modifier import is_inert, switch_class
 from engine.session import Session
 from engine.stage import StageModifiers
 from tests.doubles import NoopModifier
@@ -251,3 +251,61 @@ def test_a_session_subclass_runs_the_declared_cells() -> None:
     assert absorbed == ["batch_start", "loss_calculated"]
     assert (session.state.batch_data, session.state.loss) == ("x", 1.5)
     assert session.modifiers[0][1].received == ["batch_start", "loss_calculated"]  # type: ignore[attr-defined]
+
+
+@attrs.define
+class OwnEnd(NoopModifier):
+    """Overrides should_end: the engine cannot know when it holds."""
+
+    def should_end(self, event: Event) -> bool:
+        return event.global_step >= 2
+
+
+@pytest.mark.parametrize(
+    ("cls", "start", "end", "kind", "inert"),
+    [
+        # inside the window, empty hooks: nothing to do but notice the end
+        (NoopModifier, 0, None, EventType.LOSS_CALCULATED, True),
+        (NoopModifier, 0, None, EventType.BATCH_END, True),  # no end: should_end never holds
+        (NoopModifier, 0, 5, EventType.BATCH_END, False),
+        (OwnEnd, 0, None, EventType.BATCH_END, False),  # its own guard
+        (Updates, 0, None, EventType.BATCH_END, False),  # on_update runs either way
+        (Updates, 0, None, EventType.LOSS_CALCULATED, False),
+        (OwnDispatch, 0, None, EventType.LOSS_CALCULATED, False),  # overrides update_event
+        # waiting for a window that cannot open
+        (NoopModifier, None, None, EventType.BATCH_START, True),
+        (NoopModifier, 3, 3, EventType.BATCH_START, True),
+        (NoopModifier, 4, 3, EventType.BATCH_START, True),
+        (NoopModifier, 3, 4, EventType.BATCH_START, False),
+        (NoopModifier, 3, None, EventType.BATCH_START, False),
+    ],
+)
+def test_is_inert_says_when_an_event_can_do_nothing(
+    cls: type[Modifier], start: int | None, end: int | None, kind: EventType, inert: bool
+) -> None:
+    modifier = cls(start=start, end=end)
+    modifier.initialize(STATE)
+    assert is_inert(modifier, kind) is inert
+
+
+def test_assigning_a_window_bound_advances_the_epoch() -> None:
+    modifier = started(NoopModifier)
+    before = epoch()
+    modifier.end = 4
+    assert epoch() != before
+    assert not is_inert(modifier, EventType.BATCH_END)
+
+
+def test_a_session_notices_a_window_bound_changed_between_events() -> None:
+    modifier = NoopModifier(start=0)
+    session = Session()
+    session.initialize(recipe=[modifier])
+    for _ in range(2):  # plans are built with end=None: every event is inert
+        for call in ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step"):
+            getattr(session, call)()
+        session.batch_end()
+    modifier.end = 3
+    for call in ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step"):
+        getattr(session, call)()
+    session.batch_end()
+    assert modifier.lifecycle_state is LifecycleState.ENDED
