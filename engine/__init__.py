@@ -10,7 +10,7 @@ from engine.errors import (
 )
 from engine.events import Event, EventType
 from engine.lifecycle import LIFECYCLE, LifecycleState
-from engine.modifier import Modifier, ModifierInterface
+from engine.modifier import Modifier, ModifierInterface, handles
 from engine.state import Data, Hardware, LoggerManager, State
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "Modifier",
     "ModifierInterface",
     "State",
+    "handles",
 ]

@@ -173,6 +173,8 @@ class CompiledMachine:
         state_attr: the attribute the cells assign the new state to.
         cell_plans: the plans the cells were built from: ``plans``, or for a
             :func:`specialize` variant, the plans with the left-out calls removed.
+        key_plans: (state, event key) -> the plan of a cell that differs from its
+            trigger's (a :func:`specialize` variant with ``key_filters``).
     """
 
     declaration: Declaration
@@ -182,6 +184,7 @@ class CompiledMachine:
     allowed: Mapping[str, tuple[str, ...]]
     state_attr: str
     cell_plans: Mapping[tuple[str, str], Plan]
+    key_plans: Mapping[tuple[str, Hashable], Plan] = attrs.field(factory=dict)
 
 
 _COMPILED: dict[str, CompiledMachine] = {}
@@ -544,6 +547,7 @@ def specialize(
     *,
     noop_hooks: frozenset[str],
     pure_guards: frozenset[str] = frozenset(),
+    key_filters: Mapping[str, frozenset[Hashable]] | None = None,
     into: CompiledMachine | None = None,
 ) -> CompiledMachine:
     """A variant of ``machine`` for objects whose hooks in ``noop_hooks`` do nothing.
@@ -561,6 +565,9 @@ def specialize(
         machine: the compiled declaration (:func:`compile_machine`).
         noop_hooks: hooks that the objects' class leaves as do-nothing defaults.
         pure_guards: guards the class leaves as side-effect-free defaults.
+        key_filters: hook -> the event keys it acts on; for any other key its call
+            is left out of that key's cell too (the hook does nothing there:
+            :func:`engine.modifier.handles` makes sure of it).
         into: an earlier variant of the same declaration to rebuild in place, so
             objects already holding its states see the new cells (used when a
             hook is assigned to a class after it was defined).
@@ -568,15 +575,22 @@ def specialize(
     plans = {key: _elide(plan, noop_hooks, pure_guards) for key, plan in machine.plans.items()}
     if into is not None and into.declaration != machine.declaration:
         raise ValueError("specialize: 'into' must be a variant of the same declaration")
+    decl = machine.declaration
+    key_plans: dict[tuple[str, Hashable], Plan] = {}
+    for hook, keys in (key_filters or {}).items():
+        for key, trigger in decl.event_triggers.items():
+            if key in keys:
+                continue
+            for state in decl.state_names():
+                plan = key_plans.get((state, key), plans[(state, trigger)])
+                if plan.when_true is not None:  # rejected and ignored cells stay as they are
+                    key_plans[(state, key)] = _elide(plan, frozenset({hook}), pure_guards)
     built = _build(
-        machine.declaration,
-        plans,
-        machine.state_attr,
-        None if into is None else into.states,
+        decl, plans, machine.state_attr, None if into is None else into.states, key_plans
     )
     if into is not None:
         touch()  # objects in these states now run other cells
-    return attrs.evolve(built, plans=machine.plans, cell_plans=plans)
+    return attrs.evolve(built, plans=machine.plans, cell_plans=plans, key_plans=key_plans)
 
 
 def _elide(plan: Plan, noop_hooks: frozenset[str], pure_guards: frozenset[str]) -> Plan:
@@ -602,6 +616,7 @@ def _build(
     plans: Mapping[tuple[str, str], Plan],
     attr: str,
     into: Mapping[str, CompiledState] | None = None,
+    key_plans: Mapping[tuple[str, Hashable], Plan] | None = None,
 ) -> CompiledMachine:
     hooks = {h.name: h for h in decl.hooks}
     triggers = {t.name: t for t in decl.triggers}
@@ -637,6 +652,12 @@ def _build(
     for key, trigger in decl.event_triggers.items():
         for table in states.values():
             table[key] = table.calls[trigger]
+    built: dict[Plan, Cell] = {}
+    for (state, key), plan in (key_plans or {}).items():
+        if plan not in built:
+            prelude = hooks[plan.prelude] if plan.prelude is not None else None
+            built[plan] = _move_cell(plan, prelude, states, attr)
+        states[state][key] = built[plan]
     return CompiledMachine(
         decl, states, states[decl.initial], dict(plans), allowed, attr, dict(plans)
     )

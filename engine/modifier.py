@@ -26,9 +26,10 @@ raises :class:`~engine.errors.IllegalTransitionError` and changes nothing.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from math import inf, isfinite
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import attrs
 
@@ -51,7 +52,7 @@ from engine.state import State
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "is_inert", "switch_class"]
+__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "handles", "is_inert", "switch_class"]
 
 START_PROBE = Event(EventType.BATCH_START, global_step=0)
 """The synthetic event ``initialize`` asks ``should_start`` about (step 0, as the reference)."""
@@ -383,6 +384,20 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
                 declaration=declaration.name,
                 where=name,
             )
+    key_filters: dict[str, frozenset[Any]] = {}
+    for hook in declaration.hooks:
+        types = getattr(getattr(cls, hook.name), "__modfsm_handles__", None)
+        if types is None:
+            continue
+        if hook.gate or not hook.takes_event:
+            raise DeclarationError(
+                f"{cls.__name__}.{hook.name} is decorated with @handles, but it is not "
+                f"called with an event in the lifecycle {declaration.name!r}. To fix, "
+                "decorate only event hooks (on_event, on_start, on_update, on_end).",
+                declaration=declaration.name,
+                where=hook.name,
+            )
+        key_filters[hook.name] = types
     if into is not None and into.declaration != declaration:
         into = None
     if cls.__dictoffset__:  # instances have a __dict__, so one may be given its own hook
@@ -391,8 +406,51 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
         compiled,
         noop_hooks=frozenset(n for n, f in _NOOP_HOOKS.items() if getattr(cls, n, None) is f),
         pure_guards=frozenset(n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f),
+        key_filters=key_filters,
         into=into,
     )
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def handles(*event_types: EventType) -> Callable[[_Hook], _Hook]:
+    """Decorate an event hook (``on_event``, ``on_update``, ...) that acts on these types only.
+
+    The hook runs for events of the given types and returns at once for any
+    other, so it may leave out the type checks it would otherwise begin with;
+    and the class's compiled lifecycle leaves its call out of the cells of
+    the other types, so a stage does not call the modifier for them at all::
+
+        @handles(EventType.OPTIM_POST_STEP)
+        def on_update(self, state, event, **kwargs):
+            self.apply_masks()
+
+    Raises:
+        ConfigTypeError: an argument is not an :class:`~engine.events.EventType`,
+            or there is none.
+    """
+    types = frozenset(event_types)
+    if not types or not all(isinstance(t, EventType) for t in event_types):
+        raise ConfigTypeError(
+            f"handles({', '.join(map(repr, event_types))}): name one or more EventType "
+            "members. To fix, write e.g. @handles(EventType.OPTIM_POST_STEP).",
+            owner="handles",
+            field="event_types",
+            value=event_types,
+        )
+
+    def decorate(hook: _Hook) -> _Hook:
+        @functools.wraps(hook)
+        def filtered(self: Any, state: State, event: Event, **kwargs: Any) -> Any:
+            if event.type_ in types:
+                return hook(self, state, event, **kwargs)
+            return None
+
+        filtered.__modfsm_handles__ = types  # type: ignore[attr-defined]  # read at compile
+        return filtered  # type: ignore[return-value]  # same call signature
+
+    return decorate
 
 
 def is_inert(modifier: Modifier, kind: EventType) -> bool:
@@ -416,8 +474,11 @@ def is_inert(modifier: Modifier, kind: EventType) -> bool:
     if cell is IGNORE:
         return True
     machine = cls.__compiled_lifecycle__
+    name = modifier._lc.name
     trigger = machine.declaration.event_triggers.get(kind)
-    plan = None if trigger is None else machine.cell_plans.get((modifier._lc.name, trigger))
+    plan = machine.key_plans.get((name, kind))
+    if plan is None and trigger is not None:
+        plan = machine.cell_plans.get((name, trigger))
     if plan is None or plan.guard is None or plan.prelude is not None or plan.when_false is None:
         return False
     if plan.when_false.hooks or plan.when_false.dest is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from engine import Event, EventType, State
+from engine import Event, EventType, State, handles
 from modifiers.pruning.base import MaskingBase
 
 __all__ = ["ConstantPruningModifier"]
@@ -26,9 +26,9 @@ class ConstantPruningModifier(MaskingBase):
     def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
         self._masks = {name: weight != 0 for name, weight in self.weights().items()}
 
+    @handles(EventType.OPTIM_POST_STEP)
     def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
-        if event.type_ is EventType.OPTIM_POST_STEP:
-            self.apply_masks()
+        self.apply_masks()
 
     def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
         self._masks = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from engine import ConfigError, Event, EventType, State
+from engine import ConfigError, Event, EventType, State, handles
 from modifiers.pruning.base import MaskingBase, check_bool, check_fraction
 from modifiers.pruning.masks import (
     cubic_sparsity,
@@ -124,9 +124,8 @@ class MagnitudePruningModifier(MaskingBase):
     def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
         self.prune_to(self.target_sparsity(event))
 
+    @handles(EventType.OPTIM_POST_STEP)
     def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
-        if event.type_ is not EventType.OPTIM_POST_STEP:
-            return
         if event.should_update(self.start, self.end, self.update):
             self.prune_to(self.target_sparsity(event))
         else:
@@ -139,9 +138,10 @@ class MagnitudePruningModifier(MaskingBase):
         if not self.leave_enabled:
             self._masks = {}
 
+    @handles(EventType.OPTIM_POST_STEP)
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
         # After the window, on_update no longer runs; keep the final masks in force.
-        if self._masks and event.type_ is EventType.OPTIM_POST_STEP and self.ended:
+        if self._masks and self.ended:
             self.apply_masks()
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Two shortcuts sit on the hot path (see ``benchmarks/README.md``):
 
 * each ``attrs`` modifier class runs a variant of the lifecycle that leaves out
-  the calls to the hooks it keeps empty (``engine.machine.specialize``), and a
+  the calls to the hooks it keeps empty, and to hooks decorated with
+  ``@handles`` for the other event types (``engine.machine.specialize``), and a
   stage skips a modifier whose cell is then :data:`~engine.machine.IGNORE`;
 * a plain ``Session`` runs the legal moves of loop events from a table derived
   from the grammar's plans (``engine.session._FAST``) instead of calling the
@@ -24,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import Event, EventType, Modifier, State
+from engine import Event, EventType, Modifier, State, handles
 from engine.machine import IGNORE
 from engine.session import Session
 from engine.stage import StageModifiers
@@ -71,6 +72,31 @@ CLASSES = {
     for size in range(len(EMPTY_HOOKS) + 1)
     for subset in itertools.combinations(EMPTY_HOOKS, size)
 }
+
+
+def _filtered_class() -> type[Modifier]:
+    """Records every hook, each decorated with @handles for some event types only."""
+    post, ends = EventType.OPTIM_POST_STEP, EventType.BATCH_END
+    filters = {
+        "on_event": (post, EventType.LOSS_CALCULATED),
+        "on_start": (EventType.BATCH_START,),
+        "on_update": (post, ends),
+        "on_end": (ends,),
+    }
+    namespace: dict[str, Any] = {
+        "__annotations__": {
+            "calls": "list[tuple[str, str, int, int, list[str]]]",
+            "fail_at": "Any",
+        },
+        "calls": attrs.field(factory=list),
+        "fail_at": attrs.field(default=None),
+        "on_initialize": _initialize,
+        **{name: handles(*types)(_recording(name)) for name, types in filters.items()},
+    }
+    return attrs.define(eq=False)(type("Filtered", (Modifier,), namespace))
+
+
+CLASSES[("filtered",)] = _filtered_class()
 
 EVENTS = [t for t in EventType if t not in (EventType.INITIALIZE, EventType.FINALIZE)]
 bounds = st.one_of(st.none(), st.integers(-1, 6))

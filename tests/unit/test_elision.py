@@ -16,9 +16,9 @@ from unittest import mock
 import attrs
 import pytest
 
-from engine import Event, EventType, LifecycleState, Modifier, State
+from engine import Event, EventType, LifecycleState, Modifier, State, handles
 from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
-from engine.errors import ConfigTypeError
+from engine.errors import ConfigTypeError, DeclarationError
 from engine.machine import IGNORE, compile_machine, epoch, specialize
 from engine.modifier import is_inert, switch_class
 from engine.session import Session
@@ -309,3 +309,49 @@ def test_a_session_notices_a_window_bound_changed_between_events() -> None:
         getattr(session, call)()
     session.batch_end()
     assert modifier.lifecycle_state is LifecycleState.ENDED
+
+
+POSTED: list[str] = []
+
+
+@attrs.define
+class PostOnly(NoopModifier):
+    @handles(EventType.OPTIM_POST_STEP)
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        POSTED.append(event.type_.value)
+
+
+def test_a_hook_decorated_with_handles_runs_only_for_its_event_types() -> None:
+    POSTED.clear()
+    modifier = started(PostOnly)
+    for kind in (EventType.BATCH_START, EventType.LOSS_CALCULATED, EventType.OPTIM_POST_STEP):
+        modifier.update_event(STATE, Event(kind))
+    PostOnly.on_update(modifier, STATE, Event(EventType.LOSS_CALCULATED))  # called directly
+    assert POSTED == ["optim_post_step"]
+
+
+def test_handles_leaves_the_hook_out_of_the_other_event_types_cells() -> None:
+    table = PostOnly.__compiled_lifecycle__.states["started"]
+    assert table[EventType.LOSS_CALCULATED] is IGNORE
+    assert table[EventType.BATCH_START] is IGNORE
+    assert table[EventType.OPTIM_POST_STEP] is not IGNORE
+    modifier = started(PostOnly)
+    assert is_inert(modifier, EventType.OPTIM_PRE_STEP)
+    assert not is_inert(modifier, EventType.OPTIM_POST_STEP)
+    assert is_inert(modifier, EventType.BATCH_END)  # no end, and on_update left out
+
+
+@pytest.mark.parametrize("arguments", [(), ("optim_post_step",), (EventType.BATCH_END, 3)])
+def test_handles_needs_event_types(arguments: tuple[Any, ...]) -> None:
+    with pytest.raises(ConfigTypeError, match=r"name one or more EventType members"):
+        handles(*arguments)
+
+
+def test_handles_on_a_hook_called_without_an_event_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(DeclarationError, match=r"Gated.on_initialize is decorated with @handles"):
+
+        @attrs.define
+        class Gated(Modifier):
+            @handles(EventType.BATCH_START)
+            def on_initialize(self, state: State, **kwargs: Any) -> bool:
+                return True
