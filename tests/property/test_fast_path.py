@@ -50,8 +50,8 @@ def _initialize(self: Any, state: State, **kwargs: Any) -> bool:
     return True
 
 
-def _class(overridden: tuple[str, ...]) -> type[Modifier]:
-    """An attrs modifier class recording the hooks in ``overridden``; the others stay empty."""
+def _class(name: str, hooks: dict[str, Any]) -> type[Modifier]:
+    """An attrs modifier class with ``hooks``, recording ``calls``; the others stay empty."""
     namespace: dict[str, Any] = {
         "__annotations__": {
             "calls": "list[tuple[str, str, int, int, list[str]]]",
@@ -60,43 +60,30 @@ def _class(overridden: tuple[str, ...]) -> type[Modifier]:
         "calls": attrs.field(factory=list),
         "fail_at": attrs.field(default=None),
         "on_initialize": _initialize,
-        **{name: _recording(name) for name in overridden},
+        **hooks,
     }
-    cls = type(f"Keeps_{'_'.join(overridden) or 'none'}", (Modifier,), namespace)
-    return attrs.define(eq=False)(cls)
+    return attrs.define(eq=False)(type(name, (Modifier,), namespace))
 
 
 #: one class for each subset of the empty hooks it overrides
 CLASSES = {
-    subset: _class(subset)
+    subset: _class(
+        f"Keeps_{'_'.join(subset) or 'none'}", {name: _recording(name) for name in subset}
+    )
     for size in range(len(EMPTY_HOOKS) + 1)
     for subset in itertools.combinations(EMPTY_HOOKS, size)
 }
 
-
-def _filtered_class() -> type[Modifier]:
-    """Records every hook, each decorated with @handles for some event types only."""
-    post, ends = EventType.OPTIM_POST_STEP, EventType.BATCH_END
-    filters = {
-        "on_event": (post, EventType.LOSS_CALCULATED),
-        "on_start": (EventType.BATCH_START,),
-        "on_update": (post, ends),
-        "on_end": (ends,),
-    }
-    namespace: dict[str, Any] = {
-        "__annotations__": {
-            "calls": "list[tuple[str, str, int, int, list[str]]]",
-            "fail_at": "Any",
-        },
-        "calls": attrs.field(factory=list),
-        "fail_at": attrs.field(default=None),
-        "on_initialize": _initialize,
-        **{name: handles(*types)(_recording(name)) for name, types in filters.items()},
-    }
-    return attrs.define(eq=False)(type("Filtered", (Modifier,), namespace))
-
-
-CLASSES[("filtered",)] = _filtered_class()
+#: and one whose every hook is decorated with @handles for some event types only
+_FILTERS = {
+    "on_event": (EventType.OPTIM_POST_STEP, EventType.LOSS_CALCULATED),
+    "on_start": (EventType.BATCH_START,),
+    "on_update": (EventType.OPTIM_POST_STEP, EventType.BATCH_END),
+    "on_end": (EventType.BATCH_END,),
+}
+CLASSES[("filtered",)] = _class(
+    "Filtered", {name: handles(*types)(_recording(name)) for name, types in _FILTERS.items()}
+)
 
 EVENTS = [t for t in EventType if t not in (EventType.INITIALIZE, EventType.FINALIZE)]
 bounds = st.one_of(st.none(), st.integers(-1, 6))
