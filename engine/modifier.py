@@ -52,7 +52,15 @@ from engine.state import State
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["START_PROBE", "Modifier", "ModifierInterface", "handles", "is_inert", "switch_class"]
+__all__ = [
+    "START_PROBE",
+    "Modifier",
+    "ModifierInterface",
+    "handles",
+    "is_inert",
+    "quiet_until",
+    "switch_class",
+]
 
 START_PROBE = Event(EventType.BATCH_START, global_step=0)
 """The synthetic event ``initialize`` asks ``should_start`` about (step 0, as the reference)."""
@@ -453,26 +461,30 @@ def handles(*event_types: EventType) -> Callable[[_Hook], _Hook]:
     return decorate
 
 
-def is_inert(modifier: Modifier, kind: EventType) -> bool:
-    """Whether ``update_event`` with an event of type ``kind`` can do nothing, for now.
+def quiet_until(modifier: Modifier, kind: EventType) -> float:
+    """From which schedule index on ``update_event`` with an event of type ``kind`` may act.
 
-    True when the modifier's cell for ``kind`` in its current state is
-    :data:`~engine.machine.IGNORE`, or when all the cell does is ask a guard the
-    class keeps from this base class that cannot hold for the modifier's
-    ``start``/``end`` (``should_end`` with no ``end``; ``should_start`` with no
-    ``start``, or with ``start >= end``) and the guard's "no" runs nothing.
-    The answer holds until :data:`~engine.machine.EPOCH` changes (a state change,
-    or ``start``/``end`` assigned). False for a class that overrides
-    ``update_event``.
+    ``math.inf``: it does nothing whatever the index: the modifier's cell for
+    ``kind`` in its current state is :data:`~engine.machine.IGNORE`, or all the
+    cell does is ask a guard that cannot hold (below) and the guard's "no" runs
+    nothing. A number ``b``: it does nothing for events whose ``current_index``
+    is below ``b``. ``-math.inf``: it may act now.
+
+    Only the guards this base class defines are read, for the class's own
+    ``start``/``end``: ``should_end`` cannot hold without an ``end`` and holds
+    from ``end`` on; ``should_start`` cannot hold without a ``start`` or with
+    ``start >= end``, and not below ``start``. The answer holds until
+    :data:`~engine.machine.EPOCH` changes (a state change, or ``start``/``end``
+    assigned). A class that overrides ``update_event`` may always act.
     """
     cls = type(modifier)
     if cls.update_event is not Modifier.update_event:
-        return False
+        return -inf
     cell = modifier._lc.get(kind)
     if cell is None:
-        return False
+        return -inf
     if cell is IGNORE:
-        return True
+        return inf
     machine = cls.__compiled_lifecycle__
     name = modifier._lc.name
     trigger = machine.declaration.event_triggers.get(kind)
@@ -480,16 +492,24 @@ def is_inert(modifier: Modifier, kind: EventType) -> bool:
     if plan is None and trigger is not None:
         plan = machine.cell_plans.get((name, trigger))
     if plan is None or plan.guard is None or plan.prelude is not None or plan.when_false is None:
-        return False
+        return -inf
     if plan.when_false.hooks or plan.when_false.dest is not None:
-        return False
+        return -inf
     guard = plan.guard
     if getattr(cls, guard, None) is not _PURE_GUARDS.get(guard):
-        return False
+        return -inf
     start, end = modifier.start, modifier.end
     if guard == "should_end":
-        return end is None
-    return start is None or (end is not None and start >= end)  # should_start
+        return inf if end is None else end
+    if start is None or (end is not None and start >= end):  # should_start
+        return inf
+    return start
+
+
+def is_inert(modifier: Modifier, kind: EventType) -> bool:
+    """Whether ``update_event`` with an event of type ``kind`` can do nothing, whatever
+    its index (:func:`quiet_until` is infinite)."""
+    return quiet_until(modifier, kind) == inf
 
 
 def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:

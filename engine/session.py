@@ -31,6 +31,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from math import inf
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeAlias
@@ -50,7 +51,7 @@ from engine.distributed import (
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
 from engine.events import Event, EventType, to_event_type, trusted_event
 from engine.machine import EPOCH, Branch, Cell, CompiledState, compile_machine, touch
-from engine.modifier import Modifier, is_inert
+from engine.modifier import Modifier, quiet_until
 from engine.recipe import DEFAULT_STAGE, Recipe
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
 from engine.stage import _COMPILED as _STAGE_MACHINE
@@ -74,12 +75,15 @@ _STAGE_READY: Final = _STAGE_MACHINE.states["initialized"]
 _ABSORBED: Final = ("batch_data", "loss")
 _FAST_UPDATE: Final = Modifier.update_event
 _EPOCH: Final = EPOCH
+_NO_PLAN: Final = ((), -math.inf)  # no plan yet: build one at any index
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
 _ACCUMULATING: Final = frozenset({SessionState.ACCUMULATING, SessionState.ACCUMULATING_LOSS})
 _LOCAL = threading.local()
 _BATCH_END: Final = EventType.BATCH_END
+_PRE_STEP: Final = EventType.OPTIM_PRE_STEP
+_POST_STEP: Final = EventType.OPTIM_POST_STEP
 _NEVER: Final = sys.maxsize
 
 
@@ -152,7 +156,9 @@ class Session:
     _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
     _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
     _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
-    _plans: dict[EventType, tuple[_Entry, ...]] = attrs.field(init=False, repr=False, factory=dict)
+    _plans: dict[EventType, tuple[tuple[_Entry, ...], float]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
     _plans_at: int = attrs.field(init=False, repr=False, default=-1)
 
     # --- views ------------------------------------------------------------------------------
@@ -358,9 +364,11 @@ class Session:
             if self._plans_at != _EPOCH[0]:
                 self._plans.clear()
                 self._plans_at = _EPOCH[0]
-            plan = self._plans.get(kind)
-            if plan is None:
-                plan = self._plans[kind] = _fan_out(self.stages, kind)
+            step = event.global_step
+            index = step if self.steps_per_epoch is None else step / self.steps_per_epoch
+            plan, wake = self._plans.get(kind, _NO_PLAN)
+            if index >= wake:
+                plan, wake = self._plans[kind] = _fan_out(self.stages, kind, index)
             if plan:
                 _deliver(plan, self.stages, state, event, kwargs)
             if counter is not None:
@@ -941,10 +949,12 @@ class Session:
         def before_step(*_: Any) -> None:
             # A step in a batch that does not complete the accumulation is a partial step
             # (a last, incomplete accumulation): the loop cannot say so through step().
-            self.optim_pre_step(partial=self.position in _ACCUMULATING)
+            # (What optim_pre_step(partial=...) does, without the calls in between.)
+            partial = self._lc.name in _ACCUMULATING
+            self._emit(_PRE_STEP, "partial_step" if partial else "optim_pre_step", {})
 
         def after_step(*_: Any) -> None:
-            self.optim_post_step()
+            self._emit(_POST_STEP, "optim_post_step", {})  # optim_post_step()
 
         self._hook_handles = [
             optimizer.register_step_pre_hook(before_step),
@@ -1164,25 +1174,32 @@ With a cell: ``cell(modifier, ...)``; with a modifier and no cell:
 """
 
 
-def _fan_out(stages: Sequence[StageModifiers], kind: EventType) -> tuple[_Entry, ...]:
-    """The deliveries :func:`_send` would make for an event of type ``kind`` that can act.
+def _fan_out(
+    stages: Sequence[StageModifiers], kind: EventType, index: float
+) -> tuple[tuple[_Entry, ...], float]:
+    """The deliveries :func:`_send` would make, for events of type ``kind`` from ``index`` on.
 
-    It leaves out every modifier for which that event is inert now
-    (:func:`engine.modifier.is_inert`); a stage that does not take events, or a
-    subclass, is one delivery to the stage. Valid while ``EPOCH[0]`` stays.
+    It leaves out every modifier that such an event cannot move yet
+    (:func:`engine.modifier.quiet_until` above ``index``); a stage that does not
+    take events, or a subclass, is one delivery to the stage. Returns the
+    deliveries and the index from which the plan no longer holds (the least
+    ``quiet_until`` left out); it also ends when ``EPOCH[0]`` changes.
     """
     entries: list[_Entry] = []
-    for index, stage in enumerate(stages):
+    wake = inf
+    for number, stage in enumerate(stages):
         if stage._lc is not _STAGE_READY or type(stage) is not StageModifiers:
-            entries.append((index, stage, -1, None, None))
+            entries.append((number, stage, -1, None, None))
             continue
         for position, modifier in enumerate(stage.modifiers):
-            if is_inert(modifier, kind):
+            quiet = quiet_until(modifier, kind)
+            if quiet > index:
+                wake = min(wake, quiet)
                 continue
             fast = type(modifier).update_event is _FAST_UPDATE
             cell = modifier._lc.get(kind) if fast else None
-            entries.append((index, stage, position, modifier, cell))
-    return tuple(entries)
+            entries.append((number, stage, position, modifier, cell))
+    return tuple(entries), wake
 
 
 def _deliver(

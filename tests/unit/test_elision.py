@@ -10,6 +10,7 @@ and sessions to classes that override ``update_event``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from unittest import mock
 
@@ -20,7 +21,7 @@ from engine import Event, EventType, LifecycleState, Modifier, State, handles
 from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
 from engine.errors import ConfigTypeError, DeclarationError
 from engine.machine import IGNORE, compile_machine, epoch, specialize
-from engine.modifier import is_inert, switch_class
+from engine.modifier import is_inert, quiet_until, switch_class
 from engine.session import Session
 from engine.stage import StageModifiers
 from tests.doubles import NoopModifier
@@ -355,3 +356,54 @@ def test_handles_on_a_hook_called_without_an_event_is_refused_when_the_class_is_
             @handles(EventType.BATCH_START)
             def on_initialize(self, state: State, **kwargs: Any) -> bool:
                 return True
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "kind", "quiet"),
+    [
+        (3, None, EventType.BATCH_START, 3),  # waiting: the window may open from step 3
+        (3, 7, EventType.BATCH_START, 3),
+        (3, None, EventType.BATCH_END, math.inf),  # no end: it cannot end unstarted
+        (3, 7, EventType.BATCH_END, 7),  # the end may pass before it started
+        (3, 7, EventType.LOSS_CALCULATED, math.inf),
+        (0, 7, EventType.BATCH_END, 7),  # started at initialize: the window closes at 7
+        (0, 7, EventType.BATCH_START, math.inf),
+    ],
+)
+def test_quiet_until_gives_the_index_from_which_an_event_may_act(
+    start: int, end: int | None, kind: EventType, quiet: float
+) -> None:
+    modifier = NoopModifier(start=start, end=end)
+    modifier.initialize(STATE)
+    assert quiet_until(modifier, kind) == quiet
+
+
+def test_quiet_until_is_minus_infinity_for_a_modifier_that_may_act_now() -> None:
+    assert quiet_until(started(Updates), EventType.LOSS_CALCULATED) == -math.inf
+    assert quiet_until(started(OwnDispatch), EventType.LOSS_CALCULATED) == -math.inf
+    waiting = OwnEnd(start=5)
+    waiting.initialize(STATE)
+    assert quiet_until(waiting, EventType.BATCH_START) == 5  # should_start is the default
+    assert quiet_until(started(OwnEnd), EventType.BATCH_END) == -math.inf  # its own should_end
+
+
+def test_a_session_wakes_a_quiet_modifier_at_its_start_and_end() -> None:
+    modifier = EventLogged(start=2, end=4)
+    session = Session()
+    session.initialize(recipe=[modifier])
+    for _ in range(5):
+        for call in ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step"):
+            getattr(session, call)()
+        session.batch_end()
+    assert modifier.hooks == [("on_start", "batch_start", 2), ("on_end", "batch_end", 4)]
+
+
+@attrs.define
+class EventLogged(NoopModifier):
+    hooks: list[tuple[str, str, float]] = attrs.field(factory=list)
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.hooks.append(("on_start", event.type_.value, event.current_index))
+
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.hooks.append(("on_end", event.type_.value, event.current_index))
