@@ -15,7 +15,10 @@ The two must end with bitwise-identical weights (checked every run), so they do
 the same arithmetic and the difference is the engine: events, dispatch, hooks.
 Rounds alternate the two (order swapped every round); figures are medians of
 the per-round ratios, for the whole run and for each phase (dense, pruning,
-masks held, quantization-aware training).
+masks held, quantization-aware training). A step is timed whole, from fetching
+its batch to the end of the batch: the session keeps the batch it is given
+(``state.batch_data``) until the next ``batch_start``, so the previous batch is
+released there rather than when the loop fetches the next one.
 
 Run ``python -m benchmarks.compression`` (``--quick`` for a smoke run).
 """
@@ -97,8 +100,8 @@ def run_modfsm(steps: int, seed: int, clock: list[float]) -> str:
     )
     cross_entropy = torch.nn.functional.cross_entropy
     for step in range(steps):
-        x, y = batches.batch(step)
         began = time.perf_counter()
+        x, y = batches.batch(step)
         session.batch_start(x)
         loss = cross_entropy(model(x), y)
         session.loss_calculated(loss)
@@ -150,8 +153,8 @@ def run_by_hand(steps: int, seed: int, clock: list[float]) -> str:
     cross_entropy = torch.nn.functional.cross_entropy
     pruned = ended = False
     for step in range(steps):
-        x, y = batches.batch(step)
         began = time.perf_counter()
+        x, y = batches.batch(step)
         if not pruned and start <= step < end:  # the window opens at this batch
             prune(step)
             pruned = True
