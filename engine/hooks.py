@@ -13,14 +13,25 @@ block restores the outer one. A hook registered with ``gate=False`` (cleanup
 that must pair with another hook) runs even inside a block. Hooks are switched off by the
 wrapper modfsm registers, so torch still sees them (their handles stay valid).
 The disabled state is process-wide, like the hooks themselves.
+
+One kind is modfsm's own rather than torch's: ``forward_wrap`` replaces a
+module's ``forward`` (an instance attribute, as ``compressed-tensors`` does for
+quantized forwards) by ``hook(module, forward, *args, **kwargs)``, which calls
+``forward`` itself. It does in one call what a ``forward_pre`` hook and a
+``forward`` hook do in two, without torch's hook path in ``Module.__call__``
+(``benchmarks/README.md``: 10-40 µs a step for the quantization hooks of the
+default recipe). Its handle (:class:`ForwardWrapHandle`) gives the module its
+``forward`` back, and it is gated and removed like the others.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from types import MethodType
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from engine.errors import ConfigError, ConfigTypeError
 
@@ -28,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HOOK_TYPES", "HooksMixin"]
+__all__ = ["HOOK_TYPES", "ForwardWrapHandle", "Handle", "HooksMixin"]
 
 #: hook type -> (what it attaches to: "module" or "tensor", the torch method that registers it)
 HOOK_TYPES: Final = {
@@ -38,10 +49,50 @@ HOOK_TYPES: Final = {
     "full_backward_pre": ("module", "register_full_backward_pre_hook"),
     "tensor": ("tensor", "register_hook"),
     "parameter": ("tensor", "register_hook"),
+    "forward_wrap": ("module", None),  # modfsm's own: replaces module.forward
 }
 
+
+class ForwardWrapHandle:
+    """The handle of a ``forward_wrap`` hook: :meth:`remove` gives the module its forward back.
+
+    If another wrapper was installed over this one since, removing this one
+    leaves that one in place and makes this one pass calls straight through.
+    """
+
+    __slots__ = ("id", "installed", "module", "previous", "removed")
+    _ids: Final = itertools.count()
+
+    def __init__(self, module: torch.nn.Module, previous: Any) -> None:
+        self.id = next(self._ids)
+        self.module = module
+        self.previous = previous  # the instance's own forward before, or None
+        self.installed: Any = None
+        self.removed = False
+
+    def remove(self) -> None:
+        """Restore the module's previous forward (idempotent)."""
+        if self.removed:
+            return
+        self.removed = True
+        namespace = self.module.__dict__
+        if namespace.get("forward") is self.installed:
+            if self.previous is None:
+                del namespace["forward"]
+            else:
+                namespace["forward"] = self.previous
+
+    def __repr__(self) -> str:
+        return f"<ForwardWrapHandle {self.id} on {type(self.module).__name__}>"
+
+
+if TYPE_CHECKING:
+    Handle: TypeAlias = RemovableHandle | ForwardWrapHandle
+else:
+    Handle = Any
+
 # One frozenset of kept handles per active ``disable_hooks`` block, outermost first.
-_DISABLED: list[frozenset[RemovableHandle]] = []
+_DISABLED: list[frozenset[Handle]] = []
 
 
 class HooksMixin:
@@ -54,11 +105,11 @@ class HooksMixin:
     """
 
     __slots__ = ()
-    _hooks: set[RemovableHandle] | None
+    _hooks: set[Handle] | None
 
     @classmethod
     @contextlib.contextmanager
-    def disable_hooks(cls, keep: Iterable[RemovableHandle] = ()) -> Iterator[None]:
+    def disable_hooks(cls, keep: Iterable[Handle] = ()) -> Iterator[None]:
         """Switch off every hook registered through any ``HooksMixin``, except ``keep``.
 
         Works the same whichever subclass it is called on, and nests: inside
@@ -89,14 +140,16 @@ class HooksMixin:
         *,
         gate: bool = True,
         **kwargs: Any,
-    ) -> RemovableHandle:
+    ) -> Handle:
         """Register ``hook`` on ``target`` and keep its handle.
 
         Args:
             target: a module (for ``forward``, ``forward_pre``, ``full_backward``,
-                ``full_backward_pre``) or a tensor/parameter that requires grad
-                (for ``tensor``/``parameter``).
-            hook: the function torch will call.
+                ``full_backward_pre``, ``forward_wrap``) or a tensor/parameter that
+                requires grad (for ``tensor``/``parameter``).
+            hook: the function torch will call; for ``forward_wrap``, the module's
+                new forward, called as ``hook(module, forward, *args, **kwargs)``
+                where ``forward`` is the one it replaces (call it to run the module).
             hook_type: one of :data:`HOOK_TYPES`.
             gate: False registers a hook that ``disable_hooks`` does not switch off
                 (cleanup that must always follow another hook); it is still
@@ -140,6 +193,18 @@ class HooksMixin:
             )
         own = self._own_hooks(create=True)
         assert own is not None  # create=True always gives a set
+        if method is None:  # forward_wrap
+            if kwargs:
+                raise ConfigError(
+                    f"{owner}.register_hook: a 'forward_wrap' hook takes no torch options, "
+                    f"got {sorted(kwargs)}. To fix, drop them.",
+                    owner=owner,
+                    field="kwargs",
+                    value=dict(kwargs),
+                )
+            wrap = _wrap_forward(target, hook, gate)  # type: ignore[arg-type]  # a Module here
+            own.add(wrap)
+            return wrap
         handle: RemovableHandle | None = None
 
         @functools.wraps(hook)
@@ -153,7 +218,7 @@ class HooksMixin:
         own.add(handle)
         return handle
 
-    def remove_hooks(self, handles: Iterable[RemovableHandle] | None = None) -> None:
+    def remove_hooks(self, handles: Iterable[Handle] | None = None) -> None:
         """Remove ``handles`` (any iterable), or every hook this object registered."""
         own = self._own_hooks(create=False)
         if own is None:
@@ -163,9 +228,9 @@ class HooksMixin:
             handle.remove()
         own -= chosen
 
-    def _own_hooks(self, *, create: bool) -> set[RemovableHandle] | None:
+    def _own_hooks(self, *, create: bool) -> set[Handle] | None:
         """The object's handle set; with ``create``, made on first use."""
-        own: set[RemovableHandle] | None = getattr(self, "_hooks", None)
+        own: set[Handle] | None = getattr(self, "_hooks", None)
         if own is None and create:
             own = set()
             try:
@@ -182,3 +247,28 @@ class HooksMixin:
                     value=None,
                 ) from None
         return own
+
+
+def _wrap_forward(
+    module: torch.nn.Module, hook: Callable[..., Any], gate: bool
+) -> ForwardWrapHandle:
+    """Install ``hook`` as ``module.forward``; see the module docstring."""
+    previous = module.__dict__.get("forward")
+    handle = ForwardWrapHandle(module, previous)
+    if previous is None:
+        original: Callable[..., Any] = type(module).forward
+    elif isinstance(previous, MethodType):
+        original = previous.__func__  # rebound to the module called, as after a deepcopy
+    else:
+
+        def original(module: Any, *args: Any, **kwargs: Any) -> Any:
+            return previous(*args, **kwargs)
+
+    def forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if handle.removed or (_DISABLED and gate and not any(handle in f for f in _DISABLED)):
+            return original(module, *args, **kwargs)
+        return hook(module, MethodType(original, module), *args, **kwargs)
+
+    handle.installed = MethodType(functools.wraps(original)(forward), module)
+    module.__dict__["forward"] = handle.installed
+    return handle

@@ -50,7 +50,7 @@ from engine.machine import (
 from engine.state import State
 
 if TYPE_CHECKING:
-    from torch.utils.hooks import RemovableHandle
+    from engine.hooks import Handle
 
 __all__ = [
     "START_PROBE",
@@ -210,7 +210,7 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
     )
-    _hooks: set[RemovableHandle] | None = attrs.field(
+    _hooks: set[Handle] | None = attrs.field(
         init=False, repr=False, eq=False, default=None
     )
 

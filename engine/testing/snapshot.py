@@ -62,7 +62,8 @@ _GLOBAL_OPTIMIZER_HOOKS = (
 
 def torch_hooks(model: torch.nn.Module, optimizer: Any = None) -> Counter[str]:
     """Every hook torch holds for ``model`` (modules, parameters, buffers), its optimizer and
-    globally, counted by where it is: ``{"forward hook on module '0'": 1, ...}``."""
+    globally, counted by where it is: ``{"forward hook on module '0'": 1, ...}``; and every
+    module whose ``forward`` is replaced on the instance (``forward_wrap``)."""
     found: Counter[str] = Counter()
     tensors = [*model.named_parameters(), *model.named_buffers()]
     owners = [
@@ -82,6 +83,9 @@ def torch_hooks(model: torch.nn.Module, optimizer: Any = None) -> Counter[str]:
             count = len(getattr(owner, attribute, None) or {})
             if count:
                 found[f"{kind} hook {where}"] += count
+    for name, module in model.named_modules():
+        if "forward" in module.__dict__:  # a forward replaced on the instance (forward_wrap)
+            found[f"forward replaced on module {name!r}"] += 1
     return found
 
 

@@ -5,9 +5,10 @@ Lifecycle (the modifier's window is ``[start, end)``):
 * **initialize** resolves the target layers and checks the scheme fits them
   (group sizes divide the layers' inputs; a one-shot run has calibration data).
 * **start** attaches the fake quantization to every target layer: a
-  forward-pre hook quantizes the layer's input (when the scheme quantizes
-  activations) and puts a fake-quantized view of the weight in the layer's
-  place for that one call; a forward hook takes it away again. Parameters,
+  ``forward_wrap`` hook (:mod:`engine.hooks`) quantizes the layer's input (when
+  the scheme quantizes activations) and puts a fake-quantized view of the
+  weight in the layer's place for that one call, taking it away again when
+  the call returns or raises. Parameters,
   ``state_dict`` keys and the optimizer are untouched; gradients reach the
   float weights through the straight-through estimator. With ``start`` at -1
   or 0 the window opens at ``initialize`` and, given ``calib_data``, the
@@ -357,41 +358,46 @@ class QuantizationModifier(Modifier):
 
     def _attach(self) -> None:
         for name, layer in self._layers.items():
-            scheme = self._plan[name]
-            self.register_hook(layer, self._pre_forward(name, scheme), "forward_pre")
-            if scheme.weights is not None:
-                # Always runs (even if the forward raises, or hooks are disabled): the
-                # weight's fake-quantized stand-in never outlives the call.
-                self.register_hook(layer, _restore_weight, "forward", gate=False, always_call=True)
+            self.register_hook(
+                layer, self._quantized_forward(name, self._plan[name]), "forward_wrap"
+            )
 
-    def _pre_forward(
-        self, name: str, scheme: QuantizationScheme
-    ) -> Callable[[torch.nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    def _quantized_forward(self, name: str, scheme: QuantizationScheme) -> Callable[..., Any]:
+        """The layer's forward while quantizing: fake-quantized weight and input.
+
+        The fake-quantized weight shadows the parameter for this call only (an
+        instance attribute, removed in ``finally`` even if the forward raises).
+        """
         weights, inputs = scheme.weights, scheme.input_activations
         observer = self._observers.get(name)
 
-        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        def forward(
+            module: torch.nn.Module, original: Callable[..., Any], *args: Any, **kwargs: Any
+        ) -> Any:
             if weights is not None:
                 weight = module._parameters["weight"]
                 assert weight is not None
                 scale, zero_point = weight_qparams(weight, weights)
-                # Shadows the parameter for this call only (see _restore_weight).
                 module.__dict__["weight"] = fake_quantize(weight, scale, zero_point, weights)
-            if inputs is None:
-                return None
-            x = args[0]
-            if observer is None:  # dynamic: this batch's own range
-                lo, hi = torch.aminmax(x.detach())
-                scale, zero_point = qparams(lo, hi, inputs)
-            else:
-                if (self._observing and (module.training or self._calibrating)) or not (
-                    observer.observed
-                ):
-                    observer.update(x)
-                scale, zero_point = observer.qparams()
-            return (fake_quantize(x, scale, zero_point, inputs), *args[1:])
+            try:
+                if inputs is not None:
+                    x = args[0]
+                    if observer is None:  # dynamic: this batch's own range
+                        lo, hi = torch.aminmax(x.detach())
+                        scale, zero_point = qparams(lo, hi, inputs)
+                    else:
+                        if (self._observing and (module.training or self._calibrating)) or not (
+                            observer.observed
+                        ):
+                            observer.update(x)
+                        scale, zero_point = observer.qparams()
+                    args = (fake_quantize(x, scale, zero_point, inputs), *args[1:])
+                return original(*args, **kwargs)
+            finally:
+                if weights is not None:
+                    module.__dict__.pop("weight", None)
 
-        return hook
+        return forward
 
     def _freeze(self) -> None:
         exported: dict[str, dict[str, Any]] = {}
@@ -431,11 +437,6 @@ class QuantizationModifier(Modifier):
         self._observing = False
         self._exported = exported
         self._report = report
-
-
-def _restore_weight(module: torch.nn.Module, args: Any, output: Any) -> None:
-    """Forward hook: take the fake-quantized weight away; the parameter shows again."""
-    module.__dict__.pop("weight", None)
 
 
 def _scheme_values(scheme: QuantizationScheme) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import attrs
@@ -13,9 +14,11 @@ from engine.hooks import HooksMixin
 
 
 def torch_hook_count(module: torch.nn.Module) -> int:
-    """Every hook torch holds for ``module``'s tree and its parameters."""
+    """Every hook torch holds for ``module``'s tree and its parameters, and every forward
+    replaced on an instance (``forward_wrap``)."""
     total = 0
     for sub in module.modules():
+        total += "forward" in sub.__dict__
         total += len(sub._forward_hooks) + len(sub._forward_pre_hooks)
         total += len(sub._backward_hooks) + len(sub._backward_pre_hooks)
         for parameter in sub.parameters(recurse=False):
@@ -41,6 +44,11 @@ class Probe(Modifier):
             layer, lambda *a: self.calls.append("full_backward_pre"), "full_backward_pre"
         )
         self.register_hook(layer.weight, lambda g: self.calls.append("parameter"), "parameter")
+        self.register_hook(state.model[2], self._wrap, "forward_wrap")
+
+    def _wrap(self, module: torch.nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("forward_wrap")
+        return forward(*args, **kwargs)
 
 
 class OtherProbe(Probe):
@@ -67,10 +75,17 @@ def test_every_hook_kind_fires_and_is_held_by_torch() -> None:
     net = model()
     before = torch_hook_count(net)
     probe, _ = started(net)
-    assert torch_hook_count(net) == before + 5
+    assert torch_hook_count(net) == before + 6
     step(net)
     assert sorted(probe.calls) == sorted(
-        ["forward_pre", "forward", "full_backward_pre", "full_backward", "parameter"]
+        [
+            "forward_pre",
+            "forward",
+            "full_backward_pre",
+            "full_backward",
+            "parameter",
+            "forward_wrap",
+        ]
     )
 
 
@@ -97,7 +112,7 @@ def test_hooks_survive_an_on_finalize_that_returns_false() -> None:
     probe, state = started(net, NotYet)
     probe.finalize(state)
     assert not probe.finalized
-    assert torch_hook_count(net) == before + 5
+    assert torch_hook_count(net) == before + 6
 
 
 def test_hooks_survive_an_on_finalize_that_raises_and_a_retry_removes_them() -> None:
@@ -117,9 +132,9 @@ def test_hooks_survive_an_on_finalize_that_raises_and_a_retry_removes_them() -> 
     with pytest.raises(OSError, match="disk full"):
         probe.finalize(state)
     assert not probe.finalized
-    assert torch_hook_count(net) == before + 5  # still active, so its hooks stay
+    assert torch_hook_count(net) == before + 6  # still active, so its hooks stay
     step(net)
-    assert len(probe.calls) == 5
+    assert len(probe.calls) == 6
     probe.finalize(state)  # the retry succeeds and removes them
     assert probe.finalized
     assert torch_hook_count(net) == before
@@ -244,7 +259,7 @@ def test_disable_hooks_on_any_subclass_disables_all_of_them() -> None:
     assert probe.calls == []
     assert not HooksMixin.hooks_disabled()
     step(net)
-    assert len(probe.calls) == 5
+    assert len(probe.calls) == 6
 
 
 def test_disable_hooks_nests() -> None:
@@ -256,7 +271,7 @@ def test_disable_hooks_nests() -> None:
         step(net)  # the outer block is still active
     assert probe.calls == []
     step(net)
-    assert len(probe.calls) == 5
+    assert len(probe.calls) == 6
 
 
 def test_kept_hooks_run_while_others_are_disabled() -> None:
@@ -320,7 +335,7 @@ def test_remove_hooks_accepts_any_iterable_of_handles() -> None:
     probe, _ = started(net)
     handles = [probe.register_hook(net[2], lambda *a: None, "forward") for _ in range(3)]
     probe.remove_hooks(h for h in handles[:2])
-    assert torch_hook_count(net) == before + 5 + 1
+    assert torch_hook_count(net) == before + 6 + 1
     probe.remove_hooks()
     assert torch_hook_count(net) == before
 
@@ -353,3 +368,89 @@ def test_a_modifier_without_hooks_allocates_no_handle_set() -> None:
     plain.update_event(State(), Event(EventType.BATCH_START))
     plain.finalize(State())
     assert plain._hooks is None
+
+
+# --- forward_wrap: modfsm's own kind ---------------------------------------------------------
+
+
+class Wrapping(HooksMixin):
+    """A plain HooksMixin user (not a modifier) for the forward_wrap tests."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def doubling(self, tag: str) -> Any:
+        def wrap(module: torch.nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
+            self.seen.append(f"{tag} on {type(module).__name__}")
+            return forward(*args, **kwargs) * 2
+
+        return wrap
+
+
+def test_forward_wrap_replaces_the_forward_until_removed() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    plain = layer(x)
+    owner = Wrapping()
+    handle = owner.register_hook(layer, owner.doubling("a"), "forward_wrap")
+    assert torch.equal(layer(x), plain * 2)
+    assert owner.seen == ["a on Linear"]
+    owner.remove_hooks()
+    assert "forward" not in layer.__dict__
+    assert torch.equal(layer(x), plain)
+    handle.remove()  # idempotent
+    assert owner.seen == ["a on Linear"]
+
+
+def test_forward_wrap_is_gated_by_disable_hooks_unless_kept_or_ungated() -> None:
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    owner = Wrapping()
+    gated = owner.register_hook(layer, owner.doubling("gated"), "forward_wrap")
+    owner.register_hook(layer, owner.doubling("always"), "forward_wrap", gate=False)
+    with HooksMixin.disable_hooks():
+        layer(x)
+    assert owner.seen == ["always on Linear"]
+    owner.seen.clear()
+    with HooksMixin.disable_hooks(keep=[gated]):
+        layer(x)
+    assert owner.seen == ["always on Linear", "gated on Linear"]
+
+
+def test_removing_a_wrap_under_another_leaves_the_outer_one_working() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    plain = layer(x)
+    owner = Wrapping()
+    inner = owner.register_hook(layer, owner.doubling("inner"), "forward_wrap")
+    outer = owner.register_hook(layer, owner.doubling("outer"), "forward_wrap")
+    assert torch.equal(layer(x), plain * 4)
+    inner.remove()  # the outer one stays installed; the inner one passes calls through
+    assert torch.equal(layer(x), plain * 2)
+    outer.remove()
+    assert torch.equal(layer(x), plain)
+    assert owner.seen == ["outer on Linear", "inner on Linear", "outer on Linear"]
+
+
+def test_a_deep_copy_of_a_wrapped_module_runs_the_copy() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    owner = Wrapping()
+    owner.register_hook(layer, owner.doubling("a"), "forward_wrap")
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight.zero_()
+        twin.bias.fill_(1.0)
+    assert torch.equal(twin(torch.randn(4, 3)), torch.full((4, 2), 2.0))  # the copy's weights
+    owner.remove_hooks()
+    assert "forward" in twin.__dict__  # the copy keeps its own forward; only the layer is undone
+
+
+def test_forward_wrap_takes_no_torch_options() -> None:
+    owner = Wrapping()
+    with pytest.raises(ConfigError, match=r"'forward_wrap' hook takes no torch options"):
+        owner.register_hook(
+            torch.nn.Linear(3, 2), owner.doubling("a"), "forward_wrap", prepend=True
+        )
