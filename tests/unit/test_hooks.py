@@ -387,12 +387,16 @@ class Wrapping(HooksMixin):
         return wrap
 
 
-def test_forward_wrap_replaces_the_forward_until_removed() -> None:
+def layer_input_output() -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor, Wrapping]:
+    """A layer, an input, its plain output, and a hook owner."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2)
     x = torch.randn(4, 3)
-    plain = layer(x)
-    owner = Wrapping()
+    return layer, x, layer(x), Wrapping()
+
+
+def test_forward_wrap_replaces_the_forward_until_removed() -> None:
+    layer, x, plain, owner = layer_input_output()
     handle = owner.register_hook(layer, owner.doubling("a"), "forward_wrap")
     assert torch.equal(layer(x), plain * 2)
     assert owner.seen == ["a on Linear"]
@@ -419,11 +423,7 @@ def test_forward_wrap_is_gated_by_disable_hooks_unless_kept_or_ungated() -> None
 
 
 def test_removing_a_wrap_under_another_leaves_the_outer_one_working() -> None:
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(3, 2)
-    x = torch.randn(4, 3)
-    plain = layer(x)
-    owner = Wrapping()
+    layer, x, plain, owner = layer_input_output()
     inner = owner.register_hook(layer, owner.doubling("inner"), "forward_wrap")
     outer = owner.register_hook(layer, owner.doubling("outer"), "forward_wrap")
     assert torch.equal(layer(x), plain * 4)
