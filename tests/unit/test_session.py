@@ -569,21 +569,26 @@ def test_a_mismatch_error_names_the_session_state_dict_and_every_problem() -> No
     assert error.problems == ("default_stage.1 (RecordingModifier) is saved but not in the recipe",)
 
 
-def test_agree_before_initialize_names_the_session_the_position_and_the_fix() -> None:
+@pytest.mark.parametrize(
+    ("call", "fix"), [("agree", "call it during the run"), ("state_dict", "save during the run")]
+)
+def test_a_call_outside_the_run_is_refused_naming_the_position_and_the_fix(
+    call: str, fix: str
+) -> None:
     session = Session()
     with pytest.raises(IllegalTransitionError) as caught:
-        session.agree()
+        getattr(session, call)()
     error = caught.value
     assert str(error) == (
-        "Session.agree is not allowed: the session is 'created'. Allowed: between "
-        "initialize and finalize. To fix, call it during the run."
+        f"Session.{call} is not allowed: the session is 'created'. Allowed: between "
+        f"initialize and finalize. To fix, {fix}."
     )
     assert (error.modifier, error.state, error.trigger, error.rule, error.allowed) == (
         session,
         "created",
-        "agree",
+        call,
         "-",
-        ("session.agree",),
+        (f"session.{call}",),
     )
 
 
@@ -760,24 +765,6 @@ def test_load_state_dict_on_a_running_session_is_refused_by_the_session() -> Non
         session.load_state_dict(session.state_dict())
     assert caught.value.modifier is session
     assert caught.value.trigger == "load_state_dict"
-
-
-def test_state_dict_outside_the_run_is_refused_naming_the_position_and_the_fix() -> None:
-    session = Session()
-    with pytest.raises(IllegalTransitionError) as caught:
-        session.state_dict()
-    error = caught.value
-    assert str(error) == (
-        "Session.state_dict is not allowed: the session is 'created'. Allowed: between "
-        "initialize and finalize. To fix, save during the run."
-    )
-    assert (error.modifier, error.state, error.trigger, error.rule, error.allowed) == (
-        session,
-        "created",
-        "state_dict",
-        "-",
-        ("session.state_dict",),
-    )
 
 
 def test_load_state_dict_after_initialize_names_the_position_and_the_fix() -> None:
