@@ -40,6 +40,7 @@ from engine.hooks import HooksMixin
 from engine.lifecycle import LIFECYCLE, LifecycleState
 from engine.machine import (
     IGNORE,
+    Cell,
     CompiledMachine,
     CompiledState,
     Declaration,
@@ -56,6 +57,7 @@ __all__ = [
     "START_PROBE",
     "Modifier",
     "ModifierInterface",
+    "direct_cell",
     "handles",
     "is_inert",
     "quiet_until",
@@ -210,9 +212,7 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
     )
-    _hooks: set[Handle] | None = attrs.field(
-        init=False, repr=False, eq=False, default=None
-    )
+    _hooks: set[Handle] | None = attrs.field(init=False, repr=False, eq=False, default=None)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -461,6 +461,18 @@ def handles(*event_types: EventType) -> Callable[[_Hook], _Hook]:
     return decorate
 
 
+def direct_cell(modifier: Modifier, kind: EventType) -> Cell | None:
+    """The cell ``modifier.update_event`` runs for an event of type ``kind``, to call directly.
+
+    None where ``update_event`` itself must be called: the class overrides it,
+    or the modifier's table has no cell for ``kind`` (``update_event`` raises the
+    error). Stages and sessions deliver events through this.
+    """
+    if type(modifier).update_event is not _UPDATE_EVENT:
+        return None
+    return modifier._lc.get(kind)
+
+
 def quiet_until(modifier: Modifier, kind: EventType) -> float:
     """From which schedule index on ``update_event`` with an event of type ``kind`` may act.
 
@@ -477,14 +489,12 @@ def quiet_until(modifier: Modifier, kind: EventType) -> float:
     :data:`~engine.machine.EPOCH` changes (a state change, or ``start``/``end``
     assigned). A class that overrides ``update_event`` may always act.
     """
-    cls = type(modifier)
-    if cls.update_event is not Modifier.update_event:
-        return -inf
-    cell = modifier._lc.get(kind)
+    cell = direct_cell(modifier, kind)
     if cell is None:
         return -inf
     if cell is IGNORE:
         return inf
+    cls = type(modifier)
     machine = cls.__compiled_lifecycle__
     name = modifier._lc.name
     trigger = machine.declaration.event_triggers.get(kind)
@@ -549,4 +559,5 @@ def _recompile(cls: type[Any]) -> None:
 
 _NOOP_HOOKS: Final = {name: getattr(Modifier, name) for name in _EMPTY_HOOK_NAMES}
 _PURE_GUARDS: Final = {name: getattr(Modifier, name) for name in _GUARD_NAMES}
+_UPDATE_EVENT: Final = Modifier.update_event
 Modifier.__compiled_lifecycle__ = compile_machine(Modifier.__lifecycle__, state_attr=_STATE_ATTR)

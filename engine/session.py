@@ -51,7 +51,7 @@ from engine.distributed import (
 from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError, LifecycleError
 from engine.events import Event, EventType, to_event_type, trusted_event
 from engine.machine import EPOCH, Branch, Cell, CompiledState, compile_machine, touch
-from engine.modifier import Modifier, quiet_until
+from engine.modifier import Modifier, direct_cell, quiet_until
 from engine.recipe import DEFAULT_STAGE, Recipe
 from engine.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
 from engine.stage import _COMPILED as _STAGE_MACHINE
@@ -73,7 +73,6 @@ STATE_DICT_FORMAT: Final = "modfsm.session/1"
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
 _STAGE_READY: Final = _STAGE_MACHINE.states["initialized"]
 _ABSORBED: Final = ("batch_data", "loss")
-_FAST_UPDATE: Final = Modifier.update_event
 _EPOCH: Final = EPOCH
 _NO_PLAN: Final = ((), -inf)  # no plan yet: build one at any index
 _COUNTS: Final = dict(COUNT_AFTER)
@@ -1196,9 +1195,7 @@ def _fan_out(
             if quiet > index:
                 wake = min(wake, quiet)
                 continue
-            fast = type(modifier).update_event is _FAST_UPDATE
-            cell = modifier._lc.get(kind) if fast else None
-            entries.append((number, stage, position, modifier, cell))
+            entries.append((number, stage, position, modifier, direct_cell(modifier, kind)))
     return tuple(entries), wake
 
 

@@ -42,7 +42,7 @@ from engine._validate import check_optional_int, check_optional_str
 from engine.errors import ConfigError, ConfigTypeError, LifecycleError
 from engine.events import Event, not_an_event
 from engine.machine import IGNORE, CompiledState, compile_machine
-from engine.modifier import Modifier, ModifierInterface
+from engine.modifier import Modifier, ModifierInterface, direct_cell
 from engine.stage_lifecycle import STAGE_LIFECYCLE, StageState
 from engine.state import State
 
@@ -51,7 +51,6 @@ __all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState", "for
 
 _COMPILED: Final = compile_machine(STAGE_LIFECYCLE, state_attr="_lc")
 _STATE_MEMBERS: Final = {member.value: member for member in StageState}
-_FAST: Final = Modifier.update_event  # forward_event may use the table directly
 
 
 def forward(
@@ -72,7 +71,7 @@ def forward(
     for position in range(start, len(modifiers)):
         modifier = modifiers[position]
         try:
-            cell = modifier._lc.get(kind) if type(modifier).update_event is _FAST else None
+            cell = direct_cell(modifier, kind)
             if cell is None:  # update_event overridden, or an event its table lacks
                 modifier.update_event(state, event, **kwargs)
             elif cell is not IGNORE:
