@@ -334,23 +334,17 @@ class Session:
         Everything else (a rejected event, a trace, a subclass) takes the cell.
         """
         steps, batches = _COUNTS.get(kind, _NO_COUNT)
-        event = trusted_event(
-            kind,
-            self.steps_per_epoch,
-            self.batches_per_step,
-            self.global_step + steps,
-            self.global_batch + batches,
-        )
+        step, batch = self.global_step + steps, self.global_batch + batches
         fast = _FAST[self._lc.name].get(trigger)
         if fast is None or self.trace is not None or type(self) is not Session:
             if key is not None:
                 kwargs[key] = value
+            event = trusted_event(kind, self.steps_per_epoch, self.batches_per_step, step, batch)
             self._call(trigger, event, kwargs)
         else:
             guard, when_true, when_false = fast
-            dest, counter = when_true if guard is None or guard(self, event) else when_false
+            dest, commit = when_true if guard is None or guard(self) else when_false
             state = self.state
-            state.last_event = event  # absorb
             if key is not None:
                 setattr(state, key, value)
             if kwargs:
@@ -363,15 +357,22 @@ class Session:
             if self._plans_at != _EPOCH[0]:
                 self._plans.clear()
                 self._plans_at = _EPOCH[0]
-            step = event.global_step
             index = step if self.steps_per_epoch is None else step / self.steps_per_epoch
             plan, wake = self._plans.get(kind, _NO_PLAN)
             if index >= wake:
                 plan, wake = self._plans[kind] = _fan_out(self.stages, kind, index)
             if plan:
+                event = trusted_event(
+                    kind, self.steps_per_epoch, self.batches_per_step, step, batch
+                )
+                state.last_event = event  # absorb
                 _deliver(plan, self.stages, state, event, kwargs)
-            if counter is not None:
-                counter(self, state, event)
+            else:  # absorb, but no one receives the event: build it only if it is read
+                state.defer_last_event(
+                    kind, self.steps_per_epoch, self.batches_per_step, step, batch
+                )
+            if commit is not None:
+                commit(self, step, batch)
             self._lc = dest
         if kind is _BATCH_END and self.global_step >= self._next_agreement:
             self._next_agreement = self._agreement_after(self.global_step)
@@ -707,6 +708,9 @@ class Session:
 
     def completes_accumulation(self, event: Event) -> bool:
         """Guard: the batch beginning now completes ``batches_per_step`` batches."""
+        return self._completes_accumulation()
+
+    def _completes_accumulation(self) -> bool:
         return self.batches_since_step + 1 >= self.batches_per_step
 
     def absorb(self, state: State, event: Event, **kwargs: Any) -> None:
@@ -727,26 +731,42 @@ class Session:
         """
         _send(self.stages, state, event, kwargs)
 
+    # The counter hooks commit the counters the event carries. Each has an
+    # event-free twin, ``_<name>(step, batch)``, that the fast path calls with
+    # the same counters (see _fast_cells).
+
     def count_step(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: the optimizer step is complete."""
-        self.global_step = event.global_step
+        self._count_step(event.global_step, event.global_batch)
+
+    def _count_step(self, step: int, batch: int) -> None:
+        self.global_step = step
         self.batches_since_step = 0
 
     def close_accumulating_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a batch that did not step is complete."""
-        self.global_batch = event.global_batch
+        self._close_accumulating_batch(event.global_step, event.global_batch)
+
+    def _close_accumulating_batch(self, step: int, batch: int) -> None:
+        self.global_batch = batch
         self.batches_since_step += 1
 
     def close_step_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a batch that stepped is complete."""
-        self.global_batch = event.global_batch
+        self._close_step_batch(event.global_step, event.global_batch)
+
+    def _close_step_batch(self, step: int, batch: int) -> None:
+        self.global_batch = batch
 
     def close_skipped_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a step batch ended without an optimizer step (skipped, e.g. by a GradScaler).
 
         ``global_step`` stays; the accumulation starts over, as after a step.
         """
-        self.global_batch = event.global_batch
+        self._close_skipped_batch(event.global_step, event.global_batch)
+
+    def _close_skipped_batch(self, step: int, batch: int) -> None:
+        self.global_batch = batch
         self.batches_since_step = 0
 
     # --- internals -------------------------------------------------------------------------------
@@ -1233,8 +1253,8 @@ def _deliver(
             return
 
 
-_Move: TypeAlias = tuple[CompiledState, Callable[[Session, State, Event], None] | None]
-_FastCell: TypeAlias = tuple[Callable[[Session, Event], bool] | None, _Move, _Move]
+_Move: TypeAlias = tuple[CompiledState, Callable[[Session, int, int], None] | None]
+_FastCell: TypeAlias = tuple[Callable[[Session], bool] | None, _Move, _Move]
 
 
 def _fast_cells() -> dict[str, dict[str, _FastCell]]:
@@ -1242,26 +1262,35 @@ def _fast_cells() -> dict[str, dict[str, _FastCell]]:
 
     Derived from the compiled plans, for every cell whose branches are
     ``absorb, send`` and at most one counter hook, with a destination: that is,
-    every legal move of the five loop events. A move is (new state, counter hook).
+    every legal move of the five loop events. A move is (new state, counter
+    commit). The guard and the commit are the event-free twins
+    (``Session._<name>``) of the declared guard and counter hook, so the event
+    need not be built; a cell whose guard or hook has no twin is left to the
+    compiled cell.
     """
     cells: dict[str, dict[str, _FastCell]] = {name: {} for name in _GRAMMAR.states}
     for (state, trigger), plan in _GRAMMAR.plans.items():
         if plan.when_true is None or plan.prelude is not None:
             continue
         moves = [_fast_move(plan.when_true), _fast_move(plan.when_false or plan.when_true)]
-        if moves[0] is None or moves[1] is None:
+        guard = None if plan.guard is None else getattr(Session, f"_{plan.guard}", None)
+        if moves[0] is None or moves[1] is None or (plan.guard is not None and guard is None):
             continue
-        guard = None if plan.guard is None else getattr(Session, plan.guard)
         cells[state][trigger] = (guard, moves[0], moves[1])
     return cells
+
+
+_NO_TWIN: Final = object()
 
 
 def _fast_move(branch: Branch) -> _Move | None:
     hooks = branch.hooks
     if hooks[:2] != ("absorb", "send") or len(hooks) > 3 or branch.dest is None:
         return None
-    counter = getattr(Session, hooks[2]) if len(hooks) == 3 else None
-    return (_GRAMMAR.states[branch.dest], counter)
+    commit = getattr(Session, f"_{hooks[2]}", _NO_TWIN) if len(hooks) == 3 else None
+    if commit is _NO_TWIN:
+        return None
+    return (_GRAMMAR.states[branch.dest], commit)  # type: ignore[return-value]  # not _NO_TWIN
 
 
 _FAST: Final = _fast_cells()

@@ -168,7 +168,9 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
 
     The first stage holds a :class:`Meddler` that changes the ``end`` of the
     stage's last modifier at a drawn step, then the drawn modifiers; the second
-    stage holds a :class:`Dispatching` modifier.
+    stage holds a :class:`Dispatching` modifier. Or (``alone``) the drawn
+    modifiers only, so that events no modifier receives (their ``last_event``
+    built only when read) are compared too.
     """
 
     fast: Session
@@ -182,6 +184,7 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
         fail_at=st.one_of(st.none(), st.tuples(st.sampled_from(EMPTY_HOOKS), st.integers(1, 4))),
         meddle=st.tuples(st.integers(0, 4), bounds),
         dispatching=bounds,
+        alone=st.booleans(),
     )
     def setup(
         self,
@@ -191,12 +194,15 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
         fail_at: tuple[str, int] | None,
         meddle: tuple[int, int | None],
         dispatching: int | None,
+        alone: bool,
     ) -> None:
         def recipe() -> list[StageModifiers]:
             modifiers = [
                 CLASSES[subset](start=start, end=end, fail_at=fail_at)  # type: ignore[call-arg]
                 for start, end, subset in windows
             ]
+            if alone:
+                return [StageModifiers(modifiers, group="only")] if modifiers else []
             meddler = Meddler(
                 start=0, at=meddle[0], value=meddle[1], victim=modifiers[-1] if modifiers else None
             )
@@ -247,6 +253,8 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
     def reschedule(self, which: int, start: int | None, end: int | None) -> None:
         for session in (self.fast, self.cells):
             modifiers = [modifier for _, modifier in session.modifiers]
+            if not modifiers:
+                return
             modifier = modifiers[which % len(modifiers)]
             modifier.start, modifier.end = start, end
 

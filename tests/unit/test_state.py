@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import attrs
@@ -24,10 +25,39 @@ def test_state_holds_the_reference_fields() -> None:
         "model", "teacher_model", "optimizer", "optim_wrapped", "loss", "batch_data",
         "data", "hardware", "loggers", "start_event", "last_event",
     }  # fmt: skip
-    assert {field.name for field in attrs.fields(State)} == names
+    assert {field.alias for field in attrs.fields(State)} == names  # the __init__ names
+    assert all(hasattr(State(), name) for name in names)
     event = Event(EventType.BATCH_END, global_step=2)
     state = State(last_event=event)
     assert state.last_event is event
+
+
+def _deferred() -> State:
+    state = State()
+    state.defer_last_event(EventType.BATCH_END, 4, 2, 7, 15)
+    return state
+
+
+_THE_EVENT = Event(
+    EventType.BATCH_END, steps_per_epoch=4, batches_per_step=2, global_step=7, global_batch=15
+)
+
+
+def test_a_deferred_last_event_is_built_on_first_read_and_then_kept() -> None:
+    state = _deferred()
+    first = state.last_event
+    assert first == _THE_EVENT
+    assert state.last_event is first
+    state.last_event = None
+    assert state.last_event is None
+
+
+def test_equality_repr_and_copies_see_a_deferred_last_event_as_built() -> None:
+    assert _deferred() == State(last_event=_THE_EVENT)
+    assert _deferred() != State(last_event=attrs.evolve(_THE_EVENT, global_batch=16))
+    assert repr(_THE_EVENT) in repr(_deferred())
+    assert copy.deepcopy(_deferred()).last_event == _THE_EVENT
+    assert attrs.evolve(_deferred(), loss=1.0).last_event == _THE_EVENT
 
 
 def test_data_and_hardware_hold_the_reference_fields() -> None:
