@@ -323,14 +323,16 @@ class Session:
         key: str | None = None,
         value: Any = None,
     ) -> None:
-        """Build the event ``kind`` carries (counters as of it) and fire ``trigger``.
+        """Fire ``trigger`` with the event ``kind`` carries (counters as of it).
 
         ``key``/``value``: the ``batch_data`` or ``loss`` a callback was given
         (as if in ``kwargs``, which the callback owns).
 
         The legal moves of a loop event go through :data:`_FAST`: the same
         guard, hooks and commit as the grammar's compiled cell, without the
-        per-hook calls (``tests/property/test_fast_path.py`` checks the two agree).
+        per-hook calls, and the :class:`Event` is built only if a modifier
+        receives it (otherwise ``state.last_event`` builds it when read).
+        ``tests/property/test_fast_path.py`` checks that the two ways agree.
         Everything else (a rejected event, a trace, a subclass) takes the cell.
         """
         steps, batches = _COUNTS.get(kind, _NO_COUNT)
