@@ -11,8 +11,14 @@ quantization from step 450):
   functions (:mod:`modifiers.pruning.masks`, :mod:`modifiers.quantization.fake`)
   at the same points, with a hand-written quantized forward instead of hooks.
 
-The two must end with bitwise-identical weights (checked every run), so they do
-the same arithmetic and the difference is the engine: events, dispatch, hooks.
+The two must end with bitwise-identical weights (checked every round), so they
+do the same arithmetic and the difference is the engine: events, dispatch,
+hooks. torch on the CPU is not always bitwise reproducible: on the development
+machine, 3 of about 600 training runs ended with different weights, one of
+them a by-hand run (no engine involved) that repeated in the same process gave
+the usual weights. A round whose weights differ is therefore run again, once
+(``reruns`` counts them); a second mismatch fails the benchmark, as an engine
+that changed the arithmetic would.
 Rounds alternate the two (order swapped every round); figures are medians of
 the per-round ratios, for the whole run and for each phase (dense, pruning,
 masks held, quantization-aware training). A step is timed whole, from fetching
@@ -57,6 +63,8 @@ TARGET: Final = 0.03
 STEPS: Final = 600
 BATCH: Final = 32
 PHASES: Final = ("dense", "pruning", "masks held", "quantization-aware")
+RERUNS: Final = 1
+"""How many times a round whose two variants ended with different weights is run again."""
 
 
 def _recipe_arguments() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -192,14 +200,23 @@ def measure(steps: int, rounds: int, seed: int = 0) -> dict[str, Any]:
     }
     times: dict[str, list[list[float]]] = {name: [] for name in variants}
     digests: set[str] = set()
+    reruns = 0
     for round_ in range(rounds):
         order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
+        for attempt in range(1 + RERUNS):
+            clocks = {name: [0.0] * len(PHASES) for name in order}
+            found = {variants[name](steps, seed, clocks[name]) for name in order}
+            if len(found | digests) == 1:
+                break
+            if attempt == RERUNS:
+                raise AssertionError(
+                    f"the two variants ended with different weights in round {round_}, "
+                    f"{1 + RERUNS} times: {sorted(found | digests)}"
+                )
+            reruns += 1
+        digests |= found
         for name in order:
-            clock = [0.0] * len(PHASES)
-            digests.add(variants[name](steps, seed, clock))
-            times[name].append(clock)
-    if len(digests) != 1:
-        raise AssertionError(f"the two variants ended with different weights: {digests}")
+            times[name].append(clocks[name])
     overall = [sum(m) / sum(h) for m, h in zip(times["modfsm"], times["hand"], strict=True)]
     phases = []
     for index, phase in enumerate(PHASES):
@@ -230,6 +247,7 @@ def measure(steps: int, rounds: int, seed: int = 0) -> dict[str, Any]:
         "ratio_q3": statistics.quantiles(overall, n=4)[2] if len(overall) > 1 else overall[0],
         "phases": phases,
         "weights_identical": True,
+        "reruns": reruns,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -247,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compression throughput: default recipe, {steps} steps, {rounds} rounds, "
           f"torch {figures['torch']}, {figures['threads']} threads")  # fmt: skip
     print(f"  modfsm   {figures['modfsm_steps_per_s']:8.1f} steps/s")
-    print(f"  by hand  {figures['hand_steps_per_s']:8.1f} steps/s  (same final weights: yes)")
+    print(f"  by hand  {figures['hand_steps_per_s']:8.1f} steps/s  (same final weights: yes; "
+          f"rounds re-run after a mismatch: {figures['reruns']})")  # fmt: skip
     overhead = figures["ratio"] - 1
     verdict = "met" if overhead < TARGET else "MISSED"
     print(f"  time ratio modfsm / by hand: {figures['ratio']:.4f} "

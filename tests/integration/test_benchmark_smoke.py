@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,50 @@ def test_quick_compression_benchmark_reports_every_phase_with_identical_weights(
     assert [p["phase"] for p in figures["phases"]] == list(compression.PHASES)
     assert figures["modfsm_steps_per_s"] > 0
     assert figures["hand_steps_per_s"] > 0
+
+
+def _variant(digests: list[str]) -> Callable[[int, int, list[float]], str]:
+    """A stand-in training run: the next of ``digests`` (the last one repeats)."""
+    calls = iter(digests)
+
+    def run(steps: int, seed: int, clock: list[float]) -> str:
+        clock[:] = [1.0] * len(clock)
+        return next(calls, digests[-1])
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("modfsm", "hand", "reruns"),
+    [
+        (["a"], ["a"], 0),
+        (["b", "a"], ["a"], 1),  # one mismatch: the round runs again and agrees
+        (["a", "a", "b", "a"], ["a"], 1),  # the last round disagrees once
+    ],
+)
+def test_a_round_whose_weights_differ_is_run_again_once(
+    monkeypatch: pytest.MonkeyPatch, modfsm: list[str], hand: list[str], reruns: int
+) -> None:
+    monkeypatch.setattr(compression, "run_modfsm", _variant(modfsm))
+    monkeypatch.setattr(compression, "run_by_hand", _variant(hand))
+    assert compression.measure(steps=4, rounds=3)["reruns"] == reruns
+
+
+@pytest.mark.parametrize(
+    ("modfsm", "hand"),
+    [
+        (["b"], ["a"]),  # the engine changes the arithmetic: every round differs
+        (["b", "b"], ["a"]),  # twice in the same round
+        (["a", "c"], ["a", "c"]),  # round 1 agrees with itself, not with round 0
+    ],
+)
+def test_weights_that_differ_twice_in_a_round_fail_the_benchmark(
+    monkeypatch: pytest.MonkeyPatch, modfsm: list[str], hand: list[str]
+) -> None:
+    monkeypatch.setattr(compression, "run_modfsm", _variant(modfsm))
+    monkeypatch.setattr(compression, "run_by_hand", _variant(hand))
+    with pytest.raises(AssertionError, match="different weights in round"):
+        compression.measure(steps=4, rounds=3)
 
 
 @pytest.mark.distributed
