@@ -28,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engine import Event, EventType, Modifier, State, handles
 from engine.machine import IGNORE
 from engine.session import Session
+from engine.session_grammar import SessionState
 from engine.stage import StageModifiers
 from tests.doubles import put_in_state
 from tests.property.test_session_grammar import LOOP_EVENTS
@@ -37,13 +38,25 @@ EMPTY_HOOKS = ("on_event", "on_start", "on_update", "on_end")
 
 def _recording(name: str) -> Any:
     def hook(self: Any, state: State, event: Event, **kwargs: Any) -> None:
-        call = (name, event.type_.value, event.global_step, event.global_batch, sorted(kwargs))
+        call = (name, *_seen(state, event, kwargs))
         self.calls.append(call)
         if self.fail_at is not None and (name, event.global_step) == self.fail_at:
             raise RuntimeError(f"{name} failed at step {event.global_step}")
 
     hook.__name__ = name
     return hook
+
+
+def _seen(state: State, event: Event, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """What a hook can observe of a delivery: the event, the keyword arguments, the state."""
+    return (
+        event.type_.value,
+        event.global_step,
+        event.global_batch,
+        sorted(kwargs),
+        state.batch_data,
+        state.loss,
+    )
 
 
 def _initialize(self: Any, state: State, **kwargs: Any) -> bool:
@@ -54,7 +67,7 @@ def _class(name: str, hooks: dict[str, Any]) -> type[Modifier]:
     """An attrs modifier class with ``hooks``, recording ``calls``; the others stay empty."""
     namespace: dict[str, Any] = {
         "__annotations__": {
-            "calls": "list[tuple[str, str, int, int, list[str]]]",
+            "calls": "list[tuple[Any, ...]]",
             "fail_at": "Any",
         },
         "calls": attrs.field(factory=list),
@@ -124,20 +137,13 @@ class Meddler(Modifier):
     start: int | None = None
     value: int | None = None
     victim: Modifier | None = None
-    calls: list[tuple[str, str, int, int, list[str]]] = attrs.field(factory=list)
+    calls: list[tuple[Any, ...]] = attrs.field(factory=list)
 
     def on_initialize(self, state: State, **kwargs: Any) -> bool:
         return True
 
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
-        call = (
-            "on_event",
-            event.type_.value,
-            event.global_step,
-            event.global_batch,
-            sorted(kwargs),
-        )
-        self.calls.append(call)
+        self.calls.append(("on_event", *_seen(state, event, kwargs)))
         if self.victim is not None and event.global_step == self.at:
             self.victim.end = self.value
 
@@ -146,31 +152,40 @@ class Meddler(Modifier):
 class Dispatching(Modifier):
     """Overrides update_event: it must get every event, as the stage would send it."""
 
-    calls: list[tuple[str, str, int, int, list[str]]] = attrs.field(factory=list)
+    calls: list[tuple[Any, ...]] = attrs.field(factory=list)
 
     def on_initialize(self, state: State, **kwargs: Any) -> bool:
         return True
 
     def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
-        call = (
-            "update_event",
-            event.type_.value,
-            event.global_step,
-            event.global_batch,
-            list[str](),
-        )
-        self.calls.append(call)
+        self.calls.append(("update_event", *_seen(state, event, kwargs)))
         super().update_event(state, event, **kwargs)
+
+
+class RecordingStage(StageModifiers):
+    """A stage subclass: the session must call its ``update_event``, not forward past it."""
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.calls.append(("stage", *_seen(state, event, kwargs)))
+        super().update_event(state, event, **kwargs)
+
+    @property
+    def calls(self) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = self.__dict__.setdefault("_calls", [])
+        return found
 
 
 class FastSessionAgainstCells(RuleBasedStateMachine):
     """One recipe in two sessions: ``fast`` (no trace) and ``cells`` (traced).
 
     The first stage holds a :class:`Meddler` that changes the ``end`` of the
-    stage's last modifier at a drawn step, then the drawn modifiers; the second
-    stage holds a :class:`Dispatching` modifier. Or (``alone``) the drawn
-    modifiers only, so that events no modifier receives (their ``last_event``
-    built only when read) are compared too.
+    stage's last modifier at a drawn step, a :class:`Dispatching` modifier (no
+    window), then the drawn modifiers; the second
+    stage, a :class:`RecordingStage` (a subclass: delivered to as a whole),
+    holds a :class:`Dispatching` modifier, whose start changes a state in the
+    middle of an event; the third holds a modifier that records every hook. Or
+    (``alone``) the drawn modifiers only, so that events no modifier receives
+    (their ``last_event`` built only when read) are compared too.
     """
 
     fast: Session
@@ -206,9 +221,11 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
             meddler = Meddler(
                 start=0, at=meddle[0], value=meddle[1], victim=modifiers[-1] if modifiers else None
             )
+            last = CLASSES[EMPTY_HOOKS](start=dispatching)  # type: ignore[call-arg]
             return [
-                StageModifiers([meddler, *modifiers], group="first"),
-                StageModifiers([Dispatching(start=dispatching)], group="second"),
+                StageModifiers([meddler, Dispatching(), *modifiers], group="first"),
+                RecordingStage([Dispatching(start=dispatching)], group="second"),
+                StageModifiers([last], group="third"),
             ]
 
         self.fast, self.cells = Session(), Session()
@@ -236,6 +253,16 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
             else:
                 outcomes.append(None)
         assert outcomes[0] == outcomes[1]
+
+    @rule(data=st.integers(0, 3))
+    def a_whole_batch(self, data: int) -> None:
+        """A legal batch, so that runs reach the drawn windows' steps."""
+        self.send("batch_start", False, {"batch_data": data})
+        self.send("loss_calculated", False, {"loss": data})
+        if self.fast.position is SessionState.STEP_DUE_LOSS:
+            self.send("optim_pre_step", False, {})
+            self.send("optim_post_step", False, {})
+        self.send("batch_end", False, {})
 
     @rule(name=st.sampled_from(["batch_start", "loss_calculated"]), value=st.integers(0, 3))
     def callback(self, name: str, value: int) -> None:
@@ -269,6 +296,8 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
         )
         for attribute in ("last_event", "batch_data", "loss"):
             assert getattr(fast.state, attribute) == getattr(cells.state, attribute)
+        for x, y in zip(fast.stages, cells.stages, strict=True):
+            assert getattr(x, "calls", None) == getattr(y, "calls", None)
         for (_, a), (_, b) in zip(fast.modifiers, cells.modifiers, strict=True):
             assert a.calls == b.calls  # type: ignore[attr-defined]  # added by _class
             assert a.lifecycle_state == b.lifecycle_state

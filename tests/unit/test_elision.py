@@ -155,9 +155,51 @@ def test_switch_class_to_a_class_with_another_lifecycle_is_refused() -> None:
         __lifecycle__ = other
 
     modifier = started(NoopModifier)
-    with pytest.raises(ConfigTypeError, match=r"Elsewhere does not run the lifecycle"):
+    before = modifier._lc
+    with pytest.raises(ConfigTypeError, match=r"Elsewhere does not run the lifecycle") as caught:
         switch_class(modifier, Elsewhere)
+    assert "To fix, switch to a class with the same __lifecycle__." in str(caught.value)
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "Elsewhere",
+        "__lifecycle__",
+        Modifier.__lifecycle__.name,
+    )
     assert type(modifier) is NoopModifier
+    assert modifier._lc is before
+
+
+def _event_cells(machine: Any) -> list[Any]:
+    return [state[kind] for state in machine.states.values() for kind in EventType]
+
+
+def _another_update(self: Modifier, state: State, event: Event, **kwargs: Any) -> None:
+    return None
+
+
+def test_patching_a_hook_of_modifier_itself_leaves_its_declared_table_whole() -> None:
+    base = Modifier.__compiled_lifecycle__
+    assert not any(cell is IGNORE for cell in _event_cells(base))
+    with mock.patch.object(Modifier, "on_update", _another_update):
+        assert not any(cell is IGNORE for cell in _event_cells(Modifier.__compiled_lifecycle__))
+    assert Modifier.__compiled_lifecycle__ is base
+    assert not any(cell is IGNORE for cell in _event_cells(base))
+
+
+def test_a_hook_assigned_after_the_lifecycle_was_replaced_compiles_the_new_lifecycle() -> None:
+    @attrs.define
+    class Replaced(NoopModifier):
+        def check(self, event: Event) -> bool:
+            return True
+
+        def noisy(self, state: State, event: Event, **kwargs: Any) -> None:
+            pass
+
+    old = Replaced.__compiled_lifecycle__
+    Replaced.__lifecycle__ = _guarded("elision-test-replaced")  # not watched: nothing yet
+    assert Replaced.__compiled_lifecycle__ is old
+    Replaced.on_update = _another_update  # type: ignore[method-assign]
+    assert Replaced.__compiled_lifecycle__.declaration.name == "elision-test-replaced"
+    assert NoopModifier.__compiled_lifecycle__.declaration.name == Modifier.__lifecycle__.name
 
 
 def _guarded(name: str) -> Declaration:
