@@ -221,7 +221,7 @@ class FastSessionAgainstCells(RuleBasedStateMachine):
             meddler = Meddler(
                 start=0, at=meddle[0], value=meddle[1], victim=modifiers[-1] if modifiers else None
             )
-            last = CLASSES[EMPTY_HOOKS](start=dispatching)  # type: ignore[call-arg]
+            last = CLASSES[EMPTY_HOOKS](start=dispatching)
             return [
                 StageModifiers([meddler, Dispatching(), *modifiers], group="first"),
                 RecordingStage([Dispatching(start=dispatching)], group="second"),
