@@ -427,6 +427,8 @@ def test_quiet_until_is_minus_infinity_for_a_modifier_that_may_act_now() -> None
     waiting.initialize(STATE)
     assert quiet_until(waiting, EventType.BATCH_START) == 5  # should_start is the default
     assert quiet_until(started(OwnEnd), EventType.BATCH_END) == -math.inf  # its own should_end
+    # not initialized: the event is refused, which is acting (the refusal must raise)
+    assert quiet_until(NoopModifier(start=5), EventType.BATCH_START) == -math.inf
 
 
 def test_a_session_wakes_a_quiet_modifier_at_its_start_and_end() -> None:
