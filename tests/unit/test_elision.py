@@ -255,7 +255,9 @@ def test_a_guard_is_left_out_only_when_known_pure_and_its_branches_became_equal(
 def test_specialize_into_a_variant_of_another_declaration_is_refused() -> None:
     one = compile_machine(_guarded("elision-test-one"), state_attr="_lc")
     two = compile_machine(_guarded("elision-test-two"), state_attr="_lc")
-    with pytest.raises(ValueError, match="same declaration"):
+    with pytest.raises(
+        ValueError, match=r"^specialize: 'into' must be a variant of the same declaration$"
+    ):
         specialize(one, noop_hooks=frozenset(), into=specialize(two, noop_hooks=frozenset()))
 
 

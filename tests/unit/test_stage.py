@@ -392,3 +392,22 @@ def test_the_same_modifier_twice_is_named_in_the_error() -> None:
         "each entry."
     )
     assert (error.owner, error.field, error.value) == ("StageModifiers", "modifiers", twice)
+
+
+@attrs.define(eq=False)
+class _OwnDispatch(NoopModifier):
+    """Overrides update_event: the stage must call it as a modifier would be called."""
+
+    seen: list[tuple[Any, ...]] = attrs.field(factory=list)
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append((state, event, kwargs))
+
+
+def test_a_modifier_that_overrides_update_event_gets_the_state_event_and_arguments() -> None:
+    first, second = _OwnDispatch(), _OwnDispatch()
+    stage = StageModifiers([first, second])
+    stage.initialize(STATE)
+    event = Event(EventType.BATCH_START, global_step=2)
+    stage.update_event(STATE, event, note=1)
+    assert first.seen == second.seen == [(STATE, event, {"note": 1})]
