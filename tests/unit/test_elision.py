@@ -453,3 +453,116 @@ class EventLogged(NoopModifier):
 
     def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
         self.hooks.append(("on_end", event.type_.value, event.current_index))
+
+
+# --- the session's shortcuts are taken (they change only speed, so the
+# --- differential tests cannot tell if they were not)
+
+
+def _batch(session: Session) -> None:
+    session.batch_start()
+    session.loss_calculated()
+    session.optim_pre_step()
+    session.optim_post_step()
+    session.batch_end()
+
+
+@attrs.define
+class QuietUntilPatched(NoopModifier):
+    seen: list[str] = attrs.field(factory=list)
+
+
+def test_the_session_fast_table_holds_every_legal_move_of_the_loop_events() -> None:
+    from engine.session import _FAST
+
+    table = {
+        state: {
+            trigger: (
+                None if guard is None else guard.__name__,
+                *(
+                    (dest.name, None if commit is None else commit.__name__)
+                    for dest, commit in moves
+                ),
+            )
+            for trigger, (guard, *moves) in cells.items()
+        }
+        for state, cells in _FAST.items()
+        if cells
+    }
+    idle_to = ("idle", "_close_accumulating_batch")
+    assert table == {
+        "idle": {
+            "batch_start": ("_completes_accumulation", ("step_due", None), ("accumulating", None)),
+            "calibration_epoch_start": (None, ("calibrating", None), ("calibrating", None)),
+        },
+        "accumulating": {
+            "loss_calculated": (None, ("accumulating_loss", None), ("accumulating_loss", None)),
+            "partial_step": (None, ("stepping", None), ("stepping", None)),
+            "batch_end": (None, idle_to, idle_to),
+        },
+        "accumulating_loss": {
+            "partial_step": (None, ("stepping", None), ("stepping", None)),
+            "batch_end": (None, idle_to, idle_to),
+        },
+        "step_due": {
+            "loss_calculated": (None, ("step_due_loss", None), ("step_due_loss", None)),
+            "optim_pre_step": (None, ("stepping", None), ("stepping", None)),
+            "batch_end": (None, *[("idle", "_close_skipped_batch")] * 2),
+        },
+        "step_due_loss": {
+            "optim_pre_step": (None, ("stepping", None), ("stepping", None)),
+            "batch_end": (None, *[("idle", "_close_skipped_batch")] * 2),
+        },
+        "stepping": {"optim_post_step": (None, *[("stepped", "_count_step")] * 2)},
+        "stepped": {"batch_end": (None, *[("idle", "_close_step_batch")] * 2)},
+        "calibrating": {"calibration_epoch_end": (None, ("idle", None), ("idle", None))},
+    }
+
+
+def test_a_plain_session_runs_the_loop_events_without_the_compiled_cells(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = Session()
+    session.initialize(recipe=[Updates(start=0)])
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("the compiled cell was called")
+
+    monkeypatch.setattr(Session, "_call", refuse)
+    _batch(session)
+    assert (session.global_step, session.global_batch) == (1, 1)
+
+
+def test_a_session_keeps_its_delivery_plans_while_nothing_changes() -> None:
+    session = Session()
+    session.initialize(recipe=[Updates(start=0), NoopModifier(start=0)])
+    _batch(session)
+    plan = session._plans[EventType.BATCH_START]
+    _batch(session)
+    assert session._plans[EventType.BATCH_START] is plan
+    (entry,) = plan[0]  # the no-op modifier is left out
+    assert isinstance(entry[3], Updates)
+
+
+def test_a_hook_assigned_to_a_class_during_a_run_is_called_from_the_next_event() -> None:
+    modifier = QuietUntilPatched(start=0)
+    session = Session()
+    session.initialize(recipe=[modifier])
+    _batch(session)
+    assert session._plans[EventType.BATCH_START][0] == ()
+
+    def record(self: QuietUntilPatched, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append(event.type_.value)
+
+    with mock.patch.object(QuietUntilPatched, "on_update", record):
+        session.batch_start()
+    assert modifier.seen == ["batch_start"]
+
+
+def test_compiled_and_specialized_machines_keep_the_plans_their_cells_run() -> None:
+    machine = compile_machine(_guarded("elision-test-plans"), state_attr="_lc")
+    assert machine.cell_plans == machine.plans
+    quiet = specialize(machine, noop_hooks=frozenset({"noisy"}))
+    assert quiet.cell_plans[("off", "go")].when_true is not None
+    assert quiet.cell_plans[("off", "go")].when_true.hooks == ()
+    assert quiet.plans == machine.plans  # the declared plans, as declared
