@@ -20,7 +20,7 @@ import pytest
 from engine import Event, EventType, LifecycleState, Modifier, State, handles
 from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
 from engine.errors import ConfigTypeError, DeclarationError
-from engine.machine import IGNORE, compile_machine, epoch, specialize
+from engine.machine import IGNORE, compile_machine, epoch, specialize, touch
 from engine.modifier import is_inert, quiet_until, switch_class
 from engine.session import Session
 from engine.stage import StageModifiers
@@ -388,18 +388,62 @@ def test_handles_leaves_the_hook_out_of_the_other_event_types_cells() -> None:
 
 @pytest.mark.parametrize("arguments", [(), ("optim_post_step",), (EventType.BATCH_END, 3)])
 def test_handles_needs_event_types(arguments: tuple[Any, ...]) -> None:
-    with pytest.raises(ConfigTypeError, match=r"name one or more EventType members"):
+    with pytest.raises(ConfigTypeError, match=r"name one or more EventType members") as caught:
         handles(*arguments)
+    shown = ", ".join(map(repr, arguments))
+    assert str(caught.value).startswith(
+        f"handles({shown}): name one or more EventType members. "
+        "To fix, write e.g. @handles(EventType.OPTIM_POST_STEP)."
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "handles",
+        "event_types",
+        arguments,
+    )
 
 
 def test_handles_on_a_hook_called_without_an_event_is_refused_when_the_class_is_defined() -> None:
-    with pytest.raises(DeclarationError, match=r"Gated.on_initialize is decorated with @handles"):
+    with pytest.raises(
+        DeclarationError, match=r"Gated.on_initialize is decorated with @handles"
+    ) as caught:
 
         @attrs.define
         class Gated(Modifier):
             @handles(EventType.BATCH_START)
             def on_initialize(self, state: State, **kwargs: Any) -> bool:
                 return True
+
+    assert "To fix, decorate only event hooks (on_event, on_start, on_update, on_end)." in str(
+        caught.value
+    )
+    assert (caught.value.declaration, caught.value.where) == (
+        Modifier.__lifecycle__.name,
+        "on_initialize",
+    )
+
+
+def test_every_touch_moves_the_epoch_to_a_new_value() -> None:
+    seen = [epoch()]
+    for _ in range(3):
+        touch()
+        seen.append(epoch())
+    assert len(set(seen)) == len(seen)
+
+
+@attrs.define
+class AsksToStart(NoopModifier):
+    asked: list[int] = attrs.field(factory=list)
+
+    def should_start(self, event: Event) -> bool:
+        self.asked.append(event.global_step)
+        return False
+
+
+def test_an_overridden_guard_is_asked_even_when_no_hook_would_run() -> None:
+    modifier = AsksToStart(start=0)
+    modifier.initialize(STATE)
+    modifier.update_event(STATE, Event(EventType.BATCH_START, global_step=4))
+    assert modifier.asked == [0, 4]  # at initialize (step 0), then for the event
 
 
 @pytest.mark.parametrize(
