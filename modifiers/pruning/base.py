@@ -114,4 +114,9 @@ class MaskingBase(Modifier):
                     field="masks",
                     value=name,
                 )
-        self._masks = {name: mask.to(torch.bool) for name, mask in masks.items()}
+        # A checkpoint loaded with map_location="cpu" holds CPU masks: put each
+        # where its layer's weights are (a CUDA model's masks must be on CUDA).
+        self._masks = {
+            name: mask.to(device=weight_of(self._layers[name]).device, dtype=torch.bool)
+            for name, mask in masks.items()
+        }

@@ -170,11 +170,15 @@ class Observer:
             return {}
         return {"lo": self.lo.clone(), "hi": self.hi.clone()}
 
-    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def load_state_dict(
+        self, saved: Mapping[str, Any], device: torch.device | str | None = None
+    ) -> None:
+        """Restore what :meth:`state_dict` returned, on ``device`` if given."""
         lo, hi = saved.get("lo"), saved.get("hi")
         if (lo is None) != (hi is None) or not all(
             v is None or (isinstance(v, torch.Tensor) and v.numel() == 1) for v in (lo, hi)
         ):
             raise ValueError(f"an observer state needs scalar tensors lo and hi, got {saved!r}")
+        if device is not None and lo is not None and hi is not None:
+            lo, hi = lo.to(device), hi.to(device)
         self.lo, self.hi = lo, hi

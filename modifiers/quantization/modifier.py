@@ -300,7 +300,8 @@ class QuantizationModifier(Modifier):
                 value=unknown,
             )
         for name, saved in observers.items():
-            self._observers[name].load_state_dict(saved)
+            # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
+            self._observers[name].load_state_dict(saved, weight_of(self._layers[name]).device)
         self._observing = bool(state_dict.get("observing", False))
         if self.started and not self.finalized:
             self._attach()

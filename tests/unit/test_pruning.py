@@ -210,6 +210,22 @@ def test_a_saved_mask_that_does_not_fit_the_model_is_refused() -> None:
                                  State(model=mlp()))  # fmt: skip
 
 
+def test_saved_masks_are_put_on_the_device_of_their_layers() -> None:
+    # A checkpoint loaded with map_location="cpu" into a model elsewhere (a CUDA
+    # model; here the meta device, which needs no GPU) must not keep CPU masks.
+    source = MagnitudePruningModifier(final_sparsity=0.5, start=0)
+    source.initialize(State(model=mlp()))
+    saved = source.state_dict()
+    assert {str(mask.device) for mask in saved["masks"].values()} == {"cpu"}
+    model = mlp().to("meta")
+    target = MagnitudePruningModifier(final_sparsity=0.5, start=0)
+    target.initialize(State(model=model))
+    target.load_state_dict(saved, State(model=model))
+    assert list(target.masks) == list(saved["masks"])
+    assert {str(mask.device) for mask in target.masks.values()} == {"meta"}
+    assert {mask.dtype for mask in target.masks.values()} == {torch.bool}
+
+
 def test_masks_are_applied_only_after_optimizer_steps() -> None:
     model = mlp()
     modifier = ConstantPruningModifier(start=0)

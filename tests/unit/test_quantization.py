@@ -380,6 +380,26 @@ def test_a_resumed_quantization_run_is_bitwise_the_uninterrupted_one(save_at: in
         assert torch.equal(entry["input_scale"], q2.export()[name]["input_scale"])
 
 
+def test_saved_observer_ranges_are_put_on_the_device_of_their_layers() -> None:
+    # As for pruning masks: a checkpoint read to the CPU may resume a model elsewhere
+    # (a CUDA model; here the meta device).
+    source = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
+    trained = mlp()
+    session, optimizer = session_for(trained, [source])
+    train_steps(session, trained, optimizer, 1)
+    saved = source.state_dict()
+    session.finalize()
+    assert {str(t.device) for o in saved["observers"].values() for t in o.values()} == {"cpu"}
+    model = mlp().to("meta")
+    target = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
+    target.initialize(State(model=model))
+    target.load_state_dict(saved, State(model=model))
+    ranges = [(o.lo, o.hi) for o in target._observers.values()]
+    assert len(ranges) == len(saved["observers"]) == 2
+    assert {str(t.device) for pair in ranges for t in pair if t is not None} == {"meta"}
+    assert all(lo is not None for lo, _ in ranges)
+
+
 def test_saved_observers_for_other_layers_are_refused() -> None:
     q = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
     q.initialize(State(model=mlp()))
