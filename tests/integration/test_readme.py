@@ -16,6 +16,7 @@ import pytest
 from engine.demo import run_demo
 from engine.diagrams import draw, render
 from engine.factory import ModifierFactory
+from tests.verify_support import require_spin
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -91,6 +92,7 @@ def test_the_main_job_output_shown_is_what_the_default_run_prints() -> None:
 def test_the_verify_excerpt_is_what_modfsm_verify_prints() -> None:
     from engine.cli import main
 
+    require_spin()
     shown = block("text", after="## Proving the machines")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
