@@ -275,6 +275,25 @@ def measure(name: str, repeats: int, pairs: int) -> dict[str, Any]:
     }
 
 
+def chosen_models(texts: Sequence[str] | None) -> list[str]:
+    """The names of :data:`MODELS` that contain one of ``texts`` (all of them for None)."""
+    if not texts:
+        return list(MODELS)
+    return [name for name in MODELS if any(text in name for text in texts)]
+
+
+def processor() -> str:
+    """The CPU's model name, where the system says it (the figures depend on it)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "processor unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=9, help="repeats per model (default 9)")
@@ -283,12 +302,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 repeats, fewer steps")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="TEXT",
+        help="measure only the models whose name contains TEXT (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     repeats, pairs = (2, 5) if args.quick else (args.repeats, args.pairs)
+    names = chosen_models(args.model)
+    if not names:
+        parser.error(
+            f"--model {args.model!r} matches none of the models {list(MODELS)}. "
+            "To fix, give part of one of those names, e.g. --model 784-512."
+        )
     load_before = os.getloadavg()[0]
     gc.disable()
     try:
-        rows = [measure(name, repeats, pairs) for name in MODELS]
+        rows = [measure(name, repeats, pairs) for name in names]
     finally:
         gc.enable()
     load_after = os.getloadavg()[0]
@@ -297,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"5 events per step, {repeats} repeats x {pairs} step pairs")  # fmt: skip
     # Other processes inflate the torch step and so shrink every overhead: say how busy it was.
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, on "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+          f"{os.cpu_count()} CPUs ({processor()})")  # fmt: skip
     print()
     print("| model | torch step (us) | engine alone (us) | engine in the loop (us) "
           "| loop - plain (us) [95% CI] | overhead [95% CI] | target < 1% "

@@ -39,6 +39,29 @@ def test_quick_session_overhead_reports_every_model(tmp_path: Path) -> None:
         assert row["floor_overhead"] == row["floor_us"] / row["torch_step_us"]
 
 
+def test_session_overhead_measures_only_the_models_asked_for(tmp_path: Path) -> None:
+    target = tmp_path / "overhead.json"
+    assert session_overhead.main(["--quick", "--model", "784-512", "--json", str(target)]) == 0
+    rows = json.loads(target.read_text(encoding="utf-8"))
+    assert [row["model"] for row in rows] == ["small 784-512-512-10, batch 128"]
+    assert session_overhead.chosen_models(["tiny", "1024"]) == [
+        "tiny 64-128-10, batch 32",
+        "small 784-1024-1024-10, batch 128",
+    ]
+    assert session_overhead.chosen_models(None) == list(session_overhead.MODELS)
+
+
+def test_session_overhead_refuses_a_model_it_does_not_have(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        session_overhead.main(["--quick", "--model", "resnet"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--model ['resnet'] matches none of the models" in error
+    assert "To fix, give part of one of those names" in error
+
+
 def test_the_minimal_loop_of_the_floor_checks_the_order_and_counts() -> None:
     loop = session_overhead.MinimalLoop()
     for call in ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step"):
