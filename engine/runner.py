@@ -218,11 +218,25 @@ def _device(name: str) -> torch.device:
             f"device {name!r} is not available here (torch.cuda.is_available() is False). "
             "To fix, use --device cpu.",
         )
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        raise _fail(
+            "device",
+            name,
+            f"device {name!r} is not available here: this machine has "
+            + (
+                "1 CUDA device, cuda:0"
+                if count == 1
+                else f"{count} CUDA devices, cuda:0 to cuda:{count - 1}"
+            )
+            + ". To fix, use one of those or --device cpu.",
+        )
     try:
         torch.zeros(1, device=device)
     except (RuntimeError, AssertionError) as error:
+        # torch's CUDA errors run to several lines of advice; the first says what failed
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _fail(
-            "device", name, f"cannot use device {name!r} ({error}). To fix, use --device cpu."
+            "device", name, f"cannot use device {name!r} ({said}). To fix, use --device cpu."
         ) from None
     return device
 

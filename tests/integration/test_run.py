@@ -167,6 +167,46 @@ def test_bad_arguments_exit_2_with_a_message_and_no_traceback(
     assert "Traceback" not in done.stderr
 
 
+def test_a_cuda_device_this_machine_lacks_is_named_with_the_ones_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen on a one-GPU machine: cuda:7 failed with torch's many-line CUDA advice.
+    from engine.errors import ConfigError
+    from engine.runner import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError) as refused:
+        _device("cuda:7")
+    assert str(refused.value) == (
+        "modfsm run: device 'cuda:7' is not available here: this machine has 1 CUDA device, "
+        "cuda:0. To fix, use one of those or --device cpu."
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ConfigError, match=r"has 4 CUDA devices, cuda:0 to cuda:3\. To fix"):
+        _device("cuda:4")
+
+
+def test_a_device_torch_cannot_use_is_refused_with_the_first_line_of_its_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.errors import ConfigError
+    from engine.runner import _device
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be reported")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch, "zeros", broken)
+    with pytest.raises(ConfigError) as refused:
+        _device("cuda:1")
+    message = str(refused.value)
+    assert "cannot use device 'cuda:1' (CUDA error: out of memory)." in message
+    assert "kernel errors" not in message
+    assert message.endswith("To fix, use --device cpu.")
+
+
 def test_a_bad_recipe_exits_2_naming_the_problem(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(
