@@ -588,6 +588,48 @@ def test_a_session_keeps_its_delivery_plans_while_nothing_changes() -> None:
     assert isinstance(entry[3], Updates)
 
 
+@attrs.define(eq=False)
+class EndsOnce(NoopModifier):
+    """Quiet inside an open window (only ``on_end`` is overridden); records its end."""
+
+    ended_on: list[tuple[str, int]] = attrs.field(factory=list)
+
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.ended_on.append((event.type_.value, event.global_step))
+
+
+@attrs.define(eq=False)
+class Closer(NoopModifier):
+    """From inside the ``BATCH_END`` of step ``at``, moves another modifier's end to ``at``."""
+
+    victim: Modifier | None = None
+    at: int = 3
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        if self.victim is not None and (event.type_, event.global_step) == (
+            EventType.BATCH_END,
+            self.at,
+        ):
+            self.victim.end = self.at
+
+
+def test_a_modifier_a_hook_wakes_mid_event_receives_the_rest_of_that_event() -> None:
+    # A window closes only on a BATCH_END: the one in which the closer moves the
+    # victim's end must reach the victim, although its plan was made without it.
+    victim = EndsOnce(start=0)
+    closer = Closer(start=0, victim=victim, at=3)
+    session = Session()
+    session.initialize(recipe=[closer, victim])
+    _batch(session)
+    _batch(session)
+    plan = session._plans[EventType.BATCH_END][0]
+    assert [entry[3] for entry in plan] == [closer]  # the victim is left out of the plan
+    _batch(session)  # its BATCH_END carries step 3
+    assert (session.global_step, victim.end) == (3, 3)
+    assert victim.ended_on == [("batch_end", 3)]  # ended by that same BATCH_END
+    assert victim.lifecycle_state is LifecycleState.ENDED
+
+
 def test_a_hook_assigned_to_a_class_during_a_run_is_called_from_the_next_event() -> None:
     modifier = QuietUntilPatched(start=0)
     session = Session()
