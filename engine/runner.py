@@ -218,17 +218,18 @@ def _device(name: str) -> torch.device:
             f"device {name!r} is not available here (torch.cuda.is_available() is False). "
             "To fix, use --device cpu.",
         )
-    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        has = (
+            "1 CUDA device, cuda:0"
+            if count == 1
+            else f"{count} CUDA devices, cuda:0 to cuda:{count - 1}"
+        )
         raise _fail(
             "device",
             name,
-            f"device {name!r} is not available here: this machine has "
-            + (
-                "1 CUDA device, cuda:0"
-                if count == 1
-                else f"{count} CUDA devices, cuda:0 to cuda:{count - 1}"
-            )
-            + ". To fix, use one of those or --device cpu.",
+            f"device {name!r} is not available here: this machine has {has}. "
+            "To fix, use one of those or --device cpu.",
         )
     try:
         torch.zeros(1, device=device)
