@@ -367,9 +367,10 @@ def test_a_data_parallel_model_is_unwrapped_for_the_modifiers() -> None:
     session.initialize(model=wrapped, recipe=[])
     assert session.state.model is inner
     assert session.state.hardware.distributed_strategy == "dp"
-    # Where CUDA is available, DataParallel moves a single-GPU model to cuda:0 itself.
-    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
-    assert session.state.hardware.device == expected == str(inner[0].weight.device)
+    # The model's device: on a machine with one GPU, DataParallel has moved it to cuda:0.
+    device = str(inner[0].weight.device)
+    assert session.state.hardware.device == device
+    assert device == "cpu" or torch.cuda.is_available()
 
 
 def test_an_object_named_like_a_wrapper_is_not_unwrapped() -> None:
