@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench mutation clean spin verify graphviz docs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel. An unpinned torch would
 	# pull several GB of CUDA packages from the registry.
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/modfsm run
 
-lint: $(STAMP)
+# mypy reads the two folders under their import names (modfsm.engine, modfsm.modifiers)
+# through links in build/lint: it does not follow the editable install's finder.
+LINT_TREE := build/lint/modfsm
+
+$(LINT_TREE):
+	mkdir -p $(LINT_TREE)
+	ln -sfn ../../../engine $(LINT_TREE)/engine
+	ln -sfn ../../../modifiers $(LINT_TREE)/modifiers
+
+lint: $(STAMP) $(LINT_TREE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
@@ -62,7 +71,7 @@ test: lint spin graphviz
 # Regenerate the diagrams committed under docs/diagrams (mermaid, dot, svg) from the
 # declared machines; a test fails while they are stale.
 docs: $(STAMP) graphviz
-	$(BIN)/python -m engine.diagrams docs/diagrams
+	$(BIN)/python -m modfsm.engine.tools.diagrams docs/diagrams
 
 # Structural proofs and Spin model checks of the declared machines, as one table.
 verify: $(STAMP) spin
@@ -79,7 +88,16 @@ $(MUTATION_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,demo,mutation]'
 	touch $(MUTATION_STAMP)
 
-mutation: $(MUTATION_STAMP)
+# mutmut names mutants by file path and imports them from mutants/src, so it reads
+# the two folders through links named as they import: src/modfsm/{engine,modifiers}.
+MUTATION_TREE := src/modfsm
+
+$(MUTATION_TREE):
+	mkdir -p $(MUTATION_TREE)
+	ln -sfn ../../engine $(MUTATION_TREE)/engine
+	ln -sfn ../../modifiers $(MUTATION_TREE)/modifiers
+
+mutation: $(MUTATION_STAMP) $(MUTATION_TREE)
 	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run --max-children $(MUTATION_JOBS)
 	$(BIN)/python -m tests.mutmut_report
 
@@ -90,4 +108,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.distributed
 
 clean:
-	rm -rf $(VENV) build demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
+	rm -rf $(VENV) build src demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -2,7 +2,7 @@
 
 ``FlagModifier`` keeps the lifecycle in four booleans and ``if`` chains, as
 llm-compressor's ``Modifier`` does, on the same attrs machinery and the same
-:class:`engine.Event` as modfsm, so a comparison measures only the dispatch.
+:class:`modfsm.engine.Event` as modfsm, so a comparison measures only the dispatch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from engine import Event, EventType, State
+from modfsm.engine import Event, EventType, State
 
 _PROBE = Event(EventType.BATCH_START, global_step=0)
 

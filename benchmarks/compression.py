@@ -1,14 +1,14 @@
 """Training throughput of the default recipe: modfsm against the same work written by hand.
 
-Both variants train :class:`engine.digits.DigitsMLP` on the digits with the same
+Both variants train :class:`modfsm.engine.app.digits.DigitsMLP` on the digits with the same
 batches, Adam and the default recipe of ``modfsm run`` (gradual magnitude
 pruning to 75% over steps [150, 350), masks held afterwards, W8A8 fake
 quantization from step 450):
 
-* ``modfsm`` — a :class:`~engine.session.Session` with the recipe's modifiers,
+* ``modfsm`` — a :class:`~modfsm.engine.loop.session.Session` with the recipe's modifiers,
   the optimizer wrapped, the five calls of every step;
 * ``by hand`` — a plain loop that calls the same mask and fake-quantization
-  functions (:mod:`modifiers.pruning.masks`, :mod:`modifiers.quantization.fake`)
+  functions (:mod:`modfsm.modifiers.pruning.masks`, :mod:`modfsm.modifiers.quantization.fake`)
   at the same points, with a hand-written quantized forward instead of hooks.
 
 The two must end with bitwise-identical weights (checked every round), so they
@@ -44,14 +44,14 @@ from typing import Any, Final
 
 import torch
 
-from engine import digits
-from engine.events import Event, EventType
-from engine.recipe import Recipe
-from engine.runner import Batches, default_recipe_text
-from engine.session import Session
-from modifiers.pruning.masks import cubic_sparsity, unstructured_mask
-from modifiers.quantization.args import preset
-from modifiers.quantization.fake import (
+from modfsm.engine.app import digits
+from modfsm.engine.app.runner import Batches, default_recipe_text
+from modfsm.engine.config.recipe import Recipe
+from modfsm.engine.loop.session import Session
+from modfsm.engine.model.events import Event, EventType
+from modfsm.modifiers.pruning.masks import cubic_sparsity, unstructured_mask
+from modfsm.modifiers.quantization.args import preset
+from modfsm.modifiers.quantization.fake import (
     Observer,
     dequantize,
     fake_quantize,

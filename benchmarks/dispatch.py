@@ -33,11 +33,11 @@ from typing import Any
 import attrs
 
 from benchmarks.baseline import FlagModifier
-from engine import LIFECYCLE, Event, EventType, Modifier, State
-from engine._transitions import TransitionsDriver
-from engine.events import TRAINING_STEP_EVENTS
-from engine.machine import compile_machine
-from engine.modifier import START_PROBE
+from modfsm.engine import LIFECYCLE, Event, EventType, Modifier, State
+from modfsm.engine.kernel.compiler import compile_machine
+from modfsm.engine.model.events import TRAINING_STEP_EVENTS
+from modfsm.engine.runtime.modifier import START_PROBE
+from modfsm.engine.tools.transitions_adapter import TransitionsDriver
 
 TARGET_RATIO = 1.15
 TARGET_BYTES_RATIO = 2.0

@@ -41,7 +41,7 @@ def _rank(rank: int, root: str, rounds: int, block: int, calls: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from benchmarks.session_overhead import NoopModifier, mlp
-    from engine.session import Session
+    from modfsm.engine.loop.session import Session
 
     torch.set_num_threads(1)
     dist.init_process_group(

@@ -45,8 +45,8 @@ from typing import Any
 import attrs
 import torch
 
-from engine import EventType, Modifier, State
-from engine.session import Session
+from modfsm.engine import EventType, Modifier, State
+from modfsm.engine.loop.session import Session
 
 TARGET = 0.01
 MODIFIERS = 10
@@ -79,7 +79,7 @@ _ORDER = {
 class MinimalLoop:
     """The floor: five calls that check their order and count, nothing else.
 
-    It builds no :class:`~engine.events.Event`: modfsm builds one only when a
+    It builds no :class:`~modfsm.engine.model.events.Event`: modfsm builds one only when a
     modifier receives the event or ``state.last_event`` is read, so building
     one is not part of the least a Python engine must do.
     """

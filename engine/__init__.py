@@ -1,6 +1,6 @@
 """modfsm's engine: events, state, the declared lifecycle machine and Modifier."""
 
-from engine.errors import (
+from modfsm.engine.kernel.errors import (
     ConfigError,
     ConfigTypeError,
     DeclarationError,
@@ -8,10 +8,10 @@ from engine.errors import (
     IllegalTransitionError,
     LifecycleError,
 )
-from engine.events import Event, EventType
-from engine.lifecycle import LIFECYCLE, LifecycleState
-from engine.modifier import Modifier, ModifierInterface, handles
-from engine.state import Data, Hardware, LoggerManager, State
+from modfsm.engine.model.events import Event, EventType
+from modfsm.engine.model.lifecycle import LIFECYCLE, LifecycleState
+from modfsm.engine.model.state import Data, Hardware, LoggerManager, State
+from modfsm.engine.runtime.modifier import Modifier, ModifierInterface, handles
 
 __all__ = [
     "LIFECYCLE",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Final
 
-from engine.errors import ConfigError, ConfigTypeError
+from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""Independent, flag-based models of the modifier lifecycle. Never imports ``engine``.
+"""Independent, flag-based models of the modifier lifecycle. Never imports ``modfsm``.
 
 :class:`ReferenceModifier` is the reference (llm-compressor's ``Modifier``,
 v0.6.0-v0.14) as ``../shared/FINDINGS.md`` section 1 describes it: four

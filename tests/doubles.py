@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from engine import Event, EventType, Modifier, State
-from engine.machine import CompiledState, touch
-from engine.stage import StageError
+from modfsm.engine import Event, EventType, Modifier, State
+from modfsm.engine.kernel.compiler import CompiledState, touch
+from modfsm.engine.runtime.stage import StageError
 from specs.reference import (
     Flags,
     HookFailure,

@@ -1,6 +1,6 @@
 """Summarise a ``make mutation`` run: counts per module and the kill rate.
 
-Reads mutmut's results (``mutants/engine/<module>.py.meta``) and the mutants
+Reads mutmut's results (``mutants/src/modfsm/engine/<layer>/<module>.py.meta``) and the mutants
 argued equivalent in ``specs/verification.md`` (the ids in backticks in the
 "Equivalent mutants" table), and prints, per module: mutants, killed, timeouts,
 survivors, equivalent survivors, mutants no selected test reaches, and those
@@ -40,7 +40,9 @@ _CATEGORY = {
 }
 
 _EQUIVALENT_HEADING = "### Equivalent mutants"
-_MUTANT_ID = re.compile(r"`(engine\.[\w.ǁ]+__mutmut_\d+)`")
+MUTATED = Path("src") / "modfsm" / "engine"
+"""Where mutmut's copy of engine/ is, under mutants/ (see ``make mutation``)."""
+_MUTANT_ID = re.compile(r"`(modfsm\.engine\.[\w.ǁ]+__mutmut_\d+)`")
 
 
 @attrs.frozen
@@ -103,7 +105,7 @@ def module_counts(meta: Path, equivalent: frozenset[str]) -> ModuleCounts:
 
 def main(root: Path = Path()) -> int:
     """Print the summary; return 0 if nothing is left unexplained."""
-    metas = sorted((root / "mutants" / "engine").glob("*.py.meta"))
+    metas = sorted((root / "mutants" / MUTATED).rglob("*.py.meta"))
     if not metas:
         print("no mutmut results under mutants/: run `make mutation` first")
         return 1

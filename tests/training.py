@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from engine import Modifier
-from engine.session import Session
+from modfsm.engine import Modifier
+from modfsm.engine.loop.session import Session
 
 __all__ = ["batch", "bounds", "linear", "mlp", "resume_run", "straight_run", "train_steps"]
 

@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 import pytest
 
-from engine.declaration import Declaration, Ignored, Rejection
-from engine.verify.properties import VerifiedMachine, machine_named
-from engine.verify.spin import SpinNotFoundError, find_tools
+from modfsm.engine.kernel.declaration import Declaration, Ignored, Rejection
+from modfsm.engine.tools.verify.properties import VerifiedMachine, machine_named
+from modfsm.engine.tools.verify.spin import SpinNotFoundError, find_tools
 
 LIFECYCLE = machine_named("lifecycle")
 STAGE = machine_named("stage")

@@ -1,6 +1,6 @@
 """Pruning modifiers: constant (keep a sparsity pattern) and gradual magnitude pruning."""
 
-from modifiers.pruning.constant import ConstantPruningModifier
-from modifiers.pruning.magnitude import MagnitudePruningModifier
+from modfsm.modifiers.pruning.constant import ConstantPruningModifier
+from modfsm.modifiers.pruning.magnitude import MagnitudePruningModifier
 
 __all__ = ["ConstantPruningModifier", "MagnitudePruningModifier"]

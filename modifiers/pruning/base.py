@@ -8,9 +8,9 @@ from typing import Any
 import attrs
 import torch
 
-from engine import ConfigError, Modifier, State
-from engine._validate import check_optional_number
-from modifiers.targets import ALL, as_names, check_target_names, resolve, weight_of
+from modfsm.engine import ConfigError, Modifier, State
+from modfsm.engine.kernel.validate import check_optional_number
+from modfsm.modifiers.targets import ALL, as_names, check_target_names, resolve, weight_of
 
 __all__ = ["MaskingBase", "check_bool", "check_fraction"]
 
@@ -46,7 +46,7 @@ class MaskingBase(Modifier):
     """Resolves the target layers at initialize and keeps a mask per layer.
 
     Attributes:
-        targets: the layers to prune (see :mod:`modifiers.targets`).
+        targets: the layers to prune (see :mod:`modfsm.modifiers.targets`).
         ignore: layers to leave alone, in the same syntax.
     """
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
-from engine import Event, EventType, State, handles
-from modifiers.pruning.base import MaskingBase
+from modfsm.engine import Event, EventType, State, handles
+from modfsm.modifiers.pruning.base import MaskingBase
 
 __all__ = ["ConstantPruningModifier"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from engine import ConfigError, Event, EventType, State, handles
-from modifiers.pruning.base import MaskingBase, check_bool, check_fraction
-from modifiers.pruning.masks import (
+from modfsm.engine import ConfigError, Event, EventType, State, handles
+from modfsm.modifiers.pruning.base import MaskingBase, check_bool, check_fraction
+from modfsm.modifiers.pruning.masks import (
     cubic_sparsity,
     global_masks,
     nm_mask,

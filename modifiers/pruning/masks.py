@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from engine.errors import ConfigError
+from modfsm.engine.kernel.errors import ConfigError
 
 __all__ = ["cubic_sparsity", "global_masks", "nm_mask", "parse_structure", "unstructured_mask"]
 

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import attrs
 
-from engine.errors import ConfigError, ConfigTypeError
+from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
 
 __all__ = [
     "OBSERVERS",
@@ -141,7 +141,7 @@ class QuantizationScheme:
     """The quantization of one group of layers.
 
     Attributes:
-        targets: the layers it applies to (see :mod:`modifiers.targets`).
+        targets: the layers it applies to (see :mod:`modfsm.modifiers.targets`).
         weights: how their weights are quantized (None: not at all).
         input_activations: how their inputs are quantized (None: not at all).
     """

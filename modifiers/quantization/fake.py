@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import torch
 
-from modifiers.quantization.args import QuantizationArgs
+from modfsm.modifiers.quantization.args import QuantizationArgs
 
 __all__ = [
     "Observer",

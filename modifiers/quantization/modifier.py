@@ -5,7 +5,7 @@ Lifecycle (the modifier's window is ``[start, end)``):
 * **initialize** resolves the target layers and checks the scheme fits them
   (group sizes divide the layers' inputs; a one-shot run has calibration data).
 * **start** attaches the fake quantization to every target layer: a
-  ``forward_wrap`` hook (:mod:`engine.hooks`) quantizes the layer's input (when
+  ``forward_wrap`` hook (:mod:`modfsm.engine.runtime.hooks`) quantizes the layer's input (when
   the scheme quantizes activations) and puts a fake-quantized view of the
   weight in the layer's place for that one call, taking it away again when
   the call returns or raises. Parameters,
@@ -33,13 +33,13 @@ from typing import Any
 import attrs
 import torch
 
-from engine import ConfigError, Event, IllegalTransitionError, Modifier, State
-from modifiers.quantization.args import (
+from modfsm.engine import ConfigError, Event, IllegalTransitionError, Modifier, State
+from modfsm.modifiers.quantization.args import (
     QuantizationScheme,
     parse_config_groups,
     preset,
 )
-from modifiers.quantization.fake import (
+from modfsm.modifiers.quantization.fake import (
     Observer,
     dequantize,
     fake_quantize,
@@ -48,7 +48,7 @@ from modifiers.quantization.fake import (
     scale_shape,
     weight_qparams,
 )
-from modifiers.targets import (
+from modfsm.modifiers.targets import (
     as_names,
     check_names,
     check_target_names,
@@ -105,7 +105,7 @@ class QuantizationModifier(Modifier):
 
     Recipe arguments: ``targets`` and ``scheme`` (a preset: ``W8A8``, ``W8A16``,
     ``W4A16``; ``group_size`` changes a grouped preset's group), or
-    ``config_groups`` (see :mod:`modifiers.quantization.args`); ``ignore``;
+    ``config_groups`` (see :mod:`modfsm.modifiers.quantization.args`); ``ignore``;
     ``start``, ``end``.
 
     Attributes:

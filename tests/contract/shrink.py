@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import torch
 
-from engine import Event, EventType, Modifier, State
+from modfsm.engine import Event, EventType, Modifier, State
 
 __all__ = ["Shrink", "first_layer"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from hypothesis import settings
 
-from engine import Modifier
-from engine.testing import Contract, ContractViolation
+from modfsm.engine import Modifier
+from modfsm.engine.tools.testing import Contract, ContractViolation
 from tests.contract.broken.changes_weights_early import ZeroesEarly
 from tests.contract.broken.forgets_state import ForgetsCount
 from tests.contract.broken.keeps_hooks import KeepsHooks

@@ -20,10 +20,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import LIFECYCLE, Event, HookReturnError, IllegalTransitionError, Modifier, State
-from engine.testing import LifecycleSpy, Stream, expect
-from engine.testing import strategies as ms
-from engine.testing.expected import trigger_of
+from modfsm.engine import LIFECYCLE, Event, HookReturnError, IllegalTransitionError, Modifier, State
+from modfsm.engine.tools.testing import LifecycleSpy, Stream, expect
+from modfsm.engine.tools.testing import strategies as ms
+from modfsm.engine.tools.testing.expected import trigger_of
 from specs.reference import HookFailure, SpecModifier, StepGrammarModel
 from tests.contract.shrink import Shrink
 from tests.doubles import RecordingModifier
@@ -178,7 +178,7 @@ def test_a_modifier_takes_one_spy_at_a_time() -> None:
 
 def test_the_plugin_is_registered_for_pytest() -> None:
     (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "modfsm"]
-    assert plugin.value == "engine.testing.plugin"
+    assert plugin.value == "modfsm.engine.tools.testing.plugin"
 
 
 def test_the_plugin_fixtures_give_the_contract_the_spy_and_the_hook_count(
@@ -201,9 +201,9 @@ def test_the_plugin_fixtures_give_the_contract_the_spy_and_the_hook_count(
 def test_the_kit_without_hypothesis_names_the_extra_to_install() -> None:
     code = (
         "import sys; sys.modules['hypothesis'] = None\n"
-        "import engine, engine.testing, engine.testing.plugin\n"
+        "import modfsm.engine, modfsm.engine.tools.testing, modfsm.engine.tools.testing.plugin\n"
         "try:\n"
-        "    from engine.testing import strategies\n"
+        "    from modfsm.engine.tools.testing import strategies\n"
         "except ImportError as error:\n"
         "    print(error)\n"
     )

@@ -1,4 +1,4 @@
-"""Every modifier in ``modifiers/`` runs the modifier contract (``engine.testing``).
+"""Every modifier in ``modifiers/`` runs the modifier contract (``modfsm.engine.tools.testing``).
 
 Each class below is the whole test: ``ModifierContract`` supplies the five checks
 (lifecycle, illegal calls, torch hooks, outside the window, resume). The classes
@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 import torch
 
-from engine import Modifier
-from engine.testing import ModifierContract, strategies
-from modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
-from modifiers.quantization import QuantizationModifier
+from modfsm.engine import Modifier
+from modfsm.engine.tools.testing import ModifierContract, strategies
+from modfsm.modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
+from modfsm.modifiers.quantization import QuantizationModifier
 
 
 def model_with_zeros() -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """What each spawned rank runs (see :mod:`tests.distributed.harness`).
 
 A scenario is a function ``(rank, world, workdir, options) -> dict`` that trains a
-small model through a :class:`~engine.session.Session` under ``torch.distributed``
+small model through a :class:`~modfsm.engine.loop.session.Session` under ``torch.distributed``
 (gloo, CPU) and reports what it saw. :func:`main` sets up the process group, runs
 it, and writes the report, or the error the rank raised, to ``rank<r>.json``.
 """
@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import engine.distributed
-import engine.session
-from engine import Event, Modifier, State
-from engine.distributed import CollectiveError, DistributedError
-from engine.session import Session
-from modifiers import MagnitudePruningModifier
+import modfsm.engine.loop.distributed
+import modfsm.engine.loop.session
+from modfsm.engine import Event, Modifier, State
+from modfsm.engine.loop.distributed import CollectiveError, DistributedError
+from modfsm.engine.loop.session import Session
+from modfsm.modifiers import MagnitudePruningModifier
 
 Scenario = Callable[[int, int, Path, dict[str, Any]], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {}
@@ -122,13 +122,14 @@ def train(session: Session, net: torch.nn.Module, optimizer: Any, rank: int, ste
 def count_agreements() -> list[str]:
     """Record where the session runs the agreement protocol from now on."""
     places: list[str] = []
-    real = engine.distributed.agree
+    real = modfsm.engine.loop.distributed.agree
 
     def counting(collective: Any, snapshot: Any, **kwargs: Any) -> None:
         places.append(snapshot.where)
         real(collective, snapshot, **kwargs)
 
-    vars(engine.session)["agree"] = counting  # a spy, in a child process that ends after
+    # a spy, in a child process that ends after
+    vars(modfsm.engine.loop.session)["agree"] = counting
     return places
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from engine import LIFECYCLE, Event, EventType
-from engine._transitions import TransitionsDriver
-from engine.modifier import START_PROBE
+from modfsm.engine import LIFECYCLE, Event, EventType
+from modfsm.engine.runtime.modifier import START_PROBE
+from modfsm.engine.tools.transitions_adapter import TransitionsDriver
 from specs.reference import Flags, ReferenceModifier
 from tests.doubles import STATE, Call, Outcome, RecordingModifier, apply, error_kind, put_in_state
 

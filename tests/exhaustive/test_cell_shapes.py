@@ -7,7 +7,7 @@ cell's rows: one unguarded row moving or staying, a guarded pair with each
 branch moving or staying, or no rows (rejected, ignored). For each shape, guard
 outcome and gate result, three readings must agree: the compiled table,
 ``transitions``' dispatch of the same declaration, and the semantics of
-``engine.machine`` applied by hand in :func:`expected`.
+``modfsm.engine.kernel.compiler`` applied by hand in :func:`expected`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from engine._transitions import TransitionsDriver
-from engine.errors import HookReturnError, IllegalTransitionError
-from engine.machine import (
+from modfsm.engine.kernel.compiler import (
     CompiledMachine,
     Declaration,
     HookSpec,
@@ -31,6 +29,8 @@ from engine.machine import (
     TriggerSpec,
     compile_machine,
 )
+from modfsm.engine.kernel.errors import HookReturnError, IllegalTransitionError
+from modfsm.engine.tools.transitions_adapter import TransitionsDriver
 
 PRELUDES: dict[str, str | None] = {"none": None, "notify": "note", "gate": "gate"}
 TRUE_HOOKS: tuple[str, ...] = ("h1", "h2")  # two, so the order is checked too
@@ -103,7 +103,7 @@ class Expected(NamedTuple):
 
 
 def expected(shape: Shape, guard: bool, gate: Any) -> Expected:
-    """One call of ``t`` in s0, by the rules of the ``engine.machine`` docstring."""
+    """One call of ``t`` in s0, by the rules of the ``modfsm.engine.kernel.compiler`` docstring."""
     if shape.rows == "reject":
         return Expected("illegal", (), "s0")
     if shape.rows == "ignore":

@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 import attrs
 import pytest
 
-from engine import LIFECYCLE, EventType, State
-from engine.lifecycle import LifecycleState
-from engine.modifier import Modifier
+from modfsm.engine import LIFECYCLE, EventType, State
+from modfsm.engine.model.lifecycle import LifecycleState
+from modfsm.engine.runtime.modifier import Modifier
 from specs.reference import Flags, ReferenceModifier, SpecModifier
 from tests.doubles import RecordingModifier, apply, flags_of, put_in_state
 from tests.exhaustive.sides import ABSTRACT, DriverSide, EngineSide, Letter, ModelSide
@@ -87,7 +87,7 @@ def expected_from_rows(state: str, trigger: str, guards: dict[str, bool], gate: 
 
 
 def letter_for(kind: str, type_: EventType | None, guards: dict[str, bool], gate: Any) -> Letter:
-    from engine import Event
+    from modfsm.engine import Event
 
     returns = {"on_initialize": gate, "on_finalize": gate}
     call = (kind, None) if type_ is None else (kind, Event(type_, global_step=0))

@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 
-from engine import EventType
+from modfsm.engine import EventType
 from specs.reference import ReferenceModifier, SpecModifier
 from tests.exhaustive.sides import (
     ABSTRACT,

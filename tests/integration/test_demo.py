@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from engine.demo import run_demo
+from modfsm.engine.app.demo import run_demo
 
 WARMUP, FREEZE = "warmup [0, 4)", "freeze layer 0 [6, 9)"
 

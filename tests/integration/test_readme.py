@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.demo import run_demo
-from engine.diagrams import draw, render
-from engine.factory import ModifierFactory
+from modfsm.engine.app.demo import run_demo
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.tools.diagrams import draw, render
 from tests.verify_support import require_spin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def shape(line: str) -> str:
 
 
 def test_the_main_job_output_shown_is_what_the_default_run_prints() -> None:
-    from engine.runner import RunConfig, format_summary, run
+    from modfsm.engine.app.runner import RunConfig, format_summary, run
 
     shown = block("text", after="## The main job")
     printed = format_summary(run(RunConfig())).splitlines()
@@ -90,7 +90,7 @@ def test_the_main_job_output_shown_is_what_the_default_run_prints() -> None:
 
 
 def test_the_verify_excerpt_is_what_modfsm_verify_prints() -> None:
-    from engine.cli import main
+    from modfsm.engine.app.cli import main
 
     require_spin()
     shown = block("text", after="## Proving the machines")

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import torch
 
-from engine.runner import CHECKPOINT_NAME, RunConfig, RunResult, format_summary, run
-from engine.session import Session
-from modifiers.pruning import MagnitudePruningModifier
-from modifiers.quantization import QuantizationModifier
-from modifiers.quantization.fake import dequantize
+from modfsm.engine.app.runner import CHECKPOINT_NAME, RunConfig, RunResult, format_summary, run
+from modfsm.engine.loop.session import Session
+from modfsm.modifiers.pruning import MagnitudePruningModifier
+from modfsm.modifiers.quantization import QuantizationModifier
+from modfsm.modifiers.quantization.fake import dequantize
 
 SHORT = Path(__file__).parents[1] / "recipes" / "run" / "short.yaml"
 FLOOR = 0.85
@@ -128,7 +128,7 @@ def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_one(
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run", *args],
+        [sys.executable, "-m", "modfsm.engine.app.cli", "run", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -171,8 +171,8 @@ def test_a_cuda_device_this_machine_lacks_is_named_with_the_ones_it_has(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Seen on a one-GPU machine: cuda:7 failed with torch's many-line CUDA advice.
-    from engine.errors import ConfigError
-    from engine.runner import _device
+    from modfsm.engine.app.runner import _device
+    from modfsm.engine.kernel.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -190,8 +190,8 @@ def test_a_cuda_device_this_machine_lacks_is_named_with_the_ones_it_has(
 def test_a_device_torch_cannot_use_is_refused_with_the_first_line_of_its_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine.errors import ConfigError
-    from engine.runner import _device
+    from modfsm.engine.app.runner import _device
+    from modfsm.engine.kernel.errors import ConfigError
 
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be reported")

@@ -1,7 +1,7 @@
-"""Hypothesis strategies the property tests share beyond ``engine.testing.strategies``.
+"""Hypothesis strategies the property tests share beyond ``modfsm.engine.tools.testing.strategies``.
 
 Schedules, event types and steps come from the public test kit
-(``from engine.testing import strategies as ms``); what is here scripts the
+(``from modfsm.engine.tools.testing import strategies as ms``); what is here scripts the
 test doubles (``tests/doubles.py``), which users of the kit do not have.
 """
 

@@ -16,8 +16,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine._transitions import TransitionsDriver
-from engine.machine import (
+from modfsm.engine.kernel.compiler import (
     Declaration,
     HookSpec,
     Ignored,
@@ -26,6 +25,7 @@ from engine.machine import (
     TriggerSpec,
     compile_machine,
 )
+from modfsm.engine.tools.transitions_adapter import TransitionsDriver
 
 GUARDS = ("g0", "g1")
 HOOKS = ("h0", "h1", "h2")

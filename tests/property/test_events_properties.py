@@ -8,8 +8,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import Event, EventType
-from engine.events import simplest_fraction
+from modfsm.engine import Event, EventType
+from modfsm.engine.model.events import simplest_fraction
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 

@@ -4,10 +4,10 @@ Two shortcuts sit on the hot path (see ``benchmarks/README.md``):
 
 * each ``attrs`` modifier class runs a variant of the lifecycle that leaves out
   the calls to the hooks it keeps empty, and to hooks decorated with
-  ``@handles`` for the other event types (``engine.machine.specialize``), and a
-  stage skips a modifier whose cell is then :data:`~engine.machine.IGNORE`;
+  ``@handles`` for the other event types (``modfsm.engine.kernel.compiler.specialize``), and a
+  stage skips a modifier whose cell is then :data:`~modfsm.engine.kernel.compiler.IGNORE`;
 * a plain ``Session`` runs the legal moves of loop events from a table derived
-  from the grammar's plans (``engine.session._FAST``) instead of calling the
+  from the grammar's plans (``modfsm.engine.loop.session._FAST``) instead of calling the
   compiled cell, whose hooks it inlines.
 
 Here both are compared, call by call, with the path they shortcut: a modifier
@@ -25,11 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import Event, EventType, Modifier, State, handles
-from engine.machine import IGNORE
-from engine.session import Session
-from engine.session_grammar import SessionState
-from engine.stage import StageModifiers
+from modfsm.engine import Event, EventType, Modifier, State, handles
+from modfsm.engine.kernel.compiler import IGNORE
+from modfsm.engine.loop.session import Session
+from modfsm.engine.model.session_grammar import SessionState
+from modfsm.engine.runtime.stage import StageModifiers
 from tests.doubles import put_in_state
 from tests.property.test_session_grammar import LOOP_EVENTS
 

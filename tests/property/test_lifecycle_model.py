@@ -17,8 +17,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine import Event, EventType
-from engine.testing import strategies as ms
+from modfsm.engine import Event, EventType
+from modfsm.engine.tools.testing import strategies as ms
 from specs.reference import ReferenceModifier, SpecModifier
 from tests.doubles import FINALIZE, INITIALIZE, Call, RecordingModifier, apply, flags_of
 from tests.property import strategies as s

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given, reject
 from hypothesis import strategies as st
 
-from engine.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
+from modfsm.engine.config.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
 
 identifiers = st.builds(str.__add__, st.sampled_from("abcxyz"), st.text("abcxyz019_", max_size=8))
 

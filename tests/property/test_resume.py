@@ -24,10 +24,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import Event, EventType, Modifier, State
-from engine.session import Session
-from engine.stage import StageModifiers
-from engine.testing import strategies as ms
+from modfsm.engine import Event, EventType, Modifier, State
+from modfsm.engine.loop.session import Session
+from modfsm.engine.runtime.stage import StageModifiers
+from modfsm.engine.tools.testing import strategies as ms
 
 
 @attrs.define(eq=False)

@@ -14,8 +14,8 @@ import copy
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import EventType, IllegalTransitionError
-from engine.session import Session
+from modfsm.engine import EventType, IllegalTransitionError
+from modfsm.engine.loop.session import Session
 from specs.reference import StepGrammarModel
 from tests.doubles import EventLog
 

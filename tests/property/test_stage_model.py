@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import Event, EventType, State
-from engine.stage import StageModifiers
-from engine.testing import strategies as ms
+from modfsm.engine import Event, EventType, State
+from modfsm.engine.runtime.stage import StageModifiers
+from modfsm.engine.tools.testing import strategies as ms
 from specs.reference import ReferenceModifier, ReferenceStage, SpecModifier, SpecStage
 from tests.doubles import RecordingModifier, error_kind, flags_of
 from tests.property import strategies as s

@@ -16,12 +16,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import EventType, LifecycleState, Modifier
-from engine.session import Session
-from engine.stage import StageModifiers
-from engine.stage_lifecycle import StageState
-from engine.testing import strategies as ms
-from engine.trace import verify
+from modfsm.engine import EventType, LifecycleState, Modifier
+from modfsm.engine.loop.session import Session
+from modfsm.engine.model.stage_lifecycle import StageState
+from modfsm.engine.runtime.stage import StageModifiers
+from modfsm.engine.tools.replay import verify
+from modfsm.engine.tools.testing import strategies as ms
 from specs.reference import HookFailure
 from tests.doubles import EventLog, RecordingModifier
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 
-from engine import Modifier, State
-from engine._validate import check_optional_number
-from engine.errors import ConfigError, ConfigTypeError
+from modfsm.engine import Modifier, State
+from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
+from modfsm.engine.kernel.validate import check_optional_number
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -1,4 +1,4 @@
-"""engine._argtypes: recipe values checked against field annotations."""
+"""modfsm.engine.config.argtypes: recipe values checked against field annotations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any, Literal, Optional, TypeVar
 import attrs
 import pytest
 
-from engine import Modifier, State
-from engine._argtypes import describe, field_annotations, mismatch
+from modfsm.engine import Modifier, State
+from modfsm.engine.config.argtypes import describe, field_annotations, mismatch
 
 T = TypeVar("T")
 

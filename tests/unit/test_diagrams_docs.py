@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.diagrams import DOC_TARGETS, doc_files, graphviz_version, stale_docs, write_docs
-from engine.diagrams.__main__ import main
-from engine.diagrams.docs import REGENERATE
+from modfsm.engine.tools.diagrams import (
+    DOC_TARGETS,
+    doc_files,
+    graphviz_version,
+    stale_docs,
+    write_docs,
+)
+from modfsm.engine.tools.diagrams.__main__ import main
+from modfsm.engine.tools.diagrams.docs import REGENERATE
 from tests.diagram_support import require_graphviz
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,13 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import Event, Modifier, State
-from engine.declaration import Declaration
-from engine.diagrams import (
+from modfsm.engine import Event, Modifier, State
+from modfsm.engine.config.factory import ModifierFactory, ModifierImportError
+from modfsm.engine.kernel.declaration import Declaration
+from modfsm.engine.model.lifecycle import LIFECYCLE
+from modfsm.engine.model.session_grammar import SESSION_GRAMMAR
+from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
+from modfsm.engine.tools.diagrams import (
     MACHINE_TARGETS,
     REJECTED,
     DiagramError,
@@ -21,10 +25,6 @@ from engine.diagrams import (
     overridden,
     render,
 )
-from engine.factory import ModifierFactory, ModifierImportError
-from engine.lifecycle import LIFECYCLE
-from engine.session_grammar import SESSION_GRAMMAR
-from engine.stage_lifecycle import STAGE_LIFECYCLE
 from tests.diagram_support import (
     Edge,
     dot_edge_attributes,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.diagrams import (
+from modfsm.engine.tools.diagrams import (
     DiagramError,
     GraphvizNotFoundError,
     draw,
@@ -86,7 +86,7 @@ def test_diagrams_are_the_same_bytes_in_another_process() -> None:
     require_graphviz()
     code = (
         "import hashlib, sys\n"
-        "from engine.diagrams import draw, render\n"
+        "from modfsm.engine.tools.diagrams import draw, render\n"
         "for f in ('mermaid', 'dot', 'svg'):\n"
         "    print(hashlib.sha256(render(draw('lifecycle', illegal=True), f)).hexdigest())\n"
     )

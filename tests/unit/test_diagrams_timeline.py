@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from engine.diagrams import (
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.config.recipe import Recipe
+from modfsm.engine.loop.session import Session
+from modfsm.engine.tools.diagrams import (
     DiagramError,
     StateSpan,
     Window,
@@ -17,15 +20,12 @@ from engine.diagrams import (
     state_spans,
     windows,
 )
-from engine.factory import ModifierFactory
-from engine.recipe import Recipe
-from engine.session import Session
-from engine.trace import read_jsonl
+from modfsm.engine.tools.replay import read_jsonl
 from tests.diagram_support import png_size
 from tests.recipes.doubles import DOUBLES
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT = ROOT / "engine" / "data" / "default_recipe.yaml"
+DEFAULT = ROOT / "engine" / "app" / "data" / "default_recipe.yaml"
 EPOCHS = ROOT / "tests" / "recipes" / "good" / "epoch_schedule.yaml"
 
 

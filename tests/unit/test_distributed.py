@@ -1,4 +1,4 @@
-"""engine/distributed.py and the session's lockstep, in one process.
+"""engine/loop/distributed.py and the session's lockstep, in one process.
 
 The other ranks are scripted (:class:`ScriptedRanks`); tests/distributed/ runs the
 same protocol over real gloo ranks.
@@ -15,8 +15,9 @@ import attrs
 import pytest
 import torch
 
-from engine import EventType
-from engine.distributed import (
+from modfsm.engine import EventType
+from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError, IllegalTransitionError
+from modfsm.engine.loop.distributed import (
     Collective,
     CollectiveError,
     RankDivergenceError,
@@ -27,8 +28,7 @@ from engine.distributed import (
     torch_collective,
     unwrap_model,
 )
-from engine.errors import ConfigError, ConfigTypeError, IllegalTransitionError
-from engine.session import Session
+from modfsm.engine.loop.session import Session
 from tests.doubles import NoopModifier
 
 Peer = Callable[[Snapshot], Snapshot]
@@ -197,7 +197,7 @@ def test_each_field_that_differs_is_named_with_its_values_per_rank(
 
 def test_the_digest_does_not_depend_on_the_process() -> None:
     code = (
-        "from engine.distributed import Snapshot; "
+        "from modfsm.engine.loop.distributed import Snapshot; "
         "print(Snapshot('w', (1, 2, 3), 'idle', (('a', 'T', 's'),), (('x', 'y'),)).digest())"
     )
     seen = {
@@ -234,7 +234,7 @@ def lockstep_session(ranks: Ranks, **kwargs: Any) -> Session:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[Snapshot]:
     """Feed each snapshot the session agrees on to the Ranks collective, and record them."""
-    import engine.session
+    import modfsm.engine.loop.session
 
     seen: list[Snapshot] = []
     real = agree
@@ -245,7 +245,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[Snapshot]:
             collective.last = snapshot
         real(collective, snapshot, **kwargs)
 
-    monkeypatch.setattr(engine.session, "agree", recording)
+    monkeypatch.setattr(modfsm.engine.loop.session, "agree", recording)
     return seen
 
 
@@ -384,7 +384,7 @@ def test_an_object_named_like_a_wrapper_is_not_unwrapped() -> None:
 def test_a_single_process_run_imports_nothing_distributed() -> None:
     code = (
         "import sys\n"
-        "from engine.session import Session\n"
+        "from modfsm.engine.loop.session import Session\n"
         "from tests.doubles import NoopModifier\n"
         "s = Session()\n"
         "s.initialize(recipe=[NoopModifier(start=0, end=2)])\n"
@@ -534,7 +534,7 @@ def test_after_a_failed_run_released_its_collective_the_session_runs_alone(
 
 
 def test_agreement_points_name_unnamed_stages_by_position(spy: list[Snapshot]) -> None:
-    from engine.stage import StageModifiers
+    from modfsm.engine.runtime.stage import StageModifiers
 
     ranks = Ranks()
     session = Session()

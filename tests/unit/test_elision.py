@@ -2,7 +2,7 @@
 
 ``tests/property/test_fast_path.py`` checks, over random events, that a
 specialized class calls exactly the hooks the declared table calls; here are the
-specific cases: which cells become :data:`~engine.machine.IGNORE`, hooks
+specific cases: which cells become :data:`~modfsm.engine.kernel.compiler.IGNORE`, hooks
 assigned to a class later (``mock.patch.object``), classes whose instances have
 a ``__dict__``, moving an instance to another class, and the fan-out of stages
 and sessions to classes that override ``update_event``.
@@ -17,13 +17,13 @@ from unittest import mock
 import attrs
 import pytest
 
-from engine import Event, EventType, LifecycleState, Modifier, State, handles
-from engine.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
-from engine.errors import ConfigTypeError, DeclarationError
-from engine.machine import IGNORE, compile_machine, epoch, specialize, touch
-from engine.modifier import is_inert, quiet_until, switch_class
-from engine.session import Session
-from engine.stage import StageModifiers
+from modfsm.engine import Event, EventType, LifecycleState, Modifier, State, handles
+from modfsm.engine.kernel.compiler import IGNORE, compile_machine, epoch, specialize, touch
+from modfsm.engine.kernel.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
+from modfsm.engine.kernel.errors import ConfigTypeError, DeclarationError
+from modfsm.engine.loop.session import Session
+from modfsm.engine.runtime.modifier import is_inert, quiet_until, switch_class
+from modfsm.engine.runtime.stage import StageModifiers
 from tests.doubles import NoopModifier
 
 STATE = State()
@@ -517,7 +517,7 @@ class QuietUntilPatched(NoopModifier):
 
 
 def test_the_session_fast_table_holds_every_legal_move_of_the_loop_events() -> None:
-    from engine.session import _FAST
+    from modfsm.engine.loop.session import _FAST
 
     table = {
         state: {

@@ -7,8 +7,8 @@ from fractions import Fraction
 import attrs
 import pytest
 
-from engine import ConfigError, ConfigTypeError, Event, EventType
-from engine.events import simplest_fraction
+from modfsm.engine import ConfigError, ConfigTypeError, Event, EventType
+from modfsm.engine.model.events import simplest_fraction
 
 REFERENCE_ORDER = [
     "INITIALIZE",

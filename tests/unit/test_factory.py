@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine import ConfigError, ConfigTypeError, Modifier, State
-from engine.factory import ModifierFactory, ModifierImportError, UnknownModifierError
+from modfsm.engine import ConfigError, ConfigTypeError, Modifier, State
+from modfsm.engine.config.factory import ModifierFactory, ModifierImportError, UnknownModifierError
 from tests.doubles import NoopModifier
 
 FAKE = "tests.fixtures.fake_modifiers"
@@ -22,7 +24,102 @@ def factory(monkeypatch: pytest.MonkeyPatch) -> type[ModifierFactory]:
     monkeypatch.setattr(ModifierFactory, "_loaded", False)
     monkeypatch.setattr(ModifierFactory, "main_package", FAKE)
     monkeypatch.setattr(ModifierFactory, "experimental_package", f"{FAKE}.experimental")
+    monkeypatch.setattr(ModifierFactory, "entry_point_group", GROUP)
+    monkeypatch.setattr(ModifierFactory, "_reported", set())
     return ModifierFactory
+
+
+GROUP = "modfsm.tests.modifiers"
+"""The entry-point group the tests declare in (no installed package uses it)."""
+
+
+def declare(root: Path, distribution: str, points: dict[str, str]) -> None:
+    """Write what pip leaves for a distribution declaring ``points`` in :data:`GROUP`."""
+    info = root / f"{distribution}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n", encoding="utf-8"
+    )
+    lines = [f"[{GROUP}]", *(f"{name} = {value}" for name, value in points.items())]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def module(root: Path, name: str, source: str) -> None:
+    (root / f"{name}.py").write_text(source, encoding="utf-8")
+
+
+CONCRETE = "from modfsm.engine import Modifier\n\n\nclass {0}(Modifier):\n" \
+    "    def on_initialize(self, state, **kwargs):\n        return True\n"  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for throwaway distributions; its modules are forgotten after."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if getattr(sys.modules[name], "__file__", None) and str(tmp_path) in str(
+            sys.modules[name].__file__
+        ):
+            del sys.modules[name]
+
+
+def test_entry_points_add_modules_and_classes_to_the_main_registry(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    module(site, "ep_walked", CONCRETE.format("WalkedModifier"))
+    module(site, "ep_single", CONCRETE.format("SingleModifier") + CONCRETE.format("OtherModifier"))
+    declare(site, "ep-dist", {"walked": "ep_walked", "single": "ep_single:SingleModifier"})
+    factory.refresh()
+    assert factory.known()["main"] == (
+        "AlphaModifier", "DeepModifier", "NeedsTargetsModifier", "SingleModifier", "WalkedModifier"
+    )  # fmt: skip
+    assert type(factory.create("WalkedModifier")).__name__ == "WalkedModifier"
+    assert "OtherModifier" not in factory.known()["main"]  # the class form takes one class
+
+
+def test_a_broken_entry_point_is_logged_once_and_hides_no_other_modifier(
+    factory: type[ModifierFactory], site: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module(site, "ep_broken", "import no_such_module_here\n\n\nclass GoneModifier:\n    pass\n")
+    module(site, "ep_fine", CONCRETE.format("FineModifier"))
+    declare(site, "ep-dist", {"broken": "ep_broken", "fine": "ep_fine"})
+    with caplog.at_level("WARNING", logger="modfsm"):
+        factory.refresh()
+        factory.refresh()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"modfsm: entry point 'broken' (ep_broken) of group {GROUP!r} failed to load "
+        "(ModuleNotFoundError: No module named 'no_such_module_here'), so its modifiers are "
+        "unavailable; the other modifiers are not affected. To fix, repair or uninstall the "
+        "package that declares it."
+    ]
+    assert type(factory.create("FineModifier")).__name__ == "FineModifier"
+    with pytest.raises(ModifierImportError, match=r"^entry point 'broken' \(ep_broken\)") as caught:
+        factory.create("GoneModifier")
+    assert str(caught.value).endswith("it defines GoneModifier.")
+
+
+def test_two_classes_of_one_name_are_an_error_for_that_name_only(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    module(site, "ep_twin", CONCRETE.format("AlphaModifier") + CONCRETE.format("OwnModifier"))
+    declare(site, "ep-dist", {"twin": "ep_twin"})
+    with pytest.raises(ConfigError, match=r"two classes are called AlphaModifier: one from "
+                       rf"{FAKE}, one from entry point 'twin' \(ep_twin\)") as caught:  # fmt: skip
+        factory.create("AlphaModifier")
+    assert caught.value.field == "AlphaModifier"
+    assert type(factory.create("OwnModifier")).__name__ == "OwnModifier"
+
+
+def test_an_entry_point_naming_a_class_that_is_no_modifier_is_remembered(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    module(site, "ep_plain", "class PlainModifier:\n    pass\n")
+    declare(site, "ep-dist", {"plain": "ep_plain:PlainModifier"})
+    with pytest.raises(ConfigTypeError, match=r"^entry point 'plain' \(ep_plain:PlainModifier\) "
+                       r"of group .* does not subclass modfsm.engine.Modifier"):  # fmt: skip
+        factory.create("PlainModifier")
 
 
 def test_refresh_finds_concrete_modifiers_defined_in_each_package(
@@ -96,7 +193,7 @@ def test_a_failed_import_is_re_raised_for_the_classes_the_module_defines(
     [
         ("HalfDoneModifier", r"good.HalfDoneModifier is abstract \(missing on_initialize\)"),
         ("StringModifier", r"good.StringModifier is not a class"),
-        ("NotReallyModifier", r"good.NotReallyModifier does not subclass engine.Modifier"),
+        ("NotReallyModifier", r"good.NotReallyModifier does not subclass modfsm.engine.Modifier"),
     ],
 )
 def test_names_that_are_not_modifier_classes_are_remembered_errors(
@@ -133,7 +230,7 @@ def test_register_rejects_what_it_cannot_create(factory: type[ModifierFactory]) 
 
     with pytest.raises(ConfigTypeError, match=r"is not a class"):
         factory.register("X", Concrete())
-    with pytest.raises(ConfigTypeError, match=r"dict does not subclass engine.Modifier"):
+    with pytest.raises(ConfigTypeError, match=r"dict does not subclass modfsm.engine.Modifier"):
         factory.register("X", dict)
     with pytest.raises(ConfigTypeError, match=r"Abstract is abstract \(missing on_initialize\)"):
         factory.register("X", Abstract)
@@ -154,7 +251,7 @@ def test_known_loads_the_packages_on_first_use(factory: type[ModifierFactory]) -
 
 
 def test_names_are_compared_without_the_modifier_suffix_or_its_typos() -> None:
-    from engine.factory import _stem
+    from modfsm.engine.config.factory import _stem
 
     assert _stem("MagnitudePruningModifier") == "magnitudepruning"
     assert _stem("MagnitudePruningModifer") == "magnitudepruning"
@@ -162,21 +259,21 @@ def test_names_are_compared_without_the_modifier_suffix_or_its_typos() -> None:
 
 
 def test_at_most_three_close_names_are_suggested() -> None:
-    from engine.factory import _closest
+    from modfsm.engine.config.factory import _closest
 
     known = ["AlphaModifier", "AlphbModifier", "AlphcModifier", "AlphdModifier"]
     assert _closest("AlphxModifier", known) == ("AlphaModifier", "AlphbModifier", "AlphcModifier")
 
 
 def test_suggestions_come_closest_first_then_by_name() -> None:
-    from engine.factory import _closest
+    from modfsm.engine.config.factory import _closest
 
     known = ["ZetaModifier", "AlphbModifier", "AlphcModifier", "AlphaModifier"]
     assert _closest("AlphaModifer", known) == ("AlphaModifier", "AlphbModifier", "AlphcModifier")
 
 
 def test_a_name_contained_in_a_known_name_is_suggested_though_not_close() -> None:
-    from engine.factory import _closest
+    from modfsm.engine.config.factory import _closest
 
     known = ["MagnitudePruningModifier", "QuantizationModifier"]
     assert _closest("Pruning", known) == ("MagnitudePruningModifier",)
@@ -243,7 +340,7 @@ def test_several_suggestions_are_joined_and_no_known_types_say_none(
 
 
 def test_a_name_exactly_three_quarters_similar_is_suggested() -> None:
-    from engine.factory import _closest
+    from modfsm.engine.config.factory import _closest
 
     assert _closest("AbcdModifier", ["AbceModifier"]) == ("AbceModifier",)  # ratio 6/8
 
@@ -287,7 +384,7 @@ def test_a_broken_modules_class_names_are_read_as_utf8_whatever_the_locale(
         for key, value in os.environ.items():  # the C locale decodes them as ASCII; they
             os.environ[key] = os.fsencode(value).decode("utf-8")  # are UTF-8 (mutmut's ids)
         sys.path.insert(1, {str(tmp_path)!r})
-        from engine.factory import ModifierFactory
+        from modfsm.engine.config.factory import ModifierFactory
         ModifierFactory._remember_import_error("cafe_broken", ImportError("boom"))
         print(sorted(ModifierFactory._errors))
         """
@@ -330,7 +427,7 @@ def test_a_package_that_raises_on_import_is_remembered_not_fatal(
 
 
 def test_missing_lists_the_abstract_methods_sorted_or_says_abstract_methods() -> None:
-    from engine.factory import _missing
+    from modfsm.engine.config.factory import _missing
 
     class TwoMissing(Modifier):
         def on_start(self, state: State, event: Any, **kwargs: Any) -> None:
@@ -424,7 +521,7 @@ def test_a_remembered_non_class_error_names_it_and_the_fix(factory: type[Modifie
     error = caught.value
     assert str(error) == (
         f"{FAKE}.good.StringModifier is not a class, so it cannot be created by name. To fix, "
-        "make it a concrete engine.Modifier subclass or rename it."
+        "make it a concrete modfsm.engine.Modifier subclass or rename it."
     )
     good = sys.modules[f"{FAKE}.good"]
     assert (error.owner, error.field, error.value) == (
@@ -475,7 +572,7 @@ def test_register_errors_name_the_argument_the_value_and_the_fix() -> None:
         ModifierFactory.register("FiveModifier", 5)
     assert str(bad_class.value) == (
         "ModifierFactory.register('FiveModifier', ...): 5 is not a class. To fix, register a "
-        "concrete subclass of engine.Modifier."
+        "concrete subclass of modfsm.engine.Modifier."
     )
     assert (bad_class.value.owner, bad_class.value.field, bad_class.value.value) == (
         "ModifierFactory", "modifier_class", 5,

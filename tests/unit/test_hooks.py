@@ -9,8 +9,16 @@ import attrs
 import pytest
 import torch
 
-from engine import ConfigError, ConfigTypeError, Event, EventType, LifecycleState, Modifier, State
-from engine.hooks import HooksMixin
+from modfsm.engine import (
+    ConfigError,
+    ConfigTypeError,
+    Event,
+    EventType,
+    LifecycleState,
+    Modifier,
+    State,
+)
+from modfsm.engine.runtime.hooks import HooksMixin
 
 
 def torch_hook_count(module: torch.nn.Module) -> int:

@@ -10,9 +10,8 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import LIFECYCLE, DeclarationError, EventType, HookReturnError, State
-from engine.lifecycle import LifecycleState
-from engine.machine import (
+from modfsm.engine import LIFECYCLE, DeclarationError, EventType, HookReturnError, State
+from modfsm.engine.kernel.compiler import (
     Branch,
     CompiledMachine,
     Declaration,
@@ -24,7 +23,8 @@ from engine.machine import (
     TriggerSpec,
     compile_machine,
 )
-from engine.modifier import Modifier
+from modfsm.engine.model.lifecycle import LifecycleState
+from modfsm.engine.runtime.modifier import Modifier
 
 _names = (f"mutant-{n}" for n in itertools.count())
 
@@ -51,12 +51,13 @@ def row_index(source: str, trigger: str, key: str | None = None) -> int:
 
 
 def test_the_declaration_types_keep_their_engine_machine_import_path() -> None:
-    import engine.declaration
-    import engine.machine
+    import modfsm.engine.kernel.compiler
+    import modfsm.engine.kernel.declaration
 
-    for name in engine.declaration.__all__:
-        assert getattr(engine.machine, name) is getattr(engine.declaration, name)
-        assert name in engine.machine.__all__
+    for name in modfsm.engine.kernel.declaration.__all__:
+        declared = getattr(modfsm.engine.kernel.declaration, name)
+        assert getattr(modfsm.engine.kernel.compiler, name) is declared
+        assert name in modfsm.engine.kernel.compiler.__all__
 
 
 def test_the_lifecycle_compiles_and_is_cached_by_declaration() -> None:
@@ -241,7 +242,7 @@ def test_a_modifier_can_declare_its_own_lifecycle() -> None:
         def on_update(self, state: State, event: Any, **kwargs: Any) -> None:
             calls.append(event.type_.value)
 
-    from engine import Event, EventType
+    from modfsm.engine import Event, EventType
 
     mod = Quiet(start=0)
     mod.initialize(State())
@@ -284,7 +285,7 @@ def test_a_minimal_machine_with_a_plain_prelude_free_trigger_compiles() -> None:
 
 
 def test_restoring_a_state_of_a_machine_not_compiled_here_names_it_and_the_fix() -> None:
-    from engine.machine import _restore_state
+    from modfsm.engine.kernel.compiler import _restore_state
 
     with pytest.raises(DeclarationError) as caught:
         _restore_state("no-such-machine", "started")
@@ -467,7 +468,7 @@ def test_every_refusal_names_the_declaration_the_place_and_the_fix_exactly(
 
 
 def test_a_refused_declaration_leaves_its_name_free() -> None:
-    from engine.machine import _COMPILED
+    from modfsm.engine.kernel.compiler import _COMPILED
 
     _refusal("refused-twice", initial="nowhere")
     _refusal("refused-twice", initial="nowhere")  # not "already compiled"
@@ -527,7 +528,7 @@ def test_a_row_without_dest_is_refused_with_the_fix() -> None:
 
 
 def test_every_plan_names_its_own_cell_rejected_and_ignored_ones_too() -> None:
-    from engine.stage import _COMPILED as STAGE
+    from modfsm.engine.runtime.stage import _COMPILED as STAGE
 
     for compiled in (Modifier.__compiled_lifecycle__, STAGE):
         kinds = {(p.rejection is not None, p.ignored is not None) for p in compiled.plans.values()}
@@ -541,7 +542,7 @@ def test_every_plan_names_its_own_cell_rejected_and_ignored_ones_too() -> None:
 
 
 def test_a_rejection_names_the_call_the_state_what_is_allowed_and_the_fix() -> None:
-    from engine import Event, IllegalTransitionError
+    from modfsm.engine import Event, IllegalTransitionError
     from tests.doubles import RecordingModifier
 
     mod = RecordingModifier(start=0)
@@ -566,7 +567,7 @@ def test_a_rejection_names_the_call_the_state_what_is_allowed_and_the_fix() -> N
 
 
 def test_a_rejecting_cell_does_not_need_an_event_with_a_type() -> None:
-    from engine import IllegalTransitionError
+    from modfsm.engine import IllegalTransitionError
 
     compiled = compile_machine(
         Declaration(
@@ -609,7 +610,7 @@ def test_hooks_after_a_gate_prelude_get_the_calls_keyword_arguments() -> None:
 
 
 def test_every_event_hook_gets_the_calls_state_and_keyword_arguments() -> None:
-    from engine import Event
+    from modfsm.engine import Event
 
     seen: list[tuple[str, bool, dict[str, Any]]] = []
     call_state = State()

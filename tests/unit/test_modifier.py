@@ -10,7 +10,7 @@ from unittest import mock
 import attrs
 import pytest
 
-from engine import (
+from modfsm.engine import (
     ConfigError,
     ConfigTypeError,
     DeclarationError,
@@ -503,8 +503,8 @@ def test_log_entries_carry_the_event_type() -> None:
 
 
 def test_a_hook_the_lifecycle_names_but_the_class_lacks_is_a_declaration_error() -> None:
-    from engine.lifecycle import LIFECYCLE
-    from engine.machine import HookSpec
+    from modfsm.engine.kernel.compiler import HookSpec
+    from modfsm.engine.model.lifecycle import LIFECYCLE
 
     missing = attrs.evolve(
         LIFECYCLE, name="lacking-lifecycle", hooks=(*LIFECYCLE.hooks, HookSpec("on_missing"))

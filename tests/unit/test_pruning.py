@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from engine import ConfigError, Event, EventType, Modifier, State
-from engine.factory import ModifierFactory
-from engine.session import Session
-from modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
+from modfsm.engine import ConfigError, Event, EventType, Modifier, State
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.loop.session import Session
+from modfsm.modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
 from tests.training import linear, mlp, resume_run, straight_run, train_steps
 from tests.unit.test_hooks import torch_hook_count
 

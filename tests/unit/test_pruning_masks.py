@@ -1,4 +1,4 @@
-"""modifiers.pruning.masks: the cubic schedule and exact masks."""
+"""modfsm.modifiers.pruning.masks: the cubic schedule and exact masks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import ConfigError
-from modifiers.pruning.masks import (
+from modfsm.engine import ConfigError
+from modfsm.modifiers.pruning.masks import (
     cubic_sparsity,
     global_masks,
     nm_mask,

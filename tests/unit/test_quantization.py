@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 import torch
 
-from engine import ConfigError, Data, IllegalTransitionError, Modifier, State
-from engine.factory import ModifierFactory
-from engine.hooks import HooksMixin
-from engine.recipe import Recipe
-from engine.session import Session
-from modifiers.quantization import QuantizationModifier
-from modifiers.quantization.fake import dequantize, fake_quantize, qparams, weight_qparams
+from modfsm.engine import ConfigError, Data, IllegalTransitionError, Modifier, State
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.config.recipe import Recipe
+from modfsm.engine.loop.session import Session
+from modfsm.engine.runtime.hooks import HooksMixin
+from modfsm.modifiers.quantization import QuantizationModifier
+from modfsm.modifiers.quantization.fake import dequantize, fake_quantize, qparams, weight_qparams
 from tests.training import batch, bounds, linear, mlp, resume_run, straight_run, train_steps
 from tests.unit.test_hooks import torch_hook_count
 

@@ -1,4 +1,4 @@
-"""modifiers.quantization.args: presets and config_groups in the reference's recipe shape."""
+"""modfsm.modifiers.quantization.args: presets and config_groups in the reference's recipe shape."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import ConfigError
-from modifiers.quantization.args import (
+from modfsm.engine import ConfigError
+from modfsm.modifiers.quantization.args import (
     PRESETS,
     QuantizationArgs,
     parse_args,

@@ -1,4 +1,4 @@
-"""modifiers.quantization.fake: the integer grid, the round-trip bound, the STE, observers."""
+"""modfsm.modifiers.quantization.fake: the integer grid, the round-trip bound, STE, observers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modifiers.quantization.args import QuantizationArgs
-from modifiers.quantization.fake import (
+from modfsm.modifiers.quantization.args import QuantizationArgs
+from modfsm.modifiers.quantization.fake import (
     Observer,
     dequantize,
     fake_quantize,

@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from engine import Event, EventType, Modifier, State
-from engine.factory import ModifierFactory
-from engine.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
-from engine.stage import StageModifiers
+from modfsm.engine import Event, EventType, Modifier, State
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.config.recipe import ModifierSpec, Recipe, RecipeError, StageSpec
+from modfsm.engine.runtime.stage import StageModifiers
 from tests.recipes.doubles import DOUBLES
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

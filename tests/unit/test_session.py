@@ -10,7 +10,7 @@ import attrs
 import pytest
 import torch
 
-from engine import (
+from modfsm.engine import (
     ConfigError,
     ConfigTypeError,
     Event,
@@ -21,11 +21,11 @@ from engine import (
     Modifier,
     State,
 )
-from engine.factory import ModifierFactory
-from engine.recipe import Recipe
-from engine.session import Session, SessionMismatchError, active_session
-from engine.stage import StageError, StageModifiers
-from engine.trace import verify
+from modfsm.engine.config.factory import ModifierFactory
+from modfsm.engine.config.recipe import Recipe
+from modfsm.engine.loop.session import Session, SessionMismatchError, active_session
+from modfsm.engine.runtime.stage import StageError, StageModifiers
+from modfsm.engine.tools.replay import verify
 from tests.doubles import EventLog, RecordingModifier
 from tests.recipes.doubles import DOUBLES
 
@@ -656,11 +656,11 @@ def test_an_event_a_finalizing_stage_refuses_is_traced_as_stopped_at_its_first_m
 def test_a_stage_failing_after_all_its_modifiers_is_traced_as_stopped_past_them(
     action: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.state
+    import modfsm.engine.model.state
 
-    real = engine.state.SystemLogger.info
+    real = modfsm.engine.model.state.SystemLogger.info
 
-    def info(self: engine.state.SystemLogger, *, tag: str, string: str) -> None:
+    def info(self: modfsm.engine.model.state.SystemLogger, *, tag: str, string: str) -> None:
         if string == f"Modifiers {action}d":
             raise OSError("the log disk is full")
         real(self, tag=tag, string=string)
@@ -668,7 +668,7 @@ def test_a_stage_failing_after_all_its_modifiers_is_traced_as_stopped_past_them(
     session = Session()
     if action == "finalize":
         session.initialize(recipe=[Finishes(), Finishes()], trace=True)
-    monkeypatch.setattr(engine.state.SystemLogger, "info", info)
+    monkeypatch.setattr(modfsm.engine.model.state.SystemLogger, "info", info)
 
     def call() -> None:
         if action == "initialize":
@@ -898,7 +898,7 @@ class _Blank:
     ],
 )
 def test_saved_arguments_become_plain_comparable_values(value: Any, plain: Any) -> None:
-    from engine.session import _plain
+    from modfsm.engine.loop.session import _plain
 
     assert _plain(value) == plain
 
@@ -1039,7 +1039,7 @@ def test_initialize_defaults_no_trace_no_experimental_and_agreement_every_100_st
     monkeypatch.setattr(
         ModifierFactory, "experimental_package", "tests.fixtures.fake_modifiers.experimental"
     )
-    from engine.recipe import RecipeError
+    from modfsm.engine.config.recipe import RecipeError
 
     with pytest.raises(RecipeError, match=r"it is experimental\. To fix, pass allow_experimental"):
         Session().initialize(recipe={"trial_stage": {"modifiers": {"TrialModifier": {}}}})

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import LIFECYCLE
-from engine.lifecycle import FINALIZED_STATES
-from engine.session_grammar import SESSION_GRAMMAR
-from engine.stage_lifecycle import STAGE_LIFECYCLE
-from engine.verify.properties import machine_named
+from modfsm.engine import LIFECYCLE
+from modfsm.engine.model.lifecycle import FINALIZED_STATES
+from modfsm.engine.model.session_grammar import SESSION_GRAMMAR
+from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
+from modfsm.engine.tools.verify.properties import machine_named
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs").glob("*.md")}
@@ -27,7 +27,8 @@ CATALOG_PREFIX = {
     "verification": "V",
     "distributed": "D",
 }
-#: the "Temporal properties" catalogs, model-checked by engine/verify (spec -> machine, prefix)
+#: the "Temporal properties" catalogs, model-checked by engine/tools/verify
+#: (spec -> machine, prefix)
 TEMPORAL = {
     "lifecycle": ("lifecycle", "LT"),
     "stage": ("stage", "STT"),
@@ -242,4 +243,4 @@ def test_the_reference_model_never_imports_the_engine() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     assert imported, "the scan found no imports at all"
-    assert not any(name == "engine" or name.startswith("engine.") for name in imported), imported
+    assert not any(name == "modfsm" or name.startswith("modfsm.") for name in imported), imported

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import (
+from modfsm.engine import (
     ConfigError,
     ConfigTypeError,
     Event,
@@ -17,8 +17,8 @@ from engine import (
     LifecycleState,
     State,
 )
-from engine.stage import StageError, StageModifiers, StageState
-from engine.stage_lifecycle import STAGE_LIFECYCLE
+from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
+from modfsm.engine.runtime.stage import StageError, StageModifiers, StageState
 from specs.reference import HookFailure
 from tests.doubles import NoopModifier, RecordingModifier
 
@@ -308,7 +308,7 @@ def test_update_event_passes_keyword_arguments_to_every_modifier() -> None:
 
 
 def test_the_stage_declaration_covers_every_cell() -> None:
-    from engine.stage import _COMPILED
+    from modfsm.engine.runtime.stage import _COMPILED
 
     assert len(_COMPILED.plans) == len(STAGE_LIFECYCLE.states) * len(STAGE_LIFECYCLE.triggers)
     ignored = {key for key, plan in _COMPILED.plans.items() if plan.ignored is not None}

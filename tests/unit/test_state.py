@@ -8,7 +8,7 @@ import logging
 import attrs
 import pytest
 
-from engine import Data, Event, EventType, Hardware, LoggerManager, State
+from modfsm.engine import Data, Event, EventType, Hardware, LoggerManager, State
 
 
 def test_a_new_state_has_empty_slots_and_its_own_containers() -> None:
@@ -82,7 +82,7 @@ def test_system_logger_writes_tagged_lines_through_stdlib_logging(
 
 
 def test_a_logger_manager_can_log_to_another_logger(caplog: pytest.LogCaptureFixture) -> None:
-    from engine.state import SystemLogger
+    from modfsm.engine.model.state import SystemLogger
 
     custom = LoggerManager(system=SystemLogger(logging.getLogger("my.run")))
     with caplog.at_level(logging.INFO, logger="my.run"):

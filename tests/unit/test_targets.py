@@ -1,12 +1,12 @@
-"""modifiers.targets: which layers ``targets`` and ``ignore`` select."""
+"""modfsm.modifiers.targets: which layers ``targets`` and ``ignore`` select."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine import ConfigError, ConfigTypeError
-from modifiers.targets import check_names, layers, resolve
+from modfsm.engine import ConfigError, ConfigTypeError
+from modfsm.modifiers.targets import check_names, layers, resolve
 
 
 class Net(torch.nn.Module):

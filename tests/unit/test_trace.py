@@ -11,11 +11,12 @@ from typing import Any
 import attrs
 import pytest
 
-from engine import LIFECYCLE, DeclarationError, EventType
-from engine.machine import compile_machine
-from engine.session import Session
-from engine.stage import StageError, StageModifiers
-from engine.trace import check_traceable, read_jsonl, verify
+from modfsm.engine import LIFECYCLE, DeclarationError, EventType
+from modfsm.engine.kernel.compiler import compile_machine
+from modfsm.engine.loop.session import Session
+from modfsm.engine.loop.trace import check_traceable
+from modfsm.engine.runtime.stage import StageError, StageModifiers
+from modfsm.engine.tools.replay import read_jsonl, verify
 from tests.doubles import EventLog, RecordingModifier
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine import LIFECYCLE
-from engine._transitions import build_machine, diagram_source, machine_rows
-from engine.diagrams import draw_declaration
-from engine.modifier import Modifier
+from modfsm.engine import LIFECYCLE
+from modfsm.engine.runtime.modifier import Modifier
+from modfsm.engine.tools.diagrams import draw_declaration
+from modfsm.engine.tools.transitions_adapter import build_machine, diagram_source, machine_rows
 
 
 def test_the_machine_has_the_declared_states_and_no_auto_transitions() -> None:

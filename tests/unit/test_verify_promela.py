@@ -1,4 +1,4 @@
-"""The Promela model is generated from the declaration (engine/verify/promela.py), never written."""
+"""The Promela model is generated from the declaration (tools/verify/promela.py), never written."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import re
 import attrs
 import pytest
 
-from engine.declaration import StateSpec
-from engine.errors import DeclarationError
-from engine.verify.model import Outcome
-from engine.verify.promela import generate, generate_for
-from engine.verify.properties import MACHINES, TemporalProperty, VerifiedMachine
+from modfsm.engine.kernel.declaration import StateSpec
+from modfsm.engine.kernel.errors import DeclarationError
+from modfsm.engine.tools.verify.model import Outcome
+from modfsm.engine.tools.verify.promela import generate, generate_for
+from modfsm.engine.tools.verify.properties import MACHINES, TemporalProperty, VerifiedMachine
 from tests import verify_support as mutants
 
 

@@ -1,4 +1,4 @@
-"""Model checking with Spin (engine/verify/spin.py): the catalog holds, mutated tables are caught.
+"""Model checking with Spin (tools/verify/spin.py): the catalog holds, mutated tables are caught.
 
 Needs ``spin`` and a C compiler. ``make test`` installs spin and sets
 ``MODFSM_REQUIRE_SPIN=1``, so these fail there rather than skip when it is missing.
@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.verify.promela import generate, generate_for
-from engine.verify.properties import MACHINES, TemporalProperty, VerifiedMachine, machine_named
-from engine.verify.spin import (
+from modfsm.engine.tools.verify.promela import generate, generate_for
+from modfsm.engine.tools.verify.properties import (
+    MACHINES,
+    TemporalProperty,
+    VerifiedMachine,
+    machine_named,
+)
+from modfsm.engine.tools.verify.spin import (
     INSTALL_HINT,
     ModelCheckError,
     SpinNotFoundError,
@@ -21,8 +26,8 @@ from engine.verify.spin import (
     find_tools,
     parse_pan_output,
 )
-from engine.verify.structure import shortest_paths
-from engine.verify.verdict import SpinStats, Status, Verdict
+from modfsm.engine.tools.verify.structure import shortest_paths
+from modfsm.engine.tools.verify.verdict import SpinStats, Status, Verdict
 from tests import verify_support as mutants
 
 

@@ -1,15 +1,16 @@
-"""Structural proofs (engine/verify/structure.py): they hold on the real tables, catch mutants."""
+"""Structural proofs (tools/verify/structure.py): they hold on the real tables and catch mutants."""
 
 from __future__ import annotations
 
 import attrs
 import pytest
 
-from engine.errors import DeclarationError
-from engine.machine import compile_machine
-from engine.verify.model import format_path
-from engine.verify.properties import MACHINES, VerifiedMachine
-from engine.verify.structure import (
+from modfsm.engine.kernel.compiler import compile_machine
+from modfsm.engine.kernel.errors import DeclarationError
+from modfsm.engine.model.machines import DECLARED_MACHINES, declared_machine
+from modfsm.engine.tools.verify.model import format_path
+from modfsm.engine.tools.verify.properties import MACHINES, VerifiedMachine
+from modfsm.engine.tools.verify.structure import (
     STRUCTURAL,
     absorbing,
     deterministic,
@@ -20,7 +21,7 @@ from engine.verify.structure import (
     total,
     well_formed,
 )
-from engine.verify.verdict import Status, Verdict
+from modfsm.engine.tools.verify.verdict import Status, Verdict
 from tests import verify_support as mutants
 
 
@@ -34,6 +35,16 @@ def test_every_structural_proof_holds_for_every_declared_machine(machine: Verifi
     assert [v.property_id for v in verdicts] == list(STRUCTURAL)
     assert all(v.status is Status.HOLDS for v in verdicts), [v.detail for v in verdicts]
     assert {v.machine for v in verdicts} == {machine.name}
+
+
+def test_every_registered_machine_is_verified_under_its_name() -> None:
+    verified = {m.name: m.declaration for m in MACHINES}
+    assert verified == dict(DECLARED_MACHINES)
+
+
+def test_an_unknown_machine_name_lists_the_registered_ones() -> None:
+    with pytest.raises(KeyError, match="known: lifecycle, stage, session"):
+        declared_machine("lifecylce")
 
 
 def test_the_reachability_witness_is_a_shortest_call_sequence_to_each_state() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from engine import State
+from modfsm.engine import State
 from tests.contract.shrink import Shrink
 
 

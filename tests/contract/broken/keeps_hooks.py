@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from engine import Event, State
+from modfsm.engine import Event, State
 from tests.contract.shrink import Shrink
 
 

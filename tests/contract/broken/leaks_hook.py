@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from engine import State
+from modfsm.engine import State
 from tests.contract.shrink import Shrink, first_layer, halve_input
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from engine import Event, EventType, State
+from modfsm.engine import Event, EventType, State
 from tests.contract.shrink import Shrink
 
 

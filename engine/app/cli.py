@@ -1,0 +1,347 @@
+"""The ``modfsm`` command line.
+
+``modfsm run [RECIPE]`` trains and compresses the built-in digits MLP with a
+recipe (the default one without RECIPE) and prints a summary;
+``modfsm demo`` runs the illustrative training loop; ``modfsm diagram [TARGET]``
+draws a declared machine (mermaid, dot, SVG, PNG) or a recipe's timeline
+(PNG); ``modfsm trace verify FILE`` replays a session
+trace against the specification (exit 0: it follows it, 1: divergence, 2:
+unreadable); ``modfsm verify`` proves the declared tables and model-checks
+them with Spin (exit 0: every property holds, 1: one fails, 2: Spin is
+missing or failed). Bad arguments exit with code 2 and a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="train and compress the built-in digits MLP with a recipe, then print a summary",
+        description="Train the built-in MLP on scikit-learn's 8x8 digits with a recipe (default: "
+        "gradual magnitude pruning to 75%%, then W8A8 quantization-aware training) and print "
+        "each modifier's window and state, sparsity per layer, quantization error and "
+        "accuracy. Recipe windows are in optimizer steps.",
+    )
+    run.add_argument("recipe", nargs="?", type=Path, help="a recipe YAML file (default: built-in)")
+    run.add_argument("--steps", type=_positive, default=600, help="optimizer steps (default 600)")
+    run.add_argument("--seed", type=_natural, default=0, help="random seed (default 0)")
+    run.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
+    run.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
+    run.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    run.add_argument("--trace", type=Path, metavar="FILE", help="write the session trace (JSONL)")
+    run.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="keep checkpoints in DIR (atomic writes)"
+    )
+    run.add_argument(
+        "--checkpoint-every", type=_positive, default=100, metavar="N",
+        help="steps between checkpoints (default 100)",
+    )  # fmt: skip
+    run.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR"
+    )
+    run.add_argument(
+        "--stop-at", type=_positive, metavar="STEP",
+        help="stop after STEP steps without finalizing, leaving a checkpoint to --resume",
+    )  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    from modfsm.engine.app.runner import RunConfig, format_summary, run
+    from modfsm.engine.kernel.errors import LifecycleError
+
+    config = RunConfig(
+        recipe=args.recipe,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        trace=args.trace,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_at=args.stop_at,
+    )
+    try:
+        result = run(config, progress=sys.stderr.isatty())
+    except (LifecycleError, ModuleNotFoundError) as error:
+        message = str(error)
+        prefix = "" if message.startswith("modfsm run:") else "modfsm run: "
+        print(f"{prefix}{message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"modfsm run: {error.filename or ''}: {error.strerror}. To fix, check the path "
+              "and its permissions.", file=sys.stderr)  # fmt: skip
+        return 2
+    sys.stdout.write(format_summary(result))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modfsm",
+        description="An explicit, verified state-machine engine for training-loop modifiers.",
+    )
+    try:
+        version = metadata.version("modfsm")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        version = "unknown"
+    parser.add_argument("--version", action="version", version=f"modfsm {version}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+
+    demo = commands.add_parser(
+        "demo", help="train a tiny MLP with two illustrative modifiers and show their hooks"
+    )
+    demo.add_argument("--steps", type=_positive, default=12, help="training steps (default 12)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-out"),
+        help="folder for lifecycle.mmd (default demo-out)",
+    )  # fmt: skip
+
+    _add_diagram(commands)
+
+    trace = commands.add_parser("trace", help="work with session traces")
+    trace_commands = trace.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    verify = trace_commands.add_parser(
+        "verify", help="replay a JSONL trace against the specification; report the first divergence"
+    )
+    verify.add_argument("file", type=Path, help="a trace written by Session(trace=PATH)")
+    _add_verify(commands)
+    return parser
+
+
+def _add_verify(commands: Any) -> None:
+    from modfsm.engine.model.machines import DECLARED_MACHINES
+
+    names = list(DECLARED_MACHINES)
+    verify = commands.add_parser(
+        "verify",
+        help="prove the declared tables and model-check them with Spin; print every verdict",
+        description="Run the structural proofs (V1-V6) over the declared lifecycle, stage and "
+        "session tables, then check their temporal properties with the Spin model checker on "
+        "a Promela model generated from each table, and print a table of verdicts. Exit 0 "
+        "when every property holds, 1 when one fails (its counterexample is printed), 2 when "
+        "Spin or a C compiler is missing.",
+    )
+    verify.add_argument(
+        "--machine", action="append", choices=names, metavar="NAME",
+        help=f"verify only this machine (repeatable; one of {', '.join(names)})",
+    )  # fmt: skip
+    verify.add_argument(
+        "--write-models", type=Path, metavar="DIR",
+        help="also write each generated Promela model to DIR/<machine>.pml",
+    )  # fmt: skip
+
+
+def _add_diagram(commands: Any) -> None:
+    diagram = commands.add_parser(
+        "diagram",
+        help="draw a declared machine (mermaid, dot, svg, png) or a recipe's timeline (png)",
+        description="Draw TARGET: 'lifecycle' (the modifier lifecycle, the default), 'stage', "
+        "'session' (the step grammar), or a modifier class name (its lifecycle, with the guards "
+        "and hooks the class defines marked *), as mermaid or dot text, or as svg or png "
+        "through graphviz; or RECIPE.yaml: the recipe's timeline as png (with --trace, the "
+        "states each modifier was in). Edges read 'trigger [guard] / hooks'; see "
+        "docs/diagrams.md. Exit 2 for an unknown target, a missing graphviz or a bad option.",
+    )
+    diagram.add_argument(
+        "target", nargs="?", default="lifecycle", metavar="TARGET",
+        help="lifecycle (default), stage, session, a modifier class name, or a recipe .yaml",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--format", "-f", choices=("mermaid", "dot", "svg", "png"),
+        help="output format (default: from the -o suffix, else mermaid; png for a recipe)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--output", "-o", type=Path, metavar="FILE",
+        help="write to FILE (default: stdout, text formats only)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--illegal", action="store_true",
+        help="also draw the rejected calls, as dashed edges to a 'rejected' pseudo-state",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--no-self-loops", dest="self_loops", action="store_false",
+        help="leave out the calls that keep the state (updates, no-ops, ignored calls)",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--trace", type=Path, metavar="FILE",
+        help="recipe only: a trace of a run (JSONL); adds the modifiers' states over the run",
+    )  # fmt: skip
+    diagram.add_argument(
+        "--steps", type=_positive, metavar="N",
+        help="recipe only: end the x axis at N (default: the trace's end, else 1.25 x the "
+        "largest start/end)",
+    )  # fmt: skip
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from modfsm.engine.kernel.errors import LifecycleError
+    from modfsm.engine.tools.diagrams import MACHINE_TARGETS, draw, format_for, render
+
+    def fail(message: str) -> int:
+        print(f"modfsm diagram: {message}", file=sys.stderr)
+        return 2
+
+    target: str = args.target
+    is_recipe = target not in MACHINE_TARGETS and (
+        target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    )
+    try:
+        if is_recipe:
+            if args.illegal or not args.self_loops:
+                return fail("--illegal and --no-self-loops draw a machine, not a recipe. To "
+                            "fix, leave them out.")  # fmt: skip
+            content = _timeline(args)
+        else:
+            if args.trace is not None or args.steps is not None:
+                return fail("--trace and --steps draw a recipe's timeline. To fix, pass a "
+                            "recipe file as TARGET.")  # fmt: skip
+            format = format_for(args.output, args.format)
+            if format == "png" and args.output is None:
+                return fail("png is binary. To fix, pass -o FILE.png.")
+            content = render(draw(target, self_loops=args.self_loops, illegal=args.illegal),
+                             format)  # fmt: skip
+    except LifecycleError as error:  # unknown target, graphviz missing, bad recipe or trace
+        return fail(str(error))
+    except OSError as error:
+        return fail(f"cannot read {error.filename}: {error.strerror}. To fix, check the path.")
+    if args.output is None:
+        sys.stdout.write(content.decode())
+        return 0
+    try:
+        args.output.write_bytes(content)
+    except OSError as error:
+        return fail(f"cannot write {args.output}: {error.strerror}. To fix, pass a writable "
+                    "path with --output.")  # fmt: skip
+    return 0
+
+
+def _timeline(args: argparse.Namespace) -> bytes:
+    from modfsm.engine.config.recipe import Recipe
+    from modfsm.engine.tools.diagrams import DiagramError, draw_timeline
+    from modfsm.engine.tools.diagrams.render import SUFFIXES
+    from modfsm.engine.tools.replay import read_jsonl
+
+    if (
+        args.output is None
+        or (args.format or SUFFIXES.get(args.output.suffix.lower(), "png")) != "png"
+    ):
+        raise DiagramError("a recipe's timeline is drawn as png only. To fix, pass "
+                           "-o FILE.png (and no other --format).")  # fmt: skip
+    recipe = Recipe.load(Path(args.target))
+    trace = read_jsonl(args.trace) if args.trace is not None else None
+    return draw_timeline(recipe, trace=trace, steps=args.steps)
+
+
+def _verify_machines(args: argparse.Namespace) -> int:
+    from modfsm.engine.tools.verify.properties import MACHINES
+    from modfsm.engine.tools.verify.report import format_report, verify
+    from modfsm.engine.tools.verify.spin import ModelCheckError
+
+    chosen = [m for m in MACHINES if args.machine is None or m.name in args.machine]
+    try:
+        report = verify(chosen, write_models=args.write_models)
+    except ModelCheckError as error:  # spin or the compiler broke: nothing was decided
+        print(f"modfsm verify: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"modfsm verify: cannot write {error.filename}: {error.strerror}. To fix, pass "
+              "a writable folder to --write-models.", file=sys.stderr)  # fmt: skip
+        return 2
+    sys.stdout.write(format_report(report))
+    if report.missing is not None:
+        print(f"modfsm verify: {report.missing}", file=sys.stderr)
+    return report.exit_code
+
+
+def _verify(path: Path) -> int:
+    from modfsm.engine.kernel.errors import ConfigError
+    from modfsm.engine.tools.replay import read_jsonl, verify
+
+    try:
+        records = read_jsonl(path)
+    except OSError as error:
+        print(f"modfsm trace verify: cannot read {path}: {error.strerror}. To fix, pass the "
+              "path of a trace file.", file=sys.stderr)  # fmt: skip
+        return 2
+    except ConfigError as error:
+        print(f"modfsm trace verify: {error}", file=sys.stderr)
+        return 2
+    result = verify(records)
+    plural = "s" if result.segments != 1 else ""
+    summary = (
+        f"{result.records} records, {result.segments} segment{plural}, {result.calls} calls, "
+        f"{result.transitions} transitions, {result.stage_transitions} stage transitions"
+    )
+    if result.divergence is not None:
+        print(f"DIVERGENCE in {path}, {result.divergence}")
+        print(f"(checked {summary} before it)")
+        return 1
+    ending = "; the run failed at the end, as recorded" if result.ended_in_failure else ""
+    print(f"OK: {path} follows the specification ({summary}{ending})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        from modfsm.engine.app.demo import run_demo
+
+        print(f"modfsm demo: {args.steps} steps, seed {args.seed}")
+        run_demo(steps=args.steps, seed=args.seed, out=args.out, stream=sys.stdout)
+        return 0
+    if args.command == "trace":
+        return _verify(args.file)
+    if args.command == "verify":
+        return _verify_machines(args)
+    return _diagram(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Diagram targets: the declared machines by name, and modifier classes by class name.
+
+``lifecycle``, ``stage`` and ``session`` name the three declared machines (the
+names ``modfsm verify`` uses); any other name is looked up as a modifier class
+through :class:`~modfsm.engine.config.factory.ModifierFactory` (registered and experimental
+classes included), and drawn with its own lifecycle (``__lifecycle__``), its
+guards and hooks that it defines itself marked ``*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from modfsm.engine.config.factory import ModifierFactory, UnknownModifierError
+from modfsm.engine.kernel.declaration import Declaration
+from modfsm.engine.kernel.errors import LifecycleError
+from modfsm.engine.model.machines import DECLARED_MACHINES
+from modfsm.engine.runtime.modifier import Modifier
+from modfsm.engine.tools.diagrams.drawing import Drawing, draw_declaration
+from modfsm.engine.tools.diagrams.errors import DiagramError, UnknownTargetError
+
+__all__ = ["MACHINE_TARGETS", "TITLES", "draw", "draw_modifier", "overridden"]
+
+MACHINE_TARGETS: Final[Mapping[str, Declaration]] = DECLARED_MACHINES
+"""Machine target name -> its declaration (the registry of declared machines)."""
+
+TITLES: Final[Mapping[str, str]] = {
+    "lifecycle": "modfsm modifier lifecycle",
+    "stage": "modfsm stage lifecycle",
+    "session": "modfsm session step grammar",
+}
+"""Machine target name -> the title of its diagram."""
+
+
+def overridden(modifier_class: type[Modifier]) -> tuple[str, ...]:
+    """The guards and hooks of the class's lifecycle that ``Modifier`` does not define for it.
+
+    In declaration order: guards, then hooks. A name counts when the class, or a
+    base of its own (not ``Modifier`` or its bases), defines it.
+    """
+    declaration = modifier_class.__lifecycle__
+    names = (*declaration.guards, *(hook.name for hook in declaration.hooks))
+    inherited = set(Modifier.__mro__)
+    return tuple(
+        name
+        for name in names
+        if next((k for k in modifier_class.__mro__ if name in vars(k)), Modifier) not in inherited
+    )
+
+
+def draw_modifier(
+    modifier_class: type[Modifier], *, self_loops: bool = True, illegal: bool = False
+) -> Drawing:
+    """The lifecycle of ``modifier_class``, its own guards and hooks marked ``*``."""
+    own = overridden(modifier_class)
+    name = modifier_class.__name__
+    title = f"{name} lifecycle; * = defined by {name}: {', '.join(own) or 'none'}"
+    return draw_declaration(
+        modifier_class.__lifecycle__,
+        title=title,
+        self_loops=self_loops,
+        illegal=illegal,
+        marked=own,
+    )
+
+
+def draw(target: str, *, self_loops: bool = True, illegal: bool = False) -> Drawing:
+    """The drawing of a target: a machine name or a modifier class name.
+
+    Raises:
+        UnknownTargetError: no machine and no known modifier class has that name;
+            the message lists both.
+        DiagramError: the modifier class could not be loaded (its module failed
+            to import, or the name is not a modifier class).
+    """
+    if target in MACHINE_TARGETS:
+        return draw_declaration(
+            MACHINE_TARGETS[target], title=TITLES[target], self_loops=self_loops, illegal=illegal
+        )
+    try:
+        modifier_class = ModifierFactory.lookup(target, True, True)
+    except UnknownModifierError as error:
+        known = ModifierFactory.known()
+        modifiers = tuple(sorted({name for names in known.values() for name in names}))
+        machines = tuple(MACHINE_TARGETS)
+        guess = f"Did you mean {', '.join(error.suggestions)}? " if error.suggestions else ""
+        raise UnknownTargetError(
+            f"unknown diagram target {target!r}. {guess}Targets: the machines "
+            f"{', '.join(machines)}; a modifier class ({', '.join(modifiers) or 'none known'}); "
+            "or a recipe file (.yaml). To fix, pass one of those.",
+            target=target,
+            machines=machines,
+            modifiers=modifiers,
+        ) from None
+    except LifecycleError as error:  # the module failed to import, or not a modifier class
+        raise DiagramError(f"cannot draw {target!r}: {error}") from error
+    return draw_modifier(modifier_class, self_loops=self_loops, illegal=illegal)
