@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modfsm.engine.app import paths
+
 __all__ = ["main"]
 
 
@@ -43,6 +45,26 @@ def _natural(text: str) -> int:
     return value
 
 
+_DEMO_STEPS = 1000
+
+
+def _demo_steps(text: str) -> int:
+    value = _positive(text)
+    if value > _DEMO_STEPS:
+        raise argparse.ArgumentTypeError(f"expected at most {_DEMO_STEPS} steps, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _natural(text)
+    if value > _MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, {_MAX_SEED}], got {value}")
+    return value
+
+
+_MAX_SEED = 2**32 - 1  # as modfsm.engine.app.runner.MAX_SEED, without importing torch here
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -58,13 +80,14 @@ def _add_run(commands: Any) -> None:
         "run",
         help="train and compress the built-in digits MLP with a recipe, then print a summary",
         description="Train the built-in MLP on scikit-learn's 8x8 digits with a recipe (default: "
-        "gradual magnitude pruning to 75%%, then W8A8 quantization-aware training) and print "
+        "gradual magnitude pruning to 75%, then W8A8 quantization-aware training) and print "
         "each modifier's window and state, sparsity per layer, quantization error and "
-        "accuracy. Recipe windows are in optimizer steps.",
+        "accuracy. Recipe windows are in optimizer steps. Sample recipes: docs/recipes/. "
+        "Exit 2 with one message for a bad option, recipe or checkpoint.",
     )
     run.add_argument("recipe", nargs="?", type=Path, help="a recipe YAML file (default: built-in)")
     run.add_argument("--steps", type=_positive, default=600, help="optimizer steps (default 600)")
-    run.add_argument("--seed", type=_natural, default=0, help="random seed (default 0)")
+    run.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     run.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
     run.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
     run.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -82,6 +105,11 @@ def _add_run(commands: Any) -> None:
     run.add_argument(
         "--stop-at", type=_positive, metavar="STEP",
         help="stop after STEP steps without finalizing, leaving a checkpoint to --resume",
+    )  # fmt: skip
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="start again over the checkpoint (and trace) another run left; without it, "
+        "a run refuses to replace them",
     )  # fmt: skip
 
 
@@ -101,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         stop_at=args.stop_at,
+        overwrite=args.overwrite,
     )
     try:
         result = run(config, progress=sys.stderr.isatty())
@@ -131,10 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
 
     demo = commands.add_parser(
-        "demo", help="train a tiny MLP with two illustrative modifiers and show their hooks"
+        "demo",
+        help="train a tiny MLP with two illustrative modifiers and show their hooks",
+        description="Train a tiny MLP for a few steps with two illustrative modifiers and "
+        "print, step by step, which lifecycle hooks each one ran and the state it is in; "
+        "write the lifecycle diagram (mermaid) to OUT/lifecycle.mmd.",
     )
-    demo.add_argument("--steps", type=_positive, default=12, help="training steps (default 12)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument(
+        "--steps", type=_demo_steps, default=12, help=f"training steps, 1 to {_DEMO_STEPS} "
+        "(default 12; it prints a line a step)",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument(
         "--out", type=Path, default=Path("demo-out"),
         help="folder for lifecycle.mmd (default demo-out)",
@@ -142,10 +178,21 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_diagram(commands)
 
-    trace = commands.add_parser("trace", help="work with session traces")
+    trace = commands.add_parser(
+        "trace",
+        help="work with session traces",
+        description="Work with the JSONL traces a Session writes (Session(trace=PATH), "
+        "modfsm run --trace FILE). 'modfsm trace verify FILE' replays one against the "
+        "declared tables.",
+    )
     trace_commands = trace.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
     verify = trace_commands.add_parser(
-        "verify", help="replay a JSONL trace against the specification; report the first divergence"
+        "verify",
+        help="replay a JSONL trace against the specification; report the first divergence",
+        description="Replay a trace against the declared step grammar, stage lifecycle and "
+        "modifier lifecycle. Exit 0: the run finalized and every record follows the "
+        "specification; 1: a divergence (the first is printed), or a trace that stops before "
+        "the run finalized (incomplete); 2: not a readable trace.",
     )
     verify.add_argument("file", type=Path, help="a trace written by Session(trace=PATH)")
     _add_verify(commands)
@@ -225,6 +272,9 @@ def _diagram(args: argparse.Namespace) -> int:
         print(f"modfsm diagram: {message}", file=sys.stderr)
         return 2
 
+    if args.output is not None and (problem := paths.file_problem(args.output)):
+        return fail(f"--output cannot be written: {problem}. To fix, pass a file in a folder "
+                    "you can write to.")  # fmt: skip
     target: str = args.target
     is_recipe = target not in MACHINE_TARGETS and (
         target.endswith((".yaml", ".yml")) or Path(target).is_file()
@@ -281,6 +331,10 @@ def _verify_machines(args: argparse.Namespace) -> int:
     from modfsm.engine.tools.verify.report import format_report, verify
     from modfsm.engine.tools.verify.spin import ModelCheckError
 
+    if args.write_models is not None and (problem := paths.folder_problem(args.write_models)):
+        print(f"modfsm verify: --write-models cannot be written: {problem}. To fix, pass a "
+              "folder you can write to.", file=sys.stderr)  # fmt: skip
+        return 2
     chosen = [m for m in MACHINES if args.machine is None or m.name in args.machine]
     try:
         report = verify(chosen, write_models=args.write_models)
@@ -321,6 +375,12 @@ def _verify(path: Path) -> int:
         print(f"(checked {summary} before it)")
         return 1
     ending = "; the run failed at the end, as recorded" if result.ended_in_failure else ""
+    if not result.complete:
+        print(f"INCOMPLETE: {path} follows the specification as far as it goes, but the run "
+              f"never finalized: it stops in position {result.final_position!r} ({summary}"
+              f"{ending}). A run stopped with --stop-at is complete once resumed with "
+              "--resume into the same --trace file.")  # fmt: skip
+        return 1
     print(f"OK: {path} follows the specification ({summary}{ending})")
     return 0
 
@@ -328,11 +388,27 @@ def _verify(path: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except OSError as error:  # a path the checks above could not foresee (too long, ...)
+        command = args.command if args.command != "trace" else "trace verify"
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"modfsm {command}: {where}{error.strerror or error}. To fix, check the path "
+              "and its permissions.", file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
         from modfsm.engine.app.demo import run_demo
 
+        problem = paths.folder_problem(args.out)
+        if problem:
+            print(f"modfsm demo: --out cannot be written: {problem}. To fix, pass a folder "
+                  "you can write to (it is created if missing).", file=sys.stderr)  # fmt: skip
+            return 2
         print(f"modfsm demo: {args.steps} steps, seed {args.seed}")
         run_demo(steps=args.steps, seed=args.seed, out=args.out, stream=sys.stdout)
         return 0

@@ -13,9 +13,12 @@ from typing import Final
 import attrs
 import torch
 
-__all__ = ["HIDDEN", "TEST_IMAGES", "Digits", "DigitsMLP", "load"]
+__all__ = ["HIDDEN", "IMAGES", "TEST_IMAGES", "TRAIN_IMAGES", "Digits", "DigitsMLP", "load"]
 
+IMAGES: Final = 1797
+"""scikit-learn's digits data set holds 1,797 images."""
 TEST_IMAGES: Final = 360
+TRAIN_IMAGES: Final = IMAGES - TEST_IMAGES
 HIDDEN: Final = 256
 _SPLIT_SEED: Final = 20260101
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -31,9 +30,9 @@ from typing import Any, Final
 import attrs
 import torch
 
-from modfsm.engine.app import digits
+from modfsm.engine.app import checkpoint, digits, paths
 from modfsm.engine.config.recipe import Recipe
-from modfsm.engine.kernel.errors import ConfigError
+from modfsm.engine.kernel.errors import ConfigError, LifecycleError
 from modfsm.engine.loop.session import Session
 from modfsm.engine.runtime.modifier import Modifier
 
@@ -51,10 +50,15 @@ __all__ = [
     "run",
 ]
 
-CHECKPOINT_FORMAT: Final = "modfsm.run/1"
-CHECKPOINT_NAME: Final = "checkpoint.pt"
+CHECKPOINT_FORMAT: Final = checkpoint.FORMAT
+CHECKPOINT_NAME: Final = checkpoint.NAME
 _CALIBRATION_BATCHES: Final = 8
 _OWNER: Final = "modfsm run"
+MAX_SEED: Final = 2**32 - 1
+"""The largest ``--seed`` (the batch order's generator takes seed * 1,000,003 + epoch)."""
+MAX_LR: Final = 1.0
+"""The largest ``--lr``."""
+_DEVICE_KINDS: Final = ("cpu", "cuda")
 
 
 def default_recipe_text() -> str:
@@ -65,6 +69,18 @@ def default_recipe_text() -> str:
 
 def _fail(field: str, value: Any, message: str) -> ConfigError:
     return ConfigError(f"{_OWNER}: {message}", owner=_OWNER, field=field, value=value)
+
+
+def _check_device_kind(name: str) -> None:
+    """Refuse a device that is not a CPU or CUDA device, before torch is asked."""
+    kind = name.split(":", 1)[0]
+    if kind not in _DEVICE_KINDS:
+        raise _fail(
+            "device",
+            name,
+            f"--device {name!r}: modfsm run trains on cpu or cuda (cuda:N), not {kind!r}. To "
+            "fix, use --device cpu or --device cuda.",
+        )
 
 
 @attrs.frozen
@@ -83,6 +99,7 @@ class RunConfig:
         checkpoint_every: steps between checkpoints.
         resume: continue from ``checkpoint``'s latest checkpoint.
         stop_at: stop after this many steps (without finalizing), leaving a checkpoint.
+        overwrite: start again over the checkpoint and trace another run left.
     """
 
     recipe: Path | None = None
@@ -96,15 +113,41 @@ class RunConfig:
     checkpoint_every: int = 100
     resume: bool = False
     stop_at: int | None = None
+    overwrite: bool = False
 
     def check(self) -> None:
-        """Raise :class:`~modfsm.engine.kernel.errors.ConfigError` for settings that cannot run."""
+        """Raise :class:`~modfsm.engine.kernel.errors.ConfigError` for settings that cannot run.
+
+        Everything is checked before any work: numbers and their ranges, the device
+        kind, the recipe file, and the paths the run would write (``--checkpoint``,
+        ``--trace``): writable, and not holding another run's files unless
+        ``--resume`` or ``--overwrite`` says what to do with them. Nothing is created.
+        """
         for name in ("steps", "batch_size", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _fail(name, value, f"--{name.replace('_', '-')} must be >= 1, got {value}.")
-        if not self.lr > 0:
-            raise _fail("lr", self.lr, f"the learning rate must be > 0, got {self.lr}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+            0 <= self.seed <= MAX_SEED
+        ):
+            raise _fail(
+                "seed", self.seed, f"--seed must lie in [0, {MAX_SEED}], got {self.seed}."
+            )
+        if self.batch_size > digits.TRAIN_IMAGES:
+            raise _fail(
+                "batch_size",
+                self.batch_size,
+                f"--batch-size {self.batch_size} is larger than the {digits.TRAIN_IMAGES} "
+                "training images, so an epoch would have no batch. To fix, pass "
+                f"--batch-size {digits.TRAIN_IMAGES} or less.",
+            )
+        if not (isinstance(self.lr, float | int) and 0 < self.lr <= MAX_LR):
+            raise _fail(
+                "lr",
+                self.lr,
+                f"the learning rate must lie in (0, {MAX_LR}] (Adam diverges far below "
+                f"{MAX_LR}), got {self.lr}.",
+            )
         if self.stop_at is not None and not 1 <= self.stop_at < self.steps:
             raise _fail(
                 "stop_at",
@@ -120,13 +163,62 @@ class RunConfig:
                 f"{option} needs --checkpoint DIR (where the checkpoint is kept). To fix, add "
                 "--checkpoint DIR.",
             )
+        if self.resume and self.overwrite:
+            raise _fail(
+                "overwrite",
+                True,
+                "--resume continues the saved run and --overwrite replaces it: pass one of "
+                "them. To fix, drop one.",
+            )
+        _check_device_kind(self.device)
         if self.recipe is not None and not self.recipe.is_file():
+            what = "is a folder" if self.recipe.is_dir() else "does not exist"
             raise _fail(
                 "recipe",
                 str(self.recipe),
-                f"recipe file {str(self.recipe)!r} does not exist. To fix, pass the path of a "
+                f"recipe file {str(self.recipe)!r} {what}. To fix, pass the path of a "
                 "recipe YAML file, or leave it out to run the default recipe.",
             )
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        """The checkpoint folder and the trace file: writable, and not another run's."""
+        if self.checkpoint is not None:
+            problem = paths.folder_problem(self.checkpoint)
+            if problem:
+                raise _fail(
+                    "checkpoint",
+                    str(self.checkpoint),
+                    f"--checkpoint cannot be written: {problem}. To fix, pass a folder you "
+                    "can write to (it is created if missing).",
+                )
+            if (self.checkpoint / CHECKPOINT_NAME).exists() and not (
+                self.resume or self.overwrite
+            ):
+                raise _fail(
+                    "checkpoint",
+                    str(self.checkpoint),
+                    f"--checkpoint {str(self.checkpoint)!r} already holds a checkpoint "
+                    f"({CHECKPOINT_NAME}), which this run would replace. To fix, pass "
+                    "--resume to continue it, --overwrite to start again over it, or another "
+                    "folder.",
+                )
+        if self.trace is not None:
+            problem = paths.file_problem(self.trace)
+            if problem:
+                raise _fail(
+                    "trace",
+                    str(self.trace),
+                    f"--trace cannot be written: {problem}. To fix, pass a file name in a "
+                    "folder you can write to.",
+                )
+            if self.trace.exists() and not (self.resume or self.overwrite):
+                raise _fail(
+                    "trace",
+                    str(self.trace),
+                    f"--trace {str(self.trace)!r} already exists. To fix, pass --resume to "
+                    "add the resumed run to it, --overwrite to replace it, or another file.",
+                )
 
     def settings(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed by this run."""
@@ -313,28 +405,18 @@ def _digest(model: torch.nn.Module) -> str:
     return hasher.hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as handle:
-        torch.save(dict(payload), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    if hasattr(os, "O_DIRECTORY"):
-        directory = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
 def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
-    """Read and check the checkpoint in ``folder`` for ``config``.
+    """Read the checkpoint in ``folder`` and check everything in it against ``config``.
+
+    Checked: the seal (:func:`checkpoint.read`), exactly the keys a run writes,
+    the run's settings, the step, the model's tensors (names, shapes, dtypes),
+    the optimizer's state (it fits the model, its learning rate is the run's),
+    the accuracies measured, that every float is finite, and that the session
+    state fits the recipe and restores (tried on a scratch model and session).
 
     Raises:
-        ConfigError: no checkpoint, not a modfsm run checkpoint, or saved with other settings.
+        ConfigError: no checkpoint, or one that this run cannot resume; the
+            message names the file and what is wrong.
     """
     path = folder / CHECKPOINT_NAME
     if not path.is_file():
@@ -345,24 +427,21 @@ def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
             "fix, run once with --checkpoint DIR (and --stop-at, or let it save every "
             "--checkpoint-every steps), then --resume.",
         )
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a damaged file
-        raise _fail(
-            "checkpoint",
-            str(path),
-            f"cannot read {str(path)!r}: {error}. To fix, resume from an intact checkpoint.",
-        ) from None
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise _fail(
-            "checkpoint",
-            str(path),
-            f"{str(path)!r} is not a modfsm run checkpoint (format "
-            f"{saved.get('format') if isinstance(saved, dict) else None!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}). To fix, point --checkpoint at a folder written by "
-            "modfsm run.",
-        )
+    saved = checkpoint.read(path)
+
+    def refuse(problem: str, fix: str = "resume from a checkpoint written by modfsm run") -> None:
+        raise _fail("checkpoint", str(path), f"checkpoint {str(path)!r} {problem}. To fix, {fix}.")
+
+    if set(saved) != _PAYLOAD_KEYS:
+        missing, extra = sorted(_PAYLOAD_KEYS - set(saved)), sorted(set(saved) - _PAYLOAD_KEYS)
+        refuse(f"has the wrong keys (missing {missing}, unexpected {extra})")
+    if saved["format"] != CHECKPOINT_FORMAT:
+        refuse(f"has format {_short(saved['format'])}, expected {CHECKPOINT_FORMAT!r}")
     expected = config.settings()
+    if not _is_plain(saved["settings"]) or not _is_plain(saved["evaluations"]):
+        refuse("holds tensors or objects where plain values belong (settings, evaluations)")
+    if not isinstance(saved["settings"], dict) or set(saved["settings"]) != set(expected):
+        refuse(f"has settings {_short(saved['settings'])}, not the keys {sorted(expected)}")
     differences = [
         f"{key}: saved {_short(saved['settings'].get(key))}, now {_short(value)}"
         for key, value in expected.items()
@@ -376,14 +455,198 @@ def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
             f"{'; '.join(differences)}. To fix, resume with the same recipe, --seed, "
             "--batch-size and --lr.",
         )
-    if saved["steps_done"] > config.steps:
+    steps_done = saved["steps_done"]
+    if isinstance(steps_done, bool) or not isinstance(steps_done, int) or steps_done < 0:
+        refuse(f"has steps_done {_short(steps_done)}, not a whole number >= 0")
+    if steps_done > config.steps:
         raise _fail(
             "steps",
             config.steps,
-            f"the checkpoint is at step {saved['steps_done']}, past --steps {config.steps}. "
-            f"To fix, pass --steps {saved['steps_done']} or more.",
+            f"the checkpoint is at step {steps_done}, past --steps {config.steps}. "
+            f"To fix, pass --steps {steps_done} or more.",
         )
+    checkpoint.check_tensors(path, saved)
+    model = digits.DigitsMLP()
+    problem = _tensor_misfit(saved["model"], model.state_dict())
+    if problem:
+        refuse(f"holds model weights that do not fit {model.describe()}: {problem}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    problem = _optimizer_misfit(saved["optimizer"], optimizer, config.lr, steps_done)
+    if problem:
+        refuse(f"holds an optimizer state that does not fit the model: {problem}")
+    problem = _evaluations_misfit(saved["evaluations"], steps_done)
+    if problem:
+        refuse(f"holds accuracies that make no sense: {problem}")
+    _try_restore(path, saved, config, model, steps_done)
     return saved
+
+
+_ADAM_STATE: Final = frozenset({"step", "exp_avg", "exp_avg_sq"})
+_PAYLOAD_KEYS: Final = frozenset(
+    {"format", "settings", "steps_done", "session", "model", "optimizer", "evaluations"}
+)
+
+
+def _is_plain(value: Any) -> bool:
+    """True for nested dicts, lists and tuples of str, int, float, bool and None only
+    (values that ``==`` compares without surprises, unlike tensors)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, str | int | float):
+            return False
+    return True
+
+
+def _tensor_misfit(saved: Any, expected: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``saved`` from being loaded as ``expected`` (empty when it fits)."""
+    if not isinstance(saved, Mapping):
+        return f"a {type(saved).__name__}, not a dict of tensors"
+    if set(saved) != set(expected):
+        missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+        return f"missing {missing}, unexpected {extra}"
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor):
+            return f"{name} is a {type(value).__name__}, not a tensor"
+        if value.shape != tensor.shape or value.dtype != tensor.dtype:
+            return (
+                f"{name} is {value.dtype} {tuple(value.shape)}, expected {tensor.dtype} "
+                f"{tuple(tensor.shape)}"
+            )
+    return ""
+
+
+def _optimizer_misfit(
+    saved: Any, optimizer: torch.optim.Optimizer, lr: float, steps_done: int
+) -> str:
+    """What keeps ``saved`` from being this run's Adam state after ``steps_done`` steps
+    (empty when it fits).
+
+    Every parameter has a state once a step was taken (all of them get gradients),
+    and each state counts ``steps_done`` steps. Shapes and dtypes are checked on the
+    saved tensors themselves: torch's ``load_state_dict`` casts them to the
+    parameter's dtype without a word.
+    """
+    if not isinstance(saved, Mapping) or set(saved) != {"state", "param_groups"}:
+        return "not the state_dict of a torch optimizer"
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved["state"]
+    if not isinstance(state, Mapping):
+        return "its per-parameter state is not a dict"
+    expected = set(range(len(parameters))) if steps_done else set()
+    if set(state) != expected:
+        return (
+            f"it holds state for parameters {sorted(map(str, state))}, but after "
+            f"{steps_done} steps every one of the {len(parameters)} has one"
+            if steps_done
+            else "it holds per-parameter state, but no step was taken"
+        )
+    for index, entry in state.items():
+        parameter = parameters[index]
+        if not isinstance(entry, Mapping) or set(entry) != _ADAM_STATE:
+            return f"the state of parameter {index} is not Adam's {sorted(_ADAM_STATE)}"
+        if not (
+            isinstance(entry["step"], torch.Tensor)
+            and entry["step"].numel() == 1
+            and float(entry["step"]) == steps_done
+        ):
+            return f"parameter {index} counts {_short(entry['step'])} steps, not {steps_done}"
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or value.dtype != parameter.dtype:
+                return f"{key} of parameter {index} is not a {parameter.dtype} tensor"
+            if key != "step" and value.shape != parameter.shape:
+                return (
+                    f"{key} of parameter {index} has shape {tuple(value.shape)}, the "
+                    f"parameter {tuple(parameter.shape)}"
+                )
+    groups = optimizer.state_dict()["param_groups"]  # this run's Adam, not yet loaded
+    if not _is_plain(saved["param_groups"]):
+        return "its hyperparameters (param_groups) hold tensors or objects"
+    if saved["param_groups"] != groups:
+        given = saved["param_groups"] if isinstance(saved["param_groups"], list | tuple) else []
+        saved_lr = [g.get("lr") for g in given if isinstance(g, Mapping)]
+        if saved_lr and saved_lr != [lr] * len(groups):
+            return f"its learning rate is {_short(saved_lr[0])}, the run's is {lr}"
+        return "its hyperparameters (param_groups) are not the run's Adam's"
+    try:
+        optimizer.load_state_dict(dict(saved))
+    except Exception as error:  # torch raises ValueError, KeyError, TypeError, ...
+        return f"torch refuses it ({type(error).__name__}: {_first_line(error)})"
+    return ""
+
+
+def _evaluations_misfit(saved: Any, steps_done: int) -> str:
+    if not isinstance(saved, list | tuple):
+        return f"a {type(saved).__name__}, not a list"
+    for entry in saved:
+        if not (
+            isinstance(entry, list | tuple)
+            and len(entry) == 3
+            and isinstance(entry[0], int)
+            and not isinstance(entry[0], bool)
+            and 0 <= entry[0] <= steps_done
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], float)
+            and 0.0 <= entry[2] <= 1.0
+        ):
+            return f"{_short(entry)} is not (step <= {steps_done}, label, accuracy in [0, 1])"
+    return ""
+
+
+def _try_restore(
+    path: Path, saved: Mapping[str, Any], config: RunConfig, model: torch.nn.Module,
+    steps_done: int,
+) -> None:  # fmt: skip
+    """Restore the session state into a scratch session on ``model``; refuse what fails.
+
+    The modifiers' own ``load_state_dict`` checks their state (masks, observer
+    ranges) against the model; nothing of the real run is touched.
+    """
+    recipe = Recipe.load(config.recipe if config.recipe is not None else default_recipe_text())
+    scratch = Session()
+    try:
+        with scratch:
+            scratch.load_state_dict(saved["session"])
+            scratch.initialize(model=model, recipe=recipe)
+            # modfsm run takes one optimizer step per batch and saves between batches
+            found = (scratch.position.value, scratch.global_step, scratch.global_batch,
+                     scratch.batches_since_step)  # fmt: skip
+            if found != ("idle", steps_done, steps_done, 0):
+                problem = (
+                    "is inconsistent: modfsm run saves between batches, one step a batch, "
+                    f"at step {steps_done}, but the session is {found[0]!r} at step "
+                    f"{found[1]}, batch {found[2]} ({found[3]} batches since the last step)"
+                )
+            else:
+                problem = ""
+            raise _Stopped
+    except _Stopped:
+        pass
+    except LifecycleError as error:
+        problem = f"holds a session state this run cannot resume ({error})"
+    except Exception as error:  # a modifier's state that does not restore
+        problem = (
+            f"holds a session state that does not restore ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        )
+    if problem:
+        raise _fail(
+            "checkpoint",
+            str(path),
+            f"checkpoint {str(path)!r} {problem}. To fix, resume from a checkpoint written by "
+            "this run.",
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _short(value: Any) -> str:
@@ -414,6 +677,15 @@ def run(
     if config.resume:
         assert config.checkpoint is not None, "RunConfig.check() requires it with resume"
         saved = load_checkpoint(config.checkpoint, config)
+    if config.trace is not None:
+        config.trace.parent.mkdir(parents=True, exist_ok=True)
+    if config.overwrite:  # asked for: another run's checkpoint and trace go
+        for old in (
+            config.checkpoint / CHECKPOINT_NAME if config.checkpoint is not None else None,
+            config.trace,
+        ):
+            if old is not None and old.is_file():
+                old.unlink()
     data = digits.load()
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test = (data.test_x.to(device), data.test_y.to(device))
@@ -521,6 +793,13 @@ def _train(
             optimizer.step()  # the session reports OPTIM_PRE_STEP / OPTIM_POST_STEP itself
             session.batch_end()
             loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise _fail(
+                    "lr",
+                    config.lr,
+                    f"training diverged at step {step + 1}: the loss is {loss_value}. To fix, "
+                    f"lower --lr (now {config.lr}).",
+                )
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}")
@@ -547,7 +826,7 @@ def _save(
     evaluations: list[Evaluation],
 ) -> None:
     assert config.checkpoint is not None
-    save_checkpoint(
+    checkpoint.write(
         config.checkpoint / CHECKPOINT_NAME,
         {
             "format": CHECKPOINT_FORMAT,
@@ -583,7 +862,7 @@ def format_summary(result: RunResult) -> str:
         f"modfsm run: {recipe}, {config.steps} steps, seed {config.seed}, "
         f"batch {config.batch_size}, device {config.device}",
         f"model: {result.model}; data: scikit-learn digits, "
-        f"{1797 - digits.TEST_IMAGES} train / {digits.TEST_IMAGES} test images",
+        f"{digits.TRAIN_IMAGES} train / {digits.TEST_IMAGES} test images",
     ]
     if result.stopped:
         lines.append(

@@ -25,9 +25,10 @@ annotations, schedules make sense) and reports every problem with its path
 each modifier once, to run the class's own argument checks, and discards it.
 Keys that look like misspelled groups or stages are errors, not arguments.
 
-YAML is read with a ``yaml.SafeLoader`` subclass that only adds duplicate-key
-detection (merge keys ``<<: *anchor`` work as in ``safe_load``); nothing in a
-recipe is executed.
+YAML is read by :mod:`modfsm.engine.config.yaml_input`: plain data only, within
+bounds on size, nesting and alias expansion, string keys, no key written twice
+(merge keys ``<<: *anchor`` work as in ``safe_load``); nothing in a recipe is
+executed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any, Final
 import attrs
 import yaml
 
+from modfsm.engine.config import yaml_input
 from modfsm.engine.config.argtypes import Mismatch, describe, field_annotations, mismatch
 from modfsm.engine.config.factory import ModifierFactory
 from modfsm.engine.kernel.errors import LifecycleError
@@ -176,18 +178,24 @@ class Recipe:
         ):
             path = Path(source)
             try:
-                text = path.read_text(encoding="utf-8")
+                text = yaml_input.read_file(path)
+            except yaml_input.YamlRefused as refused:
+                raise _refused(str(path), refused) from None
             except OSError as error:
+                what = (
+                    "it is a folder, not a file"
+                    if path.is_dir()
+                    else f"cannot read the file: {error.strerror}"
+                )
                 raise RecipeError(
                     str(path),
                     [
                         RecipeProblem(
                             "",
-                            f"cannot read the file: {error.strerror}. To fix, "
-                            "pass the path of an existing recipe file.",
+                            f"{what}. To fix, pass the path of an existing recipe file.",
                         )
                     ],
-                ) from error
+                ) from None
             return cls.from_yaml(text, origin=str(path))
         if isinstance(source, str):
             if _looks_like_a_path(source):
@@ -206,9 +214,11 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, text: str, *, origin: str = "<string>") -> Recipe:
-        """Parse YAML text (safe loading; duplicate keys are errors)."""
+        """Parse YAML text: plain data only, within bounds (see :mod:`.yaml_input`)."""
         try:
-            data = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: safe
+            data = yaml_input.load(text)
+        except yaml_input.YamlRefused as refused:
+            raise _refused(origin, refused) from None
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -222,10 +232,9 @@ class Recipe:
                     )
                 ],
             ) from None
-        except _DuplicateKey as duplicate:
-            raise RecipeError(origin, [duplicate.problem]) from None
         except yaml.YAMLError as error:
-            raise RecipeError(origin, [RecipeProblem("", f"unreadable YAML: {error}")]) from None
+            problem = f"unreadable YAML: {error}. To fix, write the recipe as plain YAML text."
+            raise RecipeError(origin, [RecipeProblem("", problem)]) from None
         if data is None:
             data = {}
         return cls.from_dict(data, origin=origin)
@@ -311,6 +320,10 @@ class Recipe:
             ]
             stages.append(StageModifiers(modifiers, index=position, group=stage.name))
         return stages
+
+
+def _refused(origin: str, refused: yaml_input.YamlRefused) -> RecipeError:
+    return RecipeError(origin, [RecipeProblem(refused.where, refused.message)])
 
 
 def _looks_like_a_path(source: str) -> bool:
@@ -668,48 +681,3 @@ def _constructor_problem(path: str, owner: str, error: Exception) -> RecipeProbl
             message += f" To fix, change the argument {owner} rejects."
         message = f"{owner}(...) raised {type(error).__name__}: {message}"
     return RecipeProblem(f"{path} / {field}" if isinstance(field, str) else path, message)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, problem: RecipeProblem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys (plain safe_load keeps the last).
-
-    Merge keys (``<<: *anchor``) work as in ``safe_load``: the merged keys come
-    first and the mapping's own keys override them. Only a key written twice
-    among a mapping's own keys is a duplicate.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._checked: set[yaml.MappingNode] = set()
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        # SafeConstructor flattens every mapping (and each one merged into it) before
-        # building it, and flattening rewrites the node: check each one first.
-        if node not in self._checked:
-            self._checked.add(node)
-            self._refuse_duplicates(node)
-        super().flatten_mapping(node)
-
-    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str) and key in seen:
-                raise _DuplicateKey(
-                    RecipeProblem(
-                        f"line {line}",
-                        f"the key {key!r} appears twice in one mapping (first on line "
-                        f"{seen[key]}); YAML would silently keep only the last. To fix, rename or "
-                        "merge them.",
-                    )
-                )
-            seen.setdefault(key, line)

@@ -1098,14 +1098,19 @@ def _check_format(state_dict: object) -> None:
     elif state_dict.get("format") != STATE_DICT_FORMAT:
         problem = f"format is {state_dict.get('format')!r}, expected {STATE_DICT_FORMAT!r}"
     else:
-        missing = {"config", "counters", "position", "stages", "modifiers"} - set(state_dict)
+        missing = _STATE_KEYS - set(state_dict)
+        unexpected = set(state_dict) - _STATE_KEYS - {"format"}
         if missing:
             problem = f"missing {sorted(missing)}"
+        elif unexpected:
+            problem = f"unexpected {sorted(map(str, unexpected))}"
         elif state_dict["position"] not in _POSITIONS or state_dict["position"] in (
             "created",
             "finalized",
         ):
             problem = f"position {state_dict['position']!r} cannot be resumed"
+        else:
+            problem = _shape_problem(state_dict)
     if problem is not None:
         raise ConfigError(
             f"Session.load_state_dict: not a modfsm session state ({problem}). To fix, pass "
@@ -1114,6 +1119,48 @@ def _check_format(state_dict: object) -> None:
             field="state_dict",
             value=None,
         )
+
+
+def _is_count(value: object, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _shape_problem(state_dict: Mapping[str, Any]) -> str | None:
+    """What in ``state_dict`` is not shaped as :meth:`Session.state_dict` makes it, if any."""
+    config, counters = state_dict["config"], state_dict["counters"]
+    stages, modifiers = state_dict["stages"], state_dict["modifiers"]
+    if not isinstance(config, Mapping) or set(config) != {"batches_per_step", "steps_per_epoch"}:
+        return "config must hold batches_per_step and steps_per_epoch"
+    for name in ("batches_per_step", "steps_per_epoch"):
+        if config[name] is not None and not _is_count(config[name], 1):
+            return f"config {name} must be null or a whole number >= 1"
+    if not isinstance(counters, Mapping) or set(counters) != set(_COUNTER_NAMES):
+        return f"counters must hold exactly {list(_COUNTER_NAMES)}"
+    if not all(_is_count(counters[name]) for name in _COUNTER_NAMES):
+        return "every counter must be a whole number >= 0"
+    if not isinstance(stages, list | tuple) or not all(
+        isinstance(entry, Mapping)
+        and set(entry) == {"name", "state"}
+        and isinstance(entry["name"], str)
+        and isinstance(entry["state"], str)
+        for entry in stages
+    ):
+        return "stages must be a list of {name, state}"
+    if not isinstance(modifiers, Mapping) or not all(
+        isinstance(modifier_id, str)
+        and isinstance(entry, Mapping)
+        and set(entry) <= _MODIFIER_KEYS
+        and isinstance(entry.get("type"), str)
+        and isinstance(entry.get("lifecycle"), str)
+        for modifier_id, entry in modifiers.items()
+    ):
+        return "modifiers must map ids to {type, arguments, lifecycle, state}"
+    return None
+
+
+_STATE_KEYS: Final = frozenset({"config", "counters", "position", "stages", "modifiers"})
+_MODIFIER_KEYS: Final = frozenset({"type", "arguments", "lifecycle", "state"})
+_COUNTER_NAMES: Final = ("global_step", "global_batch", "batches_since_step")
 
 
 def _misfits(
@@ -1146,6 +1193,8 @@ def _misfits(
         modifier = dict(ids)[modifier_id]
         if entry["lifecycle"] not in type(modifier).__compiled_lifecycle__.states:
             problems.append(f"{modifier_id}: unknown lifecycle state {entry['lifecycle']!r}")
+        if "state" not in entry:
+            problems.append(f"{modifier_id}: the modifier's own state is not saved")
         saved_arguments = entry.get("arguments")
         if not isinstance(saved_arguments, Mapping):
             problems.append(f"{modifier_id}: the state has no saved arguments to compare")

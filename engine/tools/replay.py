@@ -51,6 +51,8 @@ class VerifyResult:
             calls, a retry, is checked like any other and does not count).
         segments: segments (one per header: a run and each resumed continuation).
         stage_transitions: stage transition records checked.
+        final_position: the session's position after the last record (``finalized``
+            when the run ended; anything else: the trace stops before it did).
     """
 
     records: int
@@ -60,43 +62,77 @@ class VerifyResult:
     ended_in_failure: bool = False
     segments: int = 0
     stage_transitions: int = 0
+    final_position: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when no divergence was found."""
         return self.divergence is None
 
+    @property
+    def complete(self) -> bool:
+        """True when the trace follows the specification and the run finalized in it."""
+        return self.divergence is None and self.final_position == "finalized"
+
+
+MAX_LINE_BYTES: Final = 1 << 20
+"""The longest trace line read (1 MiB; a record of a run with 1,000 modifiers is about 200 KB)."""
+
+MAX_RECORDS: Final = 10_000_000
+"""The most records read from one trace."""
+
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL trace file.
+    """The records of a JSONL trace file, read line by line within bounds.
+
+    Each line is read up to :data:`MAX_LINE_BYTES`, so a file without newlines
+    (``/dev/zero``) or one huge line is refused without being held in memory.
 
     Raises:
-        ConfigError: a line is not a JSON object (the message names the line).
+        ConfigError: a line too long, not UTF-8, not JSON (or nested too deeply, or a
+            number too large), or not a JSON object; too many records. The message
+            names the line.
+        OSError: the file cannot be opened.
     """
+
+    def refuse(number: int, problem: str) -> ConfigError:
+        return ConfigError(
+            f"{path}, line {number}: {problem}. To fix, pass a trace written by modfsm "
+            "(Session(trace=...), modfsm run --trace FILE).",
+            owner="trace",
+            field="line",
+            value=number,
+        )
+
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        number = 0
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise refuse(number, f"longer than {MAX_LINE_BYTES:,} bytes")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise refuse(number, f"byte {raw[error.start]:#04x} is not UTF-8") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ConfigError(
-                    f"{path}, line {number}: not JSON ({error.msg}). To fix, pass a trace "
-                    "written by modfsm (Session(trace=...)).",
-                    owner="trace",
-                    field="line",
-                    value=number,
-                ) from None
+                raise refuse(number, f"not JSON ({error.msg})") from None
+            except RecursionError:
+                raise refuse(number, "JSON nested too deeply") from None
+            except ValueError as error:  # e.g. an integer beyond Python's 4,300 digits
+                raise refuse(number, f"not a value a trace holds ({error})") from None
             if not isinstance(record, dict):
-                raise ConfigError(
-                    f"{path}, line {number}: expected a JSON object. To fix, pass a trace "
-                    "written by modfsm.",
-                    owner="trace",
-                    field="line",
-                    value=number,
-                )
+                raise refuse(number, "expected a JSON object")
             records.append(record)
+            if len(records) > MAX_RECORDS:
+                raise refuse(number, f"more than {MAX_RECORDS:,} records")
     return records
 
 
@@ -191,6 +227,12 @@ def _events_of(trigger: str) -> set[str | None]:
     }
 
 
+def _brief(error: BaseException) -> str:
+    """``KeyError('seq')``, cut to 200 characters (a hostile field may be huge)."""
+    text = repr(error)
+    return text if len(text) <= 200 else f"{text[:197]}..."
+
+
 class _Diverged(Exception):
     """Raised inside the replay to stop at the first divergence."""
 
@@ -209,6 +251,7 @@ class _Replay:
     segments: int = 0
     last_failed: bool = False
     line: int = 1  # the line of the call being checked
+    segment: _Segment | None = None  # the one being replayed
 
     def run(self) -> VerifyResult:
         divergence = None
@@ -216,9 +259,9 @@ class _Replay:
             self.replay()
         except _Diverged as diverged:
             divergence = Divergence(diverged.line, diverged.message)
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
+        except (AttributeError, LookupError, TypeError, ValueError, ArithmeticError) as error:
             # A field of the wrong shape (hand-edited, truncated): a divergence, not a crash.
-            divergence = Divergence(self.line, f"a malformed record ({error!r})")
+            divergence = Divergence(self.line, f"a malformed record ({_brief(error)})")
         return VerifyResult(
             len(self.records),
             self.calls,
@@ -227,6 +270,7 @@ class _Replay:
             self.last_failed and divergence is None,
             self.segments,
             self.stage_transitions,
+            self.segment.position if self.segment is not None else None,
         )
 
     def replay(self) -> None:
@@ -237,7 +281,7 @@ class _Replay:
         while index < len(records):
             self.segments += 1
             self.line = index + 1
-            segment = _Segment.load(records[index], index + 1)
+            segment = self.segment = _Segment.load(records[index], index + 1)
             index += 1
             while index < len(records) and records[index].get("kind") != "header":
                 index = self.call(segment, index)
@@ -304,8 +348,8 @@ class _Segment:
                 }
                 for st in header["stages"]
             ]
-        except (KeyError, TypeError, ValueError) as error:
-            raise _Diverged(line, f"the header is incomplete ({error!r})") from None
+        except (LookupError, TypeError, ValueError, ArithmeticError) as error:
+            raise _Diverged(line, f"the header is incomplete ({_brief(error)})") from None
         if steps_per_epoch is not None and (
             type(steps_per_epoch) is not int or steps_per_epoch < 1
         ):

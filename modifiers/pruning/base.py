@@ -86,6 +86,23 @@ class MaskingBase(Modifier):
         owner = type(self).__name__
         self._layers = resolve(owner, state.model, as_names(self.targets), as_names(self.ignore))
 
+    def _check_saved(self, state_dict: Mapping[str, Any], keys: set[str]) -> None:
+        """Refuse a saved state without exactly ``keys``."""
+        if set(state_dict) != keys:
+            raise self._bad_state(
+                f"its keys are {sorted(map(str, state_dict))}, expected {sorted(keys)}",
+                "state_dict",
+            )
+
+    def _bad_state(self, problem: str, field: str) -> ConfigError:
+        return ConfigError(
+            f"{self.lifecycle_label}.load_state_dict: {problem}. To fix, resume with the state "
+            "this modifier saved, on the same model and targets.",
+            owner=type(self).__name__,
+            field=field,
+            value=None,
+        )
+
     def weights(self) -> dict[str, torch.Tensor]:
         """The target layers' weights by name."""
         return {name: weight_of(layer) for name, layer in self._layers.items()}
@@ -102,18 +119,29 @@ class MaskingBase(Modifier):
     def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
         if self.initialized:
             self._bind(state)
-        masks = dict(state_dict.get("masks", {}))
-        for name, mask in masks.items():
-            layer = self._layers.get(name)
-            if layer is None or tuple(weight_of(layer).shape) != tuple(mask.shape):
-                raise ConfigError(
-                    f"{self.lifecycle_label}.load_state_dict: the saved mask {name!r} does not "
-                    "fit this model's target layers. To fix, resume with the same model and "
-                    "targets.",
-                    owner=type(self).__name__,
-                    field="masks",
-                    value=name,
-                )
+        self._check_saved(state_dict, {"masks"})
+        masks = state_dict["masks"]
+        problem = ""
+        if not isinstance(masks, Mapping):
+            problem = f"masks is a {type(masks).__name__}, not a dict of layer name to mask"
+        elif masks and set(masks) != set(self._layers):
+            problem = (
+                f"masks are saved for {sorted(map(str, masks))}, but the target layers are "
+                f"{sorted(self._layers)}"
+            )
+        elif not masks and self.started and not self.ended:
+            problem = "no masks are saved, but the window is open"
+        else:
+            for name, mask in masks.items():
+                shape = tuple(weight_of(self._layers[name]).shape)
+                if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                    problem = f"the mask of {name!r} is not a bool tensor"
+                elif tuple(mask.shape) != shape:
+                    problem = f"the mask of {name!r} has shape {tuple(mask.shape)}, not {shape}"
+                if problem:
+                    break
+        if problem:
+            raise self._bad_state(problem, "masks")
         # A checkpoint loaded with map_location="cpu" holds CPU masks: put each
         # where its layer's weights are (a CUDA model's masks must be on CUDA).
         self._masks = {

@@ -148,5 +148,11 @@ class MagnitudePruningModifier(MaskingBase):
         return {**super().state_dict(), "sparsity": self._sparsity}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
-        super().load_state_dict(state_dict, state)
-        self._sparsity = float(state_dict.get("sparsity", 0.0))
+        self._check_saved(state_dict, {"masks", "sparsity"})
+        sparsity = state_dict["sparsity"]
+        if not isinstance(sparsity, float | int) or isinstance(sparsity, bool) or not (
+            0 <= sparsity < 1
+        ):
+            raise self._bad_state(f"sparsity {sparsity!r} is not a fraction in [0, 1)", "sparsity")
+        super().load_state_dict({"masks": state_dict["masks"]}, state)
+        self._sparsity = float(sparsity)

@@ -175,10 +175,25 @@ class Observer:
     ) -> None:
         """Restore what :meth:`state_dict` returned, on ``device`` if given."""
         lo, hi = saved.get("lo"), saved.get("hi")
-        if (lo is None) != (hi is None) or not all(
-            v is None or (isinstance(v, torch.Tensor) and v.numel() == 1) for v in (lo, hi)
+        if (
+            set(saved) not in (set(), {"lo", "hi"})
+            or (lo is None) != (hi is None)
+            or not all(
+                v is None
+                or (
+                    isinstance(v, torch.Tensor)
+                    and v.numel() == 1
+                    and v.is_floating_point()
+                    and bool(torch.isfinite(v).all())
+                )
+                for v in (lo, hi)
+            )
+            or (lo is not None and hi is not None and bool(lo > hi))
         ):
-            raise ValueError(f"an observer state needs scalar tensors lo and hi, got {saved!r}")
+            shown = sorted(map(str, saved))
+            raise ValueError(
+                f"an observer state needs finite scalar float tensors lo <= hi, got keys {shown}"
+            )
         if device is not None and lo is not None and hi is not None:
             lo, hi = lo.to(device), hi.to(device)
         self.lo, self.hi = lo, hi

@@ -288,21 +288,49 @@ class QuantizationModifier(Modifier):
     def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
         if self.initialized:
             self._bind(state)
-        observers = state_dict.get("observers", {})
-        unknown = sorted(set(observers) - set(self._observers))
-        if unknown:
+        problem = ""
+        if set(state_dict) != {"observing", "observers"}:
+            problem = f"its keys are {sorted(map(str, state_dict))}, expected observers, observing"
+        elif not isinstance(state_dict["observing"], bool):
+            problem = f"observing is {state_dict['observing']!r}, not true or false"
+        elif state_dict["observing"] != (
+            self.started and not self.ended and not self.finalized and self.start != -1
+        ):
+            problem = (
+                f"observing is {state_dict['observing']}, but the modifier is "
+                f"'{self.lifecycle_state}' (it observes exactly while its window is open, "
+                "unless start is -1)"
+            )
+        elif not isinstance(state_dict["observers"], Mapping):
+            problem = "observers is not a dict of layer name to observer state"
+        if problem:
             raise ConfigError(
-                f"{self.lifecycle_label}.load_state_dict: saved observers {unknown} are not "
-                f"target layers of this model ({sorted(self._observers)}). To fix, resume with "
-                "the same model and recipe.",
+                f"{self.lifecycle_label}.load_state_dict: {problem}. To fix, resume with the "
+                "state this modifier saved.",
+                owner=_OWNER,
+                field="state_dict",
+                value=None,
+            )
+        observers = state_dict["observers"]
+        unknown = sorted(map(str, set(observers) - set(self._observers)))
+        missing = sorted(set(self._observers) - set(observers))
+        if unknown or missing:
+            problem = (
+                f"saved observers {unknown} are not target layers of this model"
+                if unknown
+                else f"the observers of target layers {missing} are not saved"
+            )
+            raise ConfigError(
+                f"{self.lifecycle_label}.load_state_dict: {problem} "
+                f"({sorted(self._observers)}). To fix, resume with the same model and recipe.",
                 owner=_OWNER,
                 field="observers",
-                value=unknown,
+                value=unknown or missing,
             )
         for name, saved in observers.items():
             # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
             self._observers[name].load_state_dict(saved, weight_of(self._layers[name]).device)
-        self._observing = bool(state_dict.get("observing", False))
+        self._observing = state_dict["observing"]
         if self.started and not self.finalized:
             self._attach()
 

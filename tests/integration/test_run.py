@@ -148,7 +148,12 @@ def test_the_command_prints_the_summary(short: tuple[RunResult, Session]) -> Non
         (["missing.yaml"], "recipe file 'missing.yaml' does not exist"),
         (["--steps", "0"], "--steps: expected a number >= 1"),
         (["--lr", "nan"], "--lr: expected a finite number > 0"),
-        (["--device", "quantum"], "'quantum' is not a torch device"),
+        (["--device", "quantum"], r"trains on cpu or cuda \(cuda:N\), not 'quantum'"),
+        (["--device", "meta"], r"trains on cpu or cuda \(cuda:N\), not 'meta'"),
+        (["--device", "cuda:x"], "'cuda:x' is not a torch device"),
+        (["--seed", "18446744073709"], r"--seed: expected a seed in \[0, 4294967295\]"),
+        (["--batch-size", "5000"], "larger than the 1437 training images"),
+        (["--lr", "1e300"], r"the learning rate must lie in \(0, 1.0\]"),
         (["--resume"], "--resume needs --checkpoint DIR"),
         (
             ["--steps", "10", "--stop-at", "10", "--checkpoint", "x"],
@@ -243,7 +248,89 @@ def test_resuming_with_other_settings_or_a_damaged_checkpoint_exits_2(tmp_path: 
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     damaged = cli(str(SHORT), "--steps", "20", "--checkpoint", str(tmp_path), "--resume")
     assert damaged.returncode == 2
-    assert "cannot read" in damaged.stderr
+    assert "is not a modfsm run checkpoint" in damaged.stderr
     empty = cli("--checkpoint", str(tmp_path / "none"), "--resume")
     assert empty.returncode == 2
     assert "no checkpoint to resume" in empty.stderr
+
+
+SAMPLES = sorted((Path(__file__).parents[2] / "docs" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", SAMPLES, ids=lambda path: path.name)
+def test_every_sample_recipe_runs_and_finalizes_every_modifier(recipe: Path) -> None:
+    assert len(SAMPLES) >= 3
+    result = run(RunConfig(recipe=recipe, steps=420))
+    assert result.modifiers
+    assert all(row.state.startswith("finalized_") for row in result.modifiers), result.modifiers
+    assert all(e.accuracy > FLOOR for e in result.evaluations if e.step >= 300)
+
+
+def test_a_run_refuses_to_replace_another_runs_checkpoint_or_trace(tmp_path: Path) -> None:
+    folder, trace = tmp_path / "ckpt", tmp_path / "run.jsonl"
+    first = cli(str(SHORT), "--steps", "20", "--checkpoint", str(folder), "--stop-at", "5",
+                "--trace", str(trace))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    saved, traced = (folder / CHECKPOINT_NAME).read_bytes(), trace.read_bytes()
+    again = cli(str(SHORT), "--steps", "20", "--checkpoint", str(folder))
+    assert again.returncode == 2
+    assert again.stderr == (
+        f"modfsm run: --checkpoint '{folder}' already holds a checkpoint (checkpoint.pt), "
+        "which this run would replace. To fix, pass --resume to continue it, --overwrite to "
+        "start again over it, or another folder.\n"
+    )
+    other_trace = cli(str(SHORT), "--steps", "20", "--trace", str(trace))
+    assert other_trace.returncode == 2
+    assert "already exists. To fix, pass --resume to add the resumed run to it" in (
+        other_trace.stderr
+    )
+    both = cli(str(SHORT), "--steps", "20", "--checkpoint", str(folder), "--resume",
+               "--overwrite")  # fmt: skip
+    assert both.returncode == 2
+    assert "pass one of them" in both.stderr
+    assert (folder / CHECKPOINT_NAME).read_bytes() == saved
+    assert trace.read_bytes() == traced
+    fresh = cli(str(SHORT), "--steps", "20", "--checkpoint", str(folder), "--trace", str(trace),
+                "--overwrite", "--stop-at", "3")  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert (folder / CHECKPOINT_NAME).read_bytes() != saved
+    assert trace.read_bytes().count(b'"kind": "header"') == 1  # replaced, not appended
+
+
+def test_a_resumed_run_appends_to_its_trace_which_then_verifies(tmp_path: Path) -> None:
+    folder, trace = tmp_path / "ckpt", tmp_path / "run.jsonl"
+    assert cli(str(SHORT), "--steps", "30", "--checkpoint", str(folder), "--stop-at", "10",
+               "--trace", str(trace)).returncode == 0  # fmt: skip
+    from modfsm.engine.app.cli import main
+
+    assert main(["trace", "verify", str(trace)]) == 1  # stopped: incomplete
+    done = cli(str(SHORT), "--steps", "30", "--checkpoint", str(folder), "--resume",
+               "--trace", str(trace))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert main(["trace", "verify", str(trace)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "{file}"], "--checkpoint cannot be written: '{file}' is a file, not a "
+                                     "folder"),
+        (["--trace", "{folder}"], "--trace cannot be written: '{folder}' is a folder, not a file"),
+        (["--trace", "{file}/x.jsonl"], "--trace cannot be written: '{file}' is a file, not a "
+                                        "folder"),
+        (["{folder}"], "recipe file '{folder}' is a folder"),
+    ],
+)
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    file, folder = tmp_path / "file.txt", tmp_path / "folder"
+    file.write_text("x")
+    folder.mkdir()
+    filled = [a.format(file=file, folder=folder) for a in args]
+    done = cli(*filled)
+    assert done.returncode == 2
+    assert message.format(file=file, folder=folder) in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]
+    assert not list(folder.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -202,12 +203,41 @@ def test_the_factory_finds_both_pruning_modifiers_by_name() -> None:
     assert isinstance(ModifierFactory.create("ConstantPruningModifier"), ConstantPruningModifier)
 
 
-def test_a_saved_mask_that_does_not_fit_the_model_is_refused() -> None:
+def _saved_state() -> dict[str, Any]:
+    source = MagnitudePruningModifier(final_sparsity=0.5, start=0)
+    source.initialize(State(model=mlp()))
+    return source.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda s: s.pop("sparsity"),
+         r"its keys are \['masks'\], expected \['masks', 'sparsity'\]"),
+        (lambda s: s.__setitem__("sparsity", 1.5), r"sparsity 1.5 is not a fraction in \[0, 1\)"),
+        (lambda s: s.__setitem__("sparsity", True), r"sparsity True is not a fraction"),
+        (lambda s: s.__setitem__("masks", [1]), r"masks is a list, not a dict of layer name"),
+        (lambda s: s["masks"].popitem(), r"masks are saved for \['0'\], but the target layers"),
+        (lambda s: s.__setitem__("masks", {}), r"no masks are saved, but the window is open"),
+        (lambda s: s["masks"].__setitem__("0", s["masks"]["0"].float()),
+         r"the mask of '0' is not a bool tensor"),
+        (lambda s: s["masks"].__setitem__("0", torch.ones(3, 3, dtype=torch.bool)),
+         r"the mask of '0' has shape \(3, 3\), not \(16, 8\)"),
+    ],
+)
+def test_a_saved_state_that_does_not_fit_is_refused_naming_what(
+    change: Callable[[dict[str, Any]], Any], problem: str
+) -> None:
+    saved = _saved_state()
+    change(saved)
     modifier = MagnitudePruningModifier(final_sparsity=0.5, start=0)
     modifier.initialize(State(model=mlp()))
-    with pytest.raises(ConfigError, match="does not fit this model's target layers"):
-        modifier.load_state_dict({"masks": {"0": torch.ones(3, 3, dtype=torch.bool)}},
-                                 State(model=mlp()))  # fmt: skip
+    expected = (
+        rf"^MagnitudePruningModifier\(.*\)\.load_state_dict: {problem}.*\. To fix, resume with "
+        "the state this modifier saved"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        modifier.load_state_dict(saved, State(model=mlp()))
 
 
 def test_saved_masks_are_put_on_the_device_of_their_layers() -> None:

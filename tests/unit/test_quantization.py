@@ -404,7 +404,49 @@ def test_saved_observers_for_other_layers_are_refused() -> None:
     q = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
     q.initialize(State(model=mlp()))
     with pytest.raises(ConfigError, match=r"saved observers \['fc9'\] are not target layers"):
-        q.load_state_dict({"observers": {"fc9": {}}}, State(model=mlp()))
+        q.load_state_dict({"observers": {"fc9": {}}, "observing": True}, State(model=mlp()))
+
+
+@pytest.mark.parametrize(
+    ("saved", "problem"),
+    [
+        ({"observers": {}}, r"its keys are \['observers'\], expected observers, observing"),
+        ({"observers": {}, "observing": 1}, "observing is 1, not true or false"),
+        ({"observers": {}, "observing": False},
+         r"observing is False, but the modifier is 'started' \(it observes exactly while its "
+         r"window is open, unless start is -1\)"),
+        ({"observers": {}, "observing": True},
+         r"the observers of target layers \['0', '2'\] are not saved \(\['0', '2'\]\)"),
+        ({"observers": [], "observing": True},
+         "observers is not a dict of layer name to observer state"),
+    ],
+)
+def test_a_saved_state_of_another_shape_is_refused(saved: dict[str, Any], problem: str) -> None:
+    q = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
+    q.initialize(State(model=mlp()))
+    with pytest.raises(ConfigError, match=rf"\.load_state_dict: {problem}\. To fix, resume"):
+        q.load_state_dict(saved, State(model=mlp()))
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"lo": torch.tensor(0.0)},
+        {"lo": torch.tensor(1.0), "hi": torch.tensor(0.0)},
+        {"lo": torch.tensor(float("nan")), "hi": torch.tensor(1.0)},
+        {"lo": torch.tensor(0), "hi": torch.tensor(1)},
+        {"lo": torch.zeros(2), "hi": torch.ones(2)},
+        {"lo": torch.tensor(0.0), "hi": torch.tensor(1.0), "extra": 1},
+    ],
+)
+def test_an_observer_refuses_a_range_that_is_not_finite_scalars_in_order(
+    saved: dict[str, Any],
+) -> None:
+    q = QuantizationModifier(config_groups=MINMAX_W8A8, start=0)
+    q.initialize(State(model=mlp()))
+    observer = next(iter(q._observers.values()))
+    with pytest.raises(ValueError, match=r"needs finite scalar float tensors lo <= hi"):
+        observer.load_state_dict(saved)
 
 
 def test_a_single_ignore_name_is_one_layer_not_its_letters() -> None:

@@ -168,5 +168,5 @@ def test_an_observer_state_round_trips_and_bad_states_are_refused() -> None:
     copy = Observer(QuantizationArgs())
     copy.load_state_dict(observer.state_dict())
     assert torch.equal(copy.qparams()[0], observer.qparams()[0])
-    with pytest.raises(ValueError, match="scalar tensors lo and hi"):
+    with pytest.raises(ValueError, match="finite scalar float tensors lo <= hi"):
         copy.load_state_dict({"lo": torch.zeros(2), "hi": torch.zeros(2)})

@@ -806,6 +806,23 @@ def _state_with(**changes: Any) -> Any:
         ("created", "position 'created' cannot be resumed"),
         ("finalized", "position 'finalized' cannot be resumed"),
         ("sideways", "position 'sideways' cannot be resumed"),
+        ({"extra": 1}, "unexpected ['extra']"),
+        ({"config": {"batches_per_step": 1}},
+         "config must hold batches_per_step and steps_per_epoch"),
+        ({"config": {"batches_per_step": 0, "steps_per_epoch": None}},
+         "config batches_per_step must be null or a whole number >= 1"),
+        ({"counters": {"global_step": 0, "global_batch": 0}},
+         "counters must hold exactly ['global_step', 'global_batch', 'batches_since_step']"),
+        ({"counters": {"global_step": "1", "global_batch": 0, "batches_since_step": 0}},
+         "every counter must be a whole number >= 0"),
+        ({"counters": {"global_step": True, "global_batch": 0, "batches_since_step": 0}},
+         "every counter must be a whole number >= 0"),
+        ({"stages": [{"name": "s"}]}, "stages must be a list of {name, state}"),
+        ({"stages": "s"}, "stages must be a list of {name, state}"),
+        ({"modifiers": {"m": {"type": "X", "lifecycle": "started", "extra": 1}}},
+         "modifiers must map ids to {type, arguments, lifecycle, state}"),
+        ({"modifiers": {1: {"type": "X", "lifecycle": "started"}}},
+         "modifiers must map ids to {type, arguments, lifecycle, state}"),
     ],
 )  # fmt: skip
 def test_a_state_dict_that_is_not_a_session_state_is_refused_saying_why(
@@ -815,6 +832,8 @@ def test_a_state_dict_that_is_not_a_session_state_is_refused_saying_why(
         given = _state_with(counters=None, stages=None)
     elif isinstance(given, str):
         given = _state_with(position=given)
+    elif isinstance(given, dict) and given and "format" not in given:
+        given = {**_state_with(), **given}
     session = Session()
     with pytest.raises(ConfigError) as caught:
         session.load_state_dict(given)
