@@ -12,8 +12,9 @@ it over the target, so a crash leaves the previous checkpoint intact.
 digest does not match (any flipped or missing byte), and only then unpickles
 the payload, with ``torch.load(weights_only=True)``. It never suggests loading
 a file unsafely. :func:`check_tensors` refuses a payload holding a non-finite
-float anywhere. What the payload must contain is the run's business
-(:mod:`modfsm.engine.app.runner` checks it against the run).
+float anywhere; :func:`tensor_misfit`, :func:`optimizer_misfit`,
+:func:`evaluations_misfit` and :func:`is_plain` check its parts.
+:func:`modfsm.engine.app.runner.load_checkpoint` applies them against the run.
 
 Every refusal is a :class:`~modfsm.engine.kernel.errors.ConfigError` whose
 message names the file, what is wrong and the fix.
@@ -32,7 +33,18 @@ import torch
 
 from modfsm.engine.kernel.errors import ConfigError
 
-__all__ = ["FORMAT", "MAX_BYTES", "NAME", "check_tensors", "read", "write"]
+__all__ = [
+    "FORMAT",
+    "MAX_BYTES",
+    "NAME",
+    "check_tensors",
+    "evaluations_misfit",
+    "is_plain",
+    "optimizer_misfit",
+    "read",
+    "tensor_misfit",
+    "write",
+]
 
 FORMAT: Final = "modfsm.run/2"
 NAME: Final = "checkpoint.pt"
@@ -151,3 +163,131 @@ def _leaves(value: Any, where: str) -> Iterator[tuple[str, Any]]:
             stack.extend((f"{where} / {i}", item) for i, item in enumerate(value))
         else:
             yield where, value
+
+
+# --- checks of what a payload holds; each returns the problem, or "" when it fits ---------
+
+
+_ADAM_STATE: Final = frozenset({"step", "exp_avg", "exp_avg_sq"})
+
+
+def is_plain(value: Any) -> bool:
+    """True for nested dicts, lists and tuples of str, int, float, bool and None only
+    (values that ``==`` compares without surprises, unlike tensors)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, str | int | float):
+            return False
+    return True
+
+
+def tensor_misfit(saved: Any, expected: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``saved`` from being loaded as ``expected`` (empty when it fits)."""
+    if not isinstance(saved, Mapping):
+        return f"a {type(saved).__name__}, not a dict of tensors"
+    if set(saved) != set(expected):
+        missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+        return f"missing {missing}, unexpected {extra}"
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor):
+            return f"{name} is a {type(value).__name__}, not a tensor"
+        if value.shape != tensor.shape or value.dtype != tensor.dtype:
+            return (
+                f"{name} is {value.dtype} {tuple(value.shape)}, expected {tensor.dtype} "
+                f"{tuple(tensor.shape)}"
+            )
+    return ""
+
+
+def optimizer_misfit(
+    saved: Any, optimizer: torch.optim.Optimizer, lr: float, steps_done: int
+) -> str:
+    """What keeps ``saved`` from being this run's Adam state after ``steps_done`` steps
+    (empty when it fits).
+
+    Every parameter has a state once a step was taken (all of them get gradients),
+    and each state counts ``steps_done`` steps. Shapes and dtypes are checked on the
+    saved tensors themselves: torch's ``load_state_dict`` casts them to the
+    parameter's dtype without a word.
+    """
+    if not isinstance(saved, Mapping) or set(saved) != {"state", "param_groups"}:
+        return "not the state_dict of a torch optimizer"
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved["state"]
+    if not isinstance(state, Mapping):
+        return "its per-parameter state is not a dict"
+    expected = set(range(len(parameters))) if steps_done else set()
+    if set(state) != expected:
+        return (
+            f"it holds state for parameters {sorted(map(str, state))}, but after "
+            f"{steps_done} steps every one of the {len(parameters)} has one"
+            if steps_done
+            else "it holds per-parameter state, but no step was taken"
+        )
+    for index, entry in state.items():
+        parameter = parameters[index]
+        if not isinstance(entry, Mapping) or set(entry) != _ADAM_STATE:
+            return f"the state of parameter {index} is not Adam's {sorted(_ADAM_STATE)}"
+        if not (
+            isinstance(entry["step"], torch.Tensor)
+            and entry["step"].numel() == 1
+            and float(entry["step"]) == steps_done
+        ):
+            return f"parameter {index} counts {_short(entry['step'])} steps, not {steps_done}"
+        for key, value in entry.items():
+            if not isinstance(value, torch.Tensor) or value.dtype != parameter.dtype:
+                return f"{key} of parameter {index} is not a {parameter.dtype} tensor"
+            if key != "step" and value.shape != parameter.shape:
+                return (
+                    f"{key} of parameter {index} has shape {tuple(value.shape)}, the "
+                    f"parameter {tuple(parameter.shape)}"
+                )
+    groups = optimizer.state_dict()["param_groups"]  # this run's Adam, not yet loaded
+    if not is_plain(saved["param_groups"]):
+        return "its hyperparameters (param_groups) hold tensors or objects"
+    if saved["param_groups"] != groups:
+        given = saved["param_groups"] if isinstance(saved["param_groups"], list | tuple) else []
+        saved_lr = [g.get("lr") for g in given if isinstance(g, Mapping)]
+        if saved_lr and saved_lr != [lr] * len(groups):
+            return f"its learning rate is {_short(saved_lr[0])}, the run's is {lr}"
+        return "its hyperparameters (param_groups) are not the run's Adam's"
+    try:
+        optimizer.load_state_dict(dict(saved))
+    except Exception as error:  # torch raises ValueError, KeyError, TypeError, ...
+        return f"torch refuses it ({type(error).__name__}: {_first_line(error)})"
+    return ""
+
+
+def evaluations_misfit(saved: Any, steps_done: int) -> str:
+    if not isinstance(saved, list | tuple):
+        return f"a {type(saved).__name__}, not a list"
+    for entry in saved:
+        if not (
+            isinstance(entry, list | tuple)
+            and len(entry) == 3
+            and isinstance(entry[0], int)
+            and not isinstance(entry[0], bool)
+            and 0 <= entry[0] <= steps_done
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], float)
+            and 0.0 <= entry[2] <= 1.0
+        ):
+            return f"{_short(entry)} is not (step <= {steps_done}, label, accuracy in [0, 1])"
+    return ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -438,7 +438,7 @@ def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
     if saved["format"] != CHECKPOINT_FORMAT:
         refuse(f"has format {_short(saved['format'])}, expected {CHECKPOINT_FORMAT!r}")
     expected = config.settings()
-    if not _is_plain(saved["settings"]) or not _is_plain(saved["evaluations"]):
+    if not checkpoint.is_plain(saved["settings"]) or not checkpoint.is_plain(saved["evaluations"]):
         refuse("holds tensors or objects where plain values belong (settings, evaluations)")
     if not isinstance(saved["settings"], dict) or set(saved["settings"]) != set(expected):
         refuse(f"has settings {_short(saved['settings'])}, not the keys {sorted(expected)}")
@@ -467,136 +467,23 @@ def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
         )
     checkpoint.check_tensors(path, saved)
     model = digits.DigitsMLP()
-    problem = _tensor_misfit(saved["model"], model.state_dict())
+    problem = checkpoint.tensor_misfit(saved["model"], model.state_dict())
     if problem:
         refuse(f"holds model weights that do not fit {model.describe()}: {problem}")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    problem = _optimizer_misfit(saved["optimizer"], optimizer, config.lr, steps_done)
+    problem = checkpoint.optimizer_misfit(saved["optimizer"], optimizer, config.lr, steps_done)
     if problem:
         refuse(f"holds an optimizer state that does not fit the model: {problem}")
-    problem = _evaluations_misfit(saved["evaluations"], steps_done)
+    problem = checkpoint.evaluations_misfit(saved["evaluations"], steps_done)
     if problem:
         refuse(f"holds accuracies that make no sense: {problem}")
     _try_restore(path, saved, config, model, steps_done)
     return saved
 
 
-_ADAM_STATE: Final = frozenset({"step", "exp_avg", "exp_avg_sq"})
 _PAYLOAD_KEYS: Final = frozenset(
     {"format", "settings", "steps_done", "session", "model", "optimizer", "evaluations"}
 )
-
-
-def _is_plain(value: Any) -> bool:
-    """True for nested dicts, lists and tuples of str, int, float, bool and None only
-    (values that ``==`` compares without surprises, unlike tensors)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        elif item is not None and not isinstance(item, str | int | float):
-            return False
-    return True
-
-
-def _tensor_misfit(saved: Any, expected: Mapping[str, torch.Tensor]) -> str:
-    """What keeps ``saved`` from being loaded as ``expected`` (empty when it fits)."""
-    if not isinstance(saved, Mapping):
-        return f"a {type(saved).__name__}, not a dict of tensors"
-    if set(saved) != set(expected):
-        missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-        return f"missing {missing}, unexpected {extra}"
-    for name, tensor in expected.items():
-        value = saved[name]
-        if not isinstance(value, torch.Tensor):
-            return f"{name} is a {type(value).__name__}, not a tensor"
-        if value.shape != tensor.shape or value.dtype != tensor.dtype:
-            return (
-                f"{name} is {value.dtype} {tuple(value.shape)}, expected {tensor.dtype} "
-                f"{tuple(tensor.shape)}"
-            )
-    return ""
-
-
-def _optimizer_misfit(
-    saved: Any, optimizer: torch.optim.Optimizer, lr: float, steps_done: int
-) -> str:
-    """What keeps ``saved`` from being this run's Adam state after ``steps_done`` steps
-    (empty when it fits).
-
-    Every parameter has a state once a step was taken (all of them get gradients),
-    and each state counts ``steps_done`` steps. Shapes and dtypes are checked on the
-    saved tensors themselves: torch's ``load_state_dict`` casts them to the
-    parameter's dtype without a word.
-    """
-    if not isinstance(saved, Mapping) or set(saved) != {"state", "param_groups"}:
-        return "not the state_dict of a torch optimizer"
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    state = saved["state"]
-    if not isinstance(state, Mapping):
-        return "its per-parameter state is not a dict"
-    expected = set(range(len(parameters))) if steps_done else set()
-    if set(state) != expected:
-        return (
-            f"it holds state for parameters {sorted(map(str, state))}, but after "
-            f"{steps_done} steps every one of the {len(parameters)} has one"
-            if steps_done
-            else "it holds per-parameter state, but no step was taken"
-        )
-    for index, entry in state.items():
-        parameter = parameters[index]
-        if not isinstance(entry, Mapping) or set(entry) != _ADAM_STATE:
-            return f"the state of parameter {index} is not Adam's {sorted(_ADAM_STATE)}"
-        if not (
-            isinstance(entry["step"], torch.Tensor)
-            and entry["step"].numel() == 1
-            and float(entry["step"]) == steps_done
-        ):
-            return f"parameter {index} counts {_short(entry['step'])} steps, not {steps_done}"
-        for key, value in entry.items():
-            if not isinstance(value, torch.Tensor) or value.dtype != parameter.dtype:
-                return f"{key} of parameter {index} is not a {parameter.dtype} tensor"
-            if key != "step" and value.shape != parameter.shape:
-                return (
-                    f"{key} of parameter {index} has shape {tuple(value.shape)}, the "
-                    f"parameter {tuple(parameter.shape)}"
-                )
-    groups = optimizer.state_dict()["param_groups"]  # this run's Adam, not yet loaded
-    if not _is_plain(saved["param_groups"]):
-        return "its hyperparameters (param_groups) hold tensors or objects"
-    if saved["param_groups"] != groups:
-        given = saved["param_groups"] if isinstance(saved["param_groups"], list | tuple) else []
-        saved_lr = [g.get("lr") for g in given if isinstance(g, Mapping)]
-        if saved_lr and saved_lr != [lr] * len(groups):
-            return f"its learning rate is {_short(saved_lr[0])}, the run's is {lr}"
-        return "its hyperparameters (param_groups) are not the run's Adam's"
-    try:
-        optimizer.load_state_dict(dict(saved))
-    except Exception as error:  # torch raises ValueError, KeyError, TypeError, ...
-        return f"torch refuses it ({type(error).__name__}: {_first_line(error)})"
-    return ""
-
-
-def _evaluations_misfit(saved: Any, steps_done: int) -> str:
-    if not isinstance(saved, list | tuple):
-        return f"a {type(saved).__name__}, not a list"
-    for entry in saved:
-        if not (
-            isinstance(entry, list | tuple)
-            and len(entry) == 3
-            and isinstance(entry[0], int)
-            and not isinstance(entry[0], bool)
-            and 0 <= entry[0] <= steps_done
-            and isinstance(entry[1], str)
-            and isinstance(entry[2], float)
-            and 0.0 <= entry[2] <= 1.0
-        ):
-            return f"{_short(entry)} is not (step <= {steps_done}, label, accuracy in [0, 1])"
-    return ""
 
 
 def _try_restore(
@@ -617,11 +504,21 @@ def _try_restore(
             # modfsm run takes one optimizer step per batch and saves between batches
             found = (scratch.position.value, scratch.global_step, scratch.global_batch,
                      scratch.batches_since_step)  # fmt: skip
+            # and has measured the accuracy at every milestone before the step it saved at
+            measured = [(entry[0], entry[1]) for entry in saved["evaluations"]]
+            due = [(s, label) for s, label in _milestones(scratch, config.steps).items()
+                   if s < steps_done]  # fmt: skip
             if found != ("idle", steps_done, steps_done, 0):
                 problem = (
                     "is inconsistent: modfsm run saves between batches, one step a batch, "
                     f"at step {steps_done}, but the session is {found[0]!r} at step "
                     f"{found[1]}, batch {found[2]} ({found[3]} batches since the last step)"
+                )
+            elif measured != due:
+                problem = (
+                    f"holds accuracies measured at {[s for s, _ in measured]}, but a run of "
+                    f"this recipe at step {steps_done} has measured them at "
+                    f"{[s for s, _ in due]} (with their labels)"
                 )
             else:
                 problem = ""

@@ -1131,9 +1131,10 @@ def _shape_problem(state_dict: Mapping[str, Any]) -> str | None:
     stages, modifiers = state_dict["stages"], state_dict["modifiers"]
     if not isinstance(config, Mapping) or set(config) != {"batches_per_step", "steps_per_epoch"}:
         return "config must hold batches_per_step and steps_per_epoch"
-    for name in ("batches_per_step", "steps_per_epoch"):
-        if config[name] is not None and not _is_count(config[name], 1):
-            return f"config {name} must be null or a whole number >= 1"
+    if not _is_count(config["batches_per_step"], 1):
+        return "config batches_per_step must be a whole number >= 1"
+    if config["steps_per_epoch"] is not None and not _is_count(config["steps_per_epoch"], 1):
+        return "config steps_per_epoch must be null or a whole number >= 1"
     if not isinstance(counters, Mapping) or set(counters) != set(_COUNTER_NAMES):
         return f"counters must hold exactly {list(_COUNTER_NAMES)}"
     if not all(_is_count(counters[name]) for name in _COUNTER_NAMES):
