@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from modfsm.engine.app import paths
+from modfsm.engine.app import limits, paths
 
 __all__ = ["main"]
 
@@ -45,24 +45,22 @@ def _natural(text: str) -> int:
     return value
 
 
-_DEMO_STEPS = 1000
-
-
 def _demo_steps(text: str) -> int:
     value = _positive(text)
-    if value > _DEMO_STEPS:
-        raise argparse.ArgumentTypeError(f"expected at most {_DEMO_STEPS} steps, got {value}")
+    if value > limits.DEMO_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {limits.DEMO_STEPS} steps, got {value}"
+        )
     return value
 
 
 def _seed(text: str) -> int:
     value = _natural(text)
-    if value > _MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, {_MAX_SEED}], got {value}")
+    if value > limits.MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected a seed in [0, {limits.MAX_SEED}], got {value}"
+        )
     return value
-
-
-_MAX_SEED = 2**32 - 1  # as modfsm.engine.app.runner.MAX_SEED, without importing torch here
 
 
 def _rate(text: str) -> float:
@@ -167,8 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         "write the lifecycle diagram (mermaid) to OUT/lifecycle.mmd.",
     )
     demo.add_argument(
-        "--steps", type=_demo_steps, default=12, help=f"training steps, 1 to {_DEMO_STEPS} "
-        "(default 12; it prints a line a step)",
+        "--steps", type=_demo_steps, default=12,
+        help=f"training steps, 1 to {limits.DEMO_STEPS} (default 12; it prints a line a step)",
     )  # fmt: skip
     demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument(

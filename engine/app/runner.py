@@ -13,9 +13,10 @@ uninterrupted run would have, and the summary ends with a digest of the final
 weights to show it.
 
 Checkpoints (``--checkpoint DIR``) hold the session, model, optimizer and the
-accuracies measured so far; they are written to a temporary file, flushed and
-renamed over ``DIR/checkpoint.pt``, so a crash leaves the previous one intact.
-Loading checks the format and that the run's settings match.
+accuracies measured so far; they are sealed with a digest and written
+atomically (:mod:`modfsm.engine.app.checkpoint`). :func:`load_checkpoint`
+checks everything in one against the run before a resume; :meth:`RunConfig.check`
+checks every option and output path before any work.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Final
 import attrs
 import torch
 
-from modfsm.engine.app import checkpoint, digits, paths
+from modfsm.engine.app import checkpoint, digits, limits, paths
 from modfsm.engine.config.recipe import Recipe
 from modfsm.engine.kernel.errors import ConfigError, LifecycleError
 from modfsm.engine.loop.session import Session
@@ -54,10 +55,6 @@ CHECKPOINT_FORMAT: Final = checkpoint.FORMAT
 CHECKPOINT_NAME: Final = checkpoint.NAME
 _CALIBRATION_BATCHES: Final = 8
 _OWNER: Final = "modfsm run"
-MAX_SEED: Final = 2**32 - 1
-"""The largest ``--seed`` (the batch order's generator takes seed * 1,000,003 + epoch)."""
-MAX_LR: Final = 1.0
-"""The largest ``--lr``."""
 _DEVICE_KINDS: Final = ("cpu", "cuda")
 
 
@@ -128,10 +125,10 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _fail(name, value, f"--{name.replace('_', '-')} must be >= 1, got {value}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
-            0 <= self.seed <= MAX_SEED
+            0 <= self.seed <= limits.MAX_SEED
         ):
             raise _fail(
-                "seed", self.seed, f"--seed must lie in [0, {MAX_SEED}], got {self.seed}."
+                "seed", self.seed, f"--seed must lie in [0, {limits.MAX_SEED}], got {self.seed}."
             )
         if self.batch_size > digits.TRAIN_IMAGES:
             raise _fail(
@@ -141,12 +138,12 @@ class RunConfig:
                 "training images, so an epoch would have no batch. To fix, pass "
                 f"--batch-size {digits.TRAIN_IMAGES} or less.",
             )
-        if not (isinstance(self.lr, float | int) and 0 < self.lr <= MAX_LR):
+        if not (isinstance(self.lr, float | int) and 0 < self.lr <= limits.MAX_LR):
             raise _fail(
                 "lr",
                 self.lr,
-                f"the learning rate must lie in (0, {MAX_LR}] (Adam diverges far below "
-                f"{MAX_LR}), got {self.lr}.",
+                f"the learning rate must lie in (0, {limits.MAX_LR}] (Adam diverges far below "
+                f"{limits.MAX_LR}), got {self.lr}.",
             )
         if self.stop_at is not None and not 1 <= self.stop_at < self.steps:
             raise _fail(
