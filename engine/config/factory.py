@@ -111,8 +111,7 @@ class ModifierFactory:
         """``main`` and the modifiers of every entry point in :attr:`entry_point_group`."""
         factory = ModifierFactory
         origin = dict.fromkeys(main, factory.main_package)
-        for point in sorted(metadata.entry_points(group=factory.entry_point_group),
-                            key=lambda p: (p.name, p.value)):  # fmt: skip
+        for point in sorted(metadata.entry_points(group=factory.entry_point_group)):
             where = f"entry point {point.name!r} ({point.value}) of group {point.group!r}"
             try:
                 loaded = point.load()

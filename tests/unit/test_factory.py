@@ -77,6 +77,8 @@ def test_entry_points_add_modules_and_classes_to_the_main_registry(
     )  # fmt: skip
     assert type(factory.create("WalkedModifier")).__name__ == "WalkedModifier"
     assert "OtherModifier" not in factory.known()["main"]  # the class form takes one class
+    # a module (not a package) is not walked further: nothing under it failed to import
+    assert not [key for key in factory._errors if "ep_" in key], sorted(factory._errors)
 
 
 def test_a_broken_entry_point_is_logged_once_and_hides_no_other_modifier(
@@ -100,6 +102,38 @@ def test_a_broken_entry_point_is_logged_once_and_hides_no_other_modifier(
     assert str(caught.value).endswith("it defines GoneModifier.")
 
 
+def test_entry_points_are_read_in_order_of_name_and_a_clash_names_both_entry_points(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    module(site, "ep_second", CONCRETE.format("SharedModifier"))
+    module(site, "ep_first", CONCRETE.format("SharedModifier"))
+    declare(site, "ep-dist", {"zeta": "ep_second", "alpha": "ep_first"})
+    with pytest.raises(ConfigError) as caught:
+        factory.create("SharedModifier")
+    assert str(caught.value) == (
+        f"two classes are called SharedModifier: one from entry point 'alpha' (ep_first) of "
+        f"group {GROUP!r}, one from entry point 'zeta' (ep_second) of group {GROUP!r}. To fix, "
+        "uninstall one of the two packages or rename one class."
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "ModifierFactory", "SharedModifier", "ep_second"
+    )  # fmt: skip
+
+
+def test_a_broken_entry_point_keeps_its_import_error_as_the_cause(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    module(site, "ep_raises", 'raise RuntimeError("no GPU")\n\n\nclass GpuModifier:\n    pass\n')
+    declare(site, "ep-dist", {"gpu": "ep_raises"})
+    with pytest.raises(ModifierImportError) as caught:
+        factory.create("GpuModifier")
+    assert str(caught.value) == (
+        f"entry point 'gpu' (ep_raises) of group {GROUP!r} failed to import (RuntimeError: no "
+        "GPU). To fix, repair that module; it defines GpuModifier."
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 def test_two_classes_of_one_name_are_an_error_for_that_name_only(
     factory: type[ModifierFactory], site: Path
 ) -> None:
@@ -108,7 +142,12 @@ def test_two_classes_of_one_name_are_an_error_for_that_name_only(
     with pytest.raises(ConfigError, match=r"two classes are called AlphaModifier: one from "
                        rf"{FAKE}, one from entry point 'twin' \(ep_twin\)") as caught:  # fmt: skip
         factory.create("AlphaModifier")
-    assert caught.value.field == "AlphaModifier"
+    assert str(caught.value).endswith(
+        ". To fix, uninstall one of the two packages or rename one class."
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "ModifierFactory", "AlphaModifier", "ep_twin"
+    )  # fmt: skip
     assert type(factory.create("OwnModifier")).__name__ == "OwnModifier"
 
 

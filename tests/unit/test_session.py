@@ -737,6 +737,16 @@ def test_a_tampered_state_lists_every_misfit_in_order() -> None:
     )
 
 
+def test_a_saved_modifier_without_its_own_state_is_a_misfit() -> None:
+    state = saved(started(EventLog(start=1)))
+    del state["modifiers"]["default_stage.0"]["state"]
+    fresh = Session()
+    fresh.load_state_dict(state)
+    with pytest.raises(SessionMismatchError) as caught:
+        fresh.initialize(recipe=[EventLog(start=1)])
+    assert caught.value.problems == ("default_stage.0: the modifier's own state is not saved",)
+
+
 def test_a_state_saved_with_other_stages_names_both_lists() -> None:
     state = saved(started(EventLog()))
     fresh = Session()
