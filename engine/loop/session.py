@@ -1092,7 +1092,7 @@ def _plain(value: Any) -> Any:
 
 
 def _check_format(state_dict: object) -> None:
-    problem = None
+    problem: str | None
     if not isinstance(state_dict, Mapping):
         problem = f"expected a dict, got {type(state_dict).__name__}"
     elif state_dict.get("format") != STATE_DICT_FORMAT:
