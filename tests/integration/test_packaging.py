@@ -101,9 +101,12 @@ def test_the_wheels_entry_points_are_under_modfsm(wheel: Path) -> None:
 
 
 PROJECT_TEST = '''
-import engine
-import modifiers
+import importlib
+
 from modfsm.engine import Event, EventType, Modifier, State
+
+engine = importlib.import_module("engine")  # the project's own engine.py
+modifiers = importlib.import_module("modifiers")  # and its own modifiers/ package
 
 
 def test_the_projects_own_engine_and_modifiers_are_imported():
