@@ -5,10 +5,12 @@ recipe (the default one without RECIPE) and prints a summary;
 ``modfsm demo`` runs the illustrative training loop; ``modfsm diagram [TARGET]``
 draws a declared machine (mermaid, dot, SVG, PNG) or a recipe's timeline
 (PNG); ``modfsm trace verify FILE`` replays a session
-trace against the specification (exit 0: it follows it, 1: divergence, 2:
-unreadable); ``modfsm verify`` proves the declared tables and model-checks
-them with Spin (exit 0: every property holds, 1: one fails, 2: Spin is
-missing or failed). Bad arguments exit with code 2 and a message, never a traceback.
+trace against the specification (exit 0: it follows it and the run finalized,
+1: a divergence or an incomplete trace, 2: unreadable); ``modfsm verify``
+proves the declared tables and model-checks them with Spin (exit 0: every
+property holds, 1: one fails, 2: Spin is missing or failed). Every option and
+output path is checked before any work; bad input exits with code 2 and one
+message, never a traceback.
 """
 
 from __future__ import annotations
