@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,42 +27,30 @@ from modfsm.engine.app import limits, paths
 __all__ = ["main"]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _whole(
+    minimum: int, maximum: int | None = None, noun: str = "a number"
+) -> Callable[[str], int]:
+    """An argparse type: a whole number in [minimum, maximum] (no maximum: unbounded)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {noun} >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected {noun} in [{minimum}, {maximum}], got {value}"
+            )
+        return value
+
+    return parse
 
 
-def _natural(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _demo_steps(text: str) -> int:
-    value = _positive(text)
-    if value > limits.DEMO_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"expected at most {limits.DEMO_STEPS} steps, got {value}"
-        )
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _natural(text)
-    if value > limits.MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"expected a seed in [0, {limits.MAX_SEED}], got {value}"
-        )
-    return value
+_positive = _whole(1)
+_demo_steps = _whole(1, limits.DEMO_STEPS)
+_seed = _whole(0, limits.MAX_SEED, "a seed")
 
 
 def _rate(text: str) -> float:
