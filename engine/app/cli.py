@@ -51,6 +51,7 @@ def _whole(
 _positive = _whole(1)
 _demo_steps = _whole(1, limits.DEMO_STEPS)
 _seed = _whole(0, limits.MAX_SEED, "a seed")
+_run_steps = _whole(1, limits.MAX_STEPS)
 
 
 def _rate(text: str) -> float:
@@ -74,7 +75,7 @@ def _add_run(commands: Any) -> None:
         "Exit 2 with one message for a bad option, recipe or checkpoint.",
     )
     run.add_argument("recipe", nargs="?", type=Path, help="a recipe YAML file (default: built-in)")
-    run.add_argument("--steps", type=_positive, default=600, help="optimizer steps (default 600)")
+    run.add_argument("--steps", type=_run_steps, default=600, help="optimizer steps (default 600)")
     run.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     run.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
     run.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")

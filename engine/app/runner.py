@@ -124,6 +124,10 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _fail(name, value, f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+        if self.steps > limits.MAX_STEPS:
+            raise _fail(
+                "steps", self.steps, f"--steps must be <= {limits.MAX_STEPS}, got {self.steps}."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
             0 <= self.seed <= limits.MAX_SEED
         ):
@@ -455,11 +459,13 @@ def load_checkpoint(folder: Path, config: RunConfig) -> dict[str, Any]:
     steps_done = saved["steps_done"]
     if isinstance(steps_done, bool) or not isinstance(steps_done, int) or steps_done < 0:
         refuse(f"has steps_done {_short(steps_done)}, not a whole number >= 0")
+    if steps_done > limits.MAX_STEPS:
+        refuse(f"has steps_done {_short(steps_done)}, past the most --steps ({limits.MAX_STEPS})")
     if steps_done > config.steps:
         raise _fail(
             "steps",
             config.steps,
-            f"the checkpoint is at step {steps_done}, past --steps {config.steps}. "
+            f"checkpoint {str(path)!r} is at step {steps_done}, past --steps {config.steps}. "
             f"To fix, pass --steps {steps_done} or more.",
         )
     checkpoint.check_tensors(path, saved)
@@ -505,7 +511,15 @@ def _try_restore(
             measured = [(entry[0], entry[1]) for entry in saved["evaluations"]]
             due = [(s, label) for s, label in _milestones(scratch, config.steps).items()
                    if s < steps_done]  # fmt: skip
-            if found != ("idle", steps_done, steps_done, 0):
+            # and leaves the epoch length unset (an epoch is a pass over the training set)
+            pace = (scratch.batches_per_step, scratch.steps_per_epoch)
+            if pace != (1, None):
+                problem = (
+                    "is inconsistent: modfsm run takes one optimizer step a batch and sets no "
+                    f"epoch length, but the session holds batches_per_step {_short(pace[0])} "
+                    f"and steps_per_epoch {_short(pace[1])}"
+                )
+            elif found != ("idle", steps_done, steps_done, 0):
                 problem = (
                     "is inconsistent: modfsm run saves between batches, one step a batch, "
                     f"at step {steps_done}, but the session is {found[0]!r} at step "

@@ -1091,6 +1091,18 @@ def _plain(value: Any) -> Any:
     return text
 
 
+def _identical(saved: Any, built: Any) -> bool:
+    """``saved`` equals the plain value ``built``, with the same type at every level
+    (``True`` is not ``1``, a tensor is not a number)."""
+    if type(saved) is not type(built):
+        return False
+    if isinstance(built, list):
+        return len(saved) == len(built) and all(map(_identical, saved, built))
+    if isinstance(built, dict):
+        return saved.keys() == built.keys() and all(_identical(saved[k], built[k]) for k in built)
+    return bool(saved == built)
+
+
 def _check_format(state_dict: object) -> None:
     problem: str | None
     if not isinstance(state_dict, Mapping):
@@ -1206,7 +1218,7 @@ def _misfits(
                 problems.append(f"{modifier_id}.{name} is saved but is not an argument any more")
             elif name not in saved_arguments:
                 problems.append(f"{modifier_id}.{name} is in the recipe but not saved")
-            elif saved_arguments[name] != built_arguments[name]:
+            elif not _identical(saved_arguments[name], built_arguments[name]):
                 problems.append(
                     f"{modifier_id}.{name}: saved {saved_arguments[name]!r}, "
                     f"recipe {built_arguments[name]!r}"

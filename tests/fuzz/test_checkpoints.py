@@ -211,6 +211,17 @@ CRAFTED: dict[str, Callable[[dict[str, Any]], None]] = {
     "a mask of another shape": lambda p: _set(
         p, _first_mask(p), torch.ones(2, 2, dtype=_get(p, _first_mask(p)).dtype)
     ),
+    "steps_done past the most --steps": lambda p: p.__setitem__("steps_done", 2**70),
+    "steps_done past this run's --steps": lambda p: p.__setitem__("steps_done", 500),
+    "a session that steps every 2**70 batches": lambda p: p["session"]["config"].__setitem__(
+        "batches_per_step", 2**70
+    ),
+    "a session with an epoch length": lambda p: p["session"]["config"].__setitem__(
+        "steps_per_epoch", 7
+    ),
+    "a modifier argument as a tensor that equals it": lambda p: p["session"]["modifiers"][
+        "sparsity_stage.0"
+    ]["arguments"].__setitem__("leave_enabled", torch.tensor(1.0)),
     "session counters as text": lambda p: p["session"]["counters"].__setitem__(
         "global_step", "25"
     ),

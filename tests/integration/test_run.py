@@ -147,6 +147,7 @@ def test_the_command_prints_the_summary(short: tuple[RunResult, Session]) -> Non
     [
         (["missing.yaml"], "recipe file 'missing.yaml' does not exist"),
         (["--steps", "0"], "--steps: expected a number >= 1"),
+        (["--steps", "10000001"], r"--steps: expected a number in \[1, 10000000\]"),
         (["--lr", "nan"], "--lr: expected a finite number > 0"),
         (["--device", "quantum"], r"trains on cpu or cuda \(cuda:N\), not 'quantum'"),
         (["--device", "meta"], r"trains on cpu or cuda \(cuda:N\), not 'meta'"),
@@ -334,3 +335,13 @@ def test_output_paths_are_checked_before_any_work(
     assert message.format(file=file, folder=folder) in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]
     assert not list(folder.iterdir())
+
+
+def test_run_config_refuses_more_steps_than_the_most_before_any_work(tmp_path: Path) -> None:
+    from modfsm.engine.app import limits
+    from modfsm.engine.kernel.errors import ConfigError
+
+    config = RunConfig(recipe=SHORT, steps=limits.MAX_STEPS + 1, checkpoint=tmp_path / "ck")
+    with pytest.raises(ConfigError, match=r"--steps must be <= 10000000, got 10000001"):
+        config.check()
+    assert not (tmp_path / "ck").exists()
