@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from modfsm.engine import Event, EventType, Modifier, State
-from modfsm.engine.kernel.compiler import CompiledState, touch
+from modfsm.engine.kernel.compiler import CompiledState
 from modfsm.engine.runtime.stage import StageError
 from specs.reference import (
     Flags,
@@ -142,4 +142,3 @@ def apply(model: RecordingModifier | ReferenceModifier, call: Call) -> Outcome:
 def put_in_state(modifier: Modifier, state: CompiledState) -> None:
     """Place ``modifier`` directly in ``state`` (for cell-by-cell tests)."""
     object.__setattr__(modifier, "_lc", state)
-    touch()

@@ -4,7 +4,6 @@ It knows nothing of training loops; every other layer builds on it.
 """
 
 from modfsm.engine.kernel.compiler import (
-    EPOCH,
     IGNORE,
     SUPPORTED_ROW_KEYS,
     Branch,
@@ -14,9 +13,7 @@ from modfsm.engine.kernel.compiler import (
     Plan,
     compile_machine,
     describe,
-    epoch,
     specialize,
-    touch,
 )
 from modfsm.engine.kernel.declaration import (
     Declaration,
@@ -36,7 +33,6 @@ from modfsm.engine.kernel.errors import (
 )
 
 __all__ = [
-    "EPOCH",
     "IGNORE",
     "SUPPORTED_ROW_KEYS",
     "Branch",
@@ -58,7 +54,5 @@ __all__ = [
     "TriggerSpec",
     "compile_machine",
     "describe",
-    "epoch",
     "specialize",
-    "touch",
 ]

@@ -53,7 +53,6 @@ from modfsm.engine.kernel.declaration import (
 from modfsm.engine.kernel.errors import DeclarationError, HookReturnError, IllegalTransitionError
 
 __all__ = [
-    "EPOCH",
     "IGNORE",
     "SUPPORTED_ROW_KEYS",
     "Branch",
@@ -69,9 +68,7 @@ __all__ = [
     "TriggerSpec",
     "compile_machine",
     "describe",
-    "epoch",
     "specialize",
-    "touch",
 ]
 
 Cell: TypeAlias = Callable[[Any, Any, Any, dict[str, Any]], None]
@@ -188,28 +185,6 @@ class CompiledMachine:
 
 
 _COMPILED: dict[str, CompiledMachine] = {}
-
-EPOCH: Final = [0]
-"""``EPOCH[0]`` changes whenever any object's compiled state may have changed.
-
-Every cell that commits a new state advances it; so does :func:`touch`, which
-code that changes states or tables by other means calls. Callers that cache
-something computed from objects' states (a session's fan-out plans) keep the
-value they computed it at and recompute when it differs. (A one-element list,
-read on the hot path without a call; :func:`epoch` reads it too.)
-"""
-_EPOCH = EPOCH
-
-
-def epoch() -> int:
-    """The current value of :data:`EPOCH`."""
-    return _EPOCH[0]
-
-
-def touch() -> None:
-    """Advance :data:`EPOCH`: states, tables or fields guards read were changed directly."""
-    _EPOCH[0] += 1
-
 
 def compile_machine(declaration: Declaration, *, state_attr: str) -> CompiledMachine:
     """Validate ``declaration`` and compile it (once per declaration name).
@@ -588,8 +563,6 @@ def specialize(
     built = _build(
         decl, plans, machine.state_attr, None if into is None else into.states, key_plans
     )
-    if into is not None:
-        touch()  # objects in these states now run other cells
     return attrs.evolve(built, plans=machine.plans, cell_plans=plans, key_plans=key_plans)
 
 
@@ -741,7 +714,6 @@ def _move_cell(
                 getattr(obj, name)(state, event, **kwargs)
             if dest is not None:
                 set_state(obj, attr, dest)
-                _EPOCH[0] += 1
 
         return gated
 
@@ -755,7 +727,6 @@ def _move_cell(
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_t is not None:
                     set_state(obj, attr, dest_t)
-                    _EPOCH[0] += 1
 
             return notified
 
@@ -766,13 +737,11 @@ def _move_cell(
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_t is not None:
                     set_state(obj, attr, dest_t)
-                    _EPOCH[0] += 1
             else:
                 for name in hooks_f:
                     getattr(obj, name)(state, event, **kwargs)
                 if dest_f is not None:
                     set_state(obj, attr, dest_f)
-                    _EPOCH[0] += 1
 
         return notified_guarded
 
@@ -785,6 +754,5 @@ def _move_cell(
             getattr(obj, name)(state, event, **kwargs)
         if dest is not None:
             set_state(obj, attr, dest)
-            _EPOCH[0] += 1
 
     return plain

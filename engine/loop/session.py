@@ -30,16 +30,15 @@ import math
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from math import inf
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import attrs
 
 from modfsm.engine.config.recipe import DEFAULT_STAGE, Recipe
-from modfsm.engine.kernel.compiler import EPOCH, Branch, Cell, CompiledState, compile_machine, touch
+from modfsm.engine.kernel.compiler import CompiledState, compile_machine
 from modfsm.engine.kernel.errors import (
     ConfigError,
     ConfigTypeError,
@@ -65,27 +64,33 @@ from modfsm.engine.loop.trace import (
     transition_records,
 )
 from modfsm.engine.model.events import Event, EventType, to_event_type, trusted_event
-from modfsm.engine.model.session_grammar import COUNT_AFTER, SESSION_GRAMMAR, SessionState
+from modfsm.engine.model.session_grammar import (
+    COUNT_AFTER,
+    COUNTER_HOOKS,
+    SESSION_GRAMMAR,
+    SessionState,
+    completes_accumulation,
+)
 from modfsm.engine.model.state import Data, State
-from modfsm.engine.runtime.modifier import Modifier, direct_cell, quiet_until
+from modfsm.engine.runtime.modifier import Modifier
 from modfsm.engine.runtime.stage import _COMPILED as _STAGE_MACHINE
-from modfsm.engine.runtime.stage import StageError, StageModifiers, forward
+from modfsm.engine.runtime.stage import StageError, StageModifiers
 
 __all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_session"]
 
 STATE_DICT_FORMAT: Final = "modfsm.session/1"
 
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
-_STAGE_READY: Final = _STAGE_MACHINE.states["initialized"]
-_ABSORBED: Final = ("batch_data", "loss")
-_EPOCH: Final = EPOCH
-_NO_PLAN: Final = ((), -inf)  # no plan yet: build one at any index
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
 _ACCUMULATING: Final = frozenset({SessionState.ACCUMULATING, SessionState.ACCUMULATING_LOSS})
 _LOCAL = threading.local()
 _BATCH_END: Final = EventType.BATCH_END
+_COUNT_STEP: Final = COUNTER_HOOKS["count_step"]
+_CLOSE_ACCUMULATING: Final = COUNTER_HOOKS["close_accumulating_batch"]
+_CLOSE_STEP: Final = COUNTER_HOOKS["close_step_batch"]
+_CLOSE_SKIPPED: Final = COUNTER_HOOKS["close_skipped_batch"]
 _PRE_STEP: Final = EventType.OPTIM_PRE_STEP
 _POST_STEP: Final = EventType.OPTIM_POST_STEP
 _NEVER: Final = sys.maxsize
@@ -158,12 +163,11 @@ class Session:
     _hook_handles: list[Any] = attrs.field(init=False, repr=False, factory=list)
     _seq: int = attrs.field(init=False, repr=False, default=0)
     _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
-    _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
-    _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
-    _plans: dict[EventType, tuple[tuple[_Entry, ...], float]] = attrs.field(
+    _traced_schedules: dict[str, dict[str, Any]] = attrs.field(
         init=False, repr=False, factory=dict
     )
-    _plans_at: int = attrs.field(init=False, repr=False, default=-1)
+    _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
+    _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
 
     # --- views ------------------------------------------------------------------------------
 
@@ -332,56 +336,23 @@ class Session:
         """Fire ``trigger`` with the event ``kind`` carries (counters as of it).
 
         ``key``/``value``: the ``batch_data`` or ``loss`` a callback was given
-        (as if in ``kwargs``, which the callback owns).
-
-        The legal moves of a loop event go through :data:`_FAST`: the same
-        guard, hooks and commit as the grammar's compiled cell, without the
-        per-hook calls, and the :class:`Event` is built only if a modifier
-        receives it (otherwise ``state.last_event`` builds it when read).
-        ``tests/property/test_fast_path.py`` checks that the two ways agree.
-        Everything else (a rejected event, a trace, a subclass) takes the cell.
+        (as if in ``kwargs``, which the callback owns). Every session, traced or
+        not, of this class or a subclass, runs the grammar's compiled cell: its
+        guard, then its hooks ``absorb``, ``send`` (which reaches each stage's
+        ``update_event``, and so :meth:`StageModifiers.deliver`) and the counter
+        hook, then the new position. A trace records around that same call.
         """
         steps, batches = _COUNTS.get(kind, _NO_COUNT)
-        step, batch = self.global_step + steps, self.global_batch + batches
-        fast = _FAST[self._lc.name].get(trigger)
-        if fast is None or self.trace is not None or type(self) is not Session:
-            if key is not None:
-                kwargs[key] = value
-            event = trusted_event(kind, self.steps_per_epoch, self.batches_per_step, step, batch)
-            self._call(trigger, event, kwargs)
-        else:
-            guard, when_true, when_false = fast
-            dest, commit = when_true if guard is None or guard(self) else when_false
-            state = self.state
-            if key is not None:
-                setattr(state, key, value)
-            if kwargs:
-                if "batch_data" in kwargs:
-                    state.batch_data = kwargs["batch_data"]
-                if "loss" in kwargs:
-                    state.loss = kwargs["loss"]
-                kwargs = {k: v for k, v in kwargs.items() if k not in _ABSORBED}
-            # send, through the plan for this kind of event (see _fan_out)
-            if self._plans_at != _EPOCH[0]:
-                self._plans.clear()
-                self._plans_at = _EPOCH[0]
-            index = step if self.steps_per_epoch is None else step / self.steps_per_epoch
-            plan, wake = self._plans.get(kind, _NO_PLAN)
-            if index >= wake:
-                plan, wake = self._plans[kind] = _fan_out(self.stages, kind, index)
-            if plan:
-                event = trusted_event(
-                    kind, self.steps_per_epoch, self.batches_per_step, step, batch
-                )
-                state.last_event = event  # absorb
-                _deliver(plan, self.stages, state, event, kwargs)
-            else:  # absorb, but no one receives the event: build it only if it is read
-                state.defer_last_event(
-                    kind, self.steps_per_epoch, self.batches_per_step, step, batch
-                )
-            if commit is not None:
-                commit(self, step, batch)
-            self._lc = dest
+        if key is not None:
+            kwargs[key] = value
+        event = trusted_event(
+            kind,
+            self.steps_per_epoch,
+            self.batches_per_step,
+            self.global_step + steps,
+            self.global_batch + batches,
+        )
+        self._call(trigger, event, kwargs)
         if kind is _BATCH_END and self.global_step >= self._next_agreement:
             self._next_agreement = self._agreement_after(self.global_step)
             self._agree(f"the end of batch {self.global_batch} (step {self.global_step})")
@@ -397,21 +368,11 @@ class Session:
             RankDivergenceError: the ranks differ; the error lists which, and where.
             CollectiveError: a rank did not arrive within the collective timeout.
         """
-        self._require_run("agree", "call it during the run")
-        self._agree(f"Session.agree() in batch {self.global_batch} (step {self.global_step})")
+        self._lc.calls["agree"](self, self.state, None, {})
 
-    def _require_run(self, call: str, fix: str) -> None:
-        """Refuse ``call`` outside the run (before initialize, after finalize); nothing changes."""
-        if self.position in (SessionState.CREATED, SessionState.FINALIZED):
-            raise IllegalTransitionError(
-                f"Session.{call} is not allowed: the session is {self.position.value!r}. "
-                f"Allowed: between initialize and finalize. To fix, {fix}.",
-                modifier=self,
-                state=self.position.value,
-                trigger=call,
-                rule="-",
-                allowed=(f"session.{call}",),
-            )
+    def check_lockstep(self, state: State, event: None, **kwargs: Any) -> None:
+        """Hook of ``agree``: the ranks compare where they are (nothing in one process)."""
+        self._agree(f"Session.agree() in batch {self.global_batch} (step {self.global_step})")
 
     def _agreement_after(self, step: int) -> int:
         """The first step after ``step`` at which the ranks agree (never: sys.maxsize)."""
@@ -503,7 +464,7 @@ class Session:
         Only plain values (and whatever tensors modifiers return), so it works with
         ``torch.save`` and ``torch.load(weights_only=True)``.
         """
-        self._require_run("state_dict", "save during the run")
+        self._lc.calls["state_dict"](self, self.state, None, {})  # legal here, or it raises
         return {
             "format": STATE_DICT_FORMAT,
             "config": {
@@ -538,19 +499,13 @@ class Session:
             IllegalTransitionError: the session is already initialized.
             ConfigError: ``state_dict`` is not a modfsm session state.
         """
-        if self.position is not SessionState.CREATED:
-            raise IllegalTransitionError(
-                f"Session.load_state_dict is not allowed: the session is {self.position.value!r}. "
-                "Allowed: on a new Session, before initialize. To fix, build a new Session, "
-                "load the state, then initialize it.",
-                modifier=self,
-                state=self.position.value,
-                trigger="load_state_dict",
-                rule="-",
-                allowed=("session.load_state_dict", "session.initialize"),
-            )
-        _check_format(state_dict)
-        self._resume = state_dict
+        self._lc.calls["load_state_dict"](self, self.state, None, {"saved": state_dict})
+
+    def keep_resume(self, state: State, event: None, saved: Mapping[str, Any]) -> None:
+        """Hook of ``load_state_dict``: check the saved state's shape and keep it for
+        ``initialize``."""
+        _check_format(saved)
+        self._resume = saved
 
     # --- the grammar's hooks and guard (called by its compiled table) ------------------------
 
@@ -716,10 +671,7 @@ class Session:
 
     def completes_accumulation(self, event: Event) -> bool:
         """Guard: the batch beginning now completes ``batches_per_step`` batches."""
-        return self._completes_accumulation()
-
-    def _completes_accumulation(self) -> bool:
-        return self.batches_since_step + 1 >= self.batches_per_step
+        return completes_accumulation(self, self.batches_per_step)
 
     def absorb(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: keep the event, and the batch or loss it came with, on the state."""
@@ -732,50 +684,35 @@ class Session:
     def send(
         self, state: State, event: Event, batch_data: Any = None, loss: Any = None, **kwargs: Any
     ) -> None:
-        """Hook: send the event to every stage, in order.
+        """Hook: send the event to every stage, in order (``stage.update_event``).
 
         ``batch_data`` and ``loss`` are on the state (``absorb``); the other keyword
         arguments reach the modifiers' hooks.
         """
-        _send(self.stages, state, event, kwargs)
+        for stage in self.stages:
+            stage.update_event(state, event, **kwargs)
 
-    # The counter hooks commit the counters the event carries. Each has an
-    # event-free twin, ``_<name>(step, batch)``, that the fast path calls with
-    # the same counters (see _fast_cells).
+    # The counter hooks commit the counters the event carries, by the grammar's
+    # rules (modfsm.engine.model.session_grammar.COUNTER_HOOKS).
 
     def count_step(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: the optimizer step is complete."""
-        self._count_step(event.global_step, event.global_batch)
-
-    def _count_step(self, step: int, batch: int) -> None:
-        self.global_step = step
-        self.batches_since_step = 0
+        _COUNT_STEP(self, event.global_step, event.global_batch)
 
     def close_accumulating_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a batch that did not step is complete."""
-        self._close_accumulating_batch(event.global_step, event.global_batch)
-
-    def _close_accumulating_batch(self, step: int, batch: int) -> None:
-        self.global_batch = batch
-        self.batches_since_step += 1
+        _CLOSE_ACCUMULATING(self, event.global_step, event.global_batch)
 
     def close_step_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a batch that stepped is complete."""
-        self._close_step_batch(event.global_step, event.global_batch)
-
-    def _close_step_batch(self, step: int, batch: int) -> None:
-        self.global_batch = batch
+        _CLOSE_STEP(self, event.global_step, event.global_batch)
 
     def close_skipped_batch(self, state: State, event: Event, **kwargs: Any) -> None:
         """Hook: a step batch ended without an optimizer step (skipped, e.g. by a GradScaler).
 
         ``global_step`` stays; the accumulation starts over, as after a step.
         """
-        self._close_skipped_batch(event.global_step, event.global_batch)
-
-    def _close_skipped_batch(self, step: int, batch: int) -> None:
-        self.global_batch = batch
-        self.batches_since_step = 0
+        _CLOSE_SKIPPED(self, event.global_step, event.global_batch)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -785,20 +722,25 @@ class Session:
             cell(self, self.state, event, kwargs)
             return
         before = None if trigger == "initialize" else self._states()
+        planned = None if trigger == "initialize" else self._schedules()
         try:
             cell(self, self.state, event, kwargs)
         except IllegalTransitionError as error:
             if error.modifier is not self:  # accepted by the grammar, refused further down
-                self._record(trigger, event, before, error)
+                self._record(trigger, event, before, error, planned)
             raise
         except BaseException as error:
-            self._record(trigger, event, before, error)
+            self._record(trigger, event, before, error, planned)
             raise
-        self._record(trigger, event, before, None)
+        self._record(trigger, event, before, None, planned)
 
     def _states(self) -> tuple[list[str], list[str]]:
         """Every modifier's and every stage's lifecycle state, in order."""
         return [m._lc.name for _, m in self._ids], [stage._lc.name for stage in self.stages]
+
+    def _schedules(self) -> dict[str, dict[str, Any]]:
+        """What each modifier's default guards read now (for the trace): see :func:`_schedule`."""
+        return {modifier_id: _schedule(m) for modifier_id, m in self._ids}
 
     def _record(
         self,
@@ -806,8 +748,14 @@ class Session:
         event: Event | None,
         before: tuple[list[str], list[str]] | None,
         error: BaseException | None,
+        planned: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Trace one accepted call (or its failure) and what it did to modifiers and stages."""
+        """Trace one accepted call (or its failure) and what it did to modifiers and stages.
+
+        ``planned``: the modifiers' schedules when the call began. Those that differ from
+        the last ones traced go in the call record (``schedules``), and those the call
+        itself changed in ``rescheduled`` (their guards are then taken from the record).
+        """
         trace = self.trace
         if trace is None or not trace.records or self._resume is not None:
             if error is not None and trigger == "initialize" and trace is not None:
@@ -828,6 +776,15 @@ class Session:
             "trigger": trigger,
             "position": self._lc.name,
         }
+        if planned is not None:
+            known, after = self._traced_schedules, self._schedules()
+            changed = {mid: value for mid, value in planned.items() if known.get(mid) != value}
+            moved = {mid: value for mid, value in after.items() if planned[mid] != value}
+            if changed:
+                record["schedules"] = changed
+            if moved:
+                record["rescheduled"] = moved
+            self._traced_schedules = after
         stop = None if error is None else self._stop_point(error, trigger)
         if error is not None:
             record["stopped_at"] = (
@@ -918,6 +875,7 @@ class Session:
         assert self.trace is not None
         self._seq = 0
         self._before = self._states()
+        self._traced_schedules = self._schedules()
         self.trace.add(
             {
                 "kind": "header",
@@ -947,10 +905,7 @@ class Session:
                     {
                         "id": modifier_id,
                         "type": type(m).__name__,
-                        "start": m.start,
-                        "end": m.end,
-                        "default_guards": type(m).should_start is Modifier.should_start
-                        and type(m).should_end is Modifier.should_end,
+                        **self._traced_schedules[modifier_id],
                         "state": m._lc.name,
                     }
                     for modifier_id, m in self._ids
@@ -970,7 +925,6 @@ class Session:
             states = type(modifier).__compiled_lifecycle__.states
             object.__setattr__(modifier, "_lc", states[entry["lifecycle"]])
             modifier.load_state_dict(entry["state"], self.state)
-        touch()  # states set directly: plans built before are stale
 
     def _add_optimizer_hooks(self, optimizer: Any) -> None:
         def before_step(*_: Any) -> None:
@@ -992,6 +946,27 @@ class Session:
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
+
+
+def _schedule(modifier: Modifier) -> dict[str, Any]:
+    """What the default guards of ``modifier`` read: ``start``, ``end`` (a number, None, or
+    the ``repr`` of anything else), and whether its class keeps both default guards."""
+    cls = type(modifier)
+    return {
+        "start": _traceable(modifier.start),
+        "end": _traceable(modifier.end),
+        "default_guards": cls.should_start is _SHOULD_START and cls.should_end is _SHOULD_END,
+    }
+
+
+def _traceable(value: Any) -> Any:
+    if value is None or (type(value) in (int, float) and math.isfinite(value)):
+        return value
+    return repr(value)
+
+
+_SHOULD_START: Final = Modifier.should_start
+_SHOULD_END: Final = Modifier.should_end
 
 
 def _stage_label(stage: StageModifiers, position: int) -> str:
@@ -1227,140 +1202,3 @@ def _misfits(
         if entry["state"] not in _STAGE_MACHINE.states:
             problems.append(f"stage {entry['name']}: unknown state {entry['state']!r}")
     return problems
-
-
-def _send(
-    stages: Sequence[StageModifiers],
-    state: State,
-    event: Event,
-    kwargs: dict[str, Any],
-    first_stage: int = 0,
-    first_position: int = 0,
-) -> None:
-    """Send ``event`` to every stage, in order: ``stage.update_event(state, event, **kwargs)``.
-
-    A :class:`StageModifiers` that takes events (``initialized``) forwards it
-    straight to its modifiers (:func:`modfsm.engine.runtime.stage.forward`, what its compiled
-    cell runs); any other stage, or a subclass, gets the call. ``first_stage``
-    and ``first_position``: where to begin (the rest of an event, see
-    :func:`_deliver`).
-    """
-    for index in range(first_stage, len(stages)):
-        stage = stages[index]
-        if index == first_stage and first_position:  # the rest of a stage's forward loop
-            forward(stage, state, event, kwargs, first_position)
-        elif stage._lc is _STAGE_READY and type(stage) is StageModifiers:
-            forward(stage, state, event, kwargs)
-        else:
-            stage.update_event(state, event, **kwargs)
-
-
-_Entry: TypeAlias = tuple[int, StageModifiers, int, Modifier | None, Cell | None]
-"""One delivery of a plan: (stage index, stage, position, modifier, cell).
-
-With a cell: ``cell(modifier, ...)``; with a modifier and no cell:
-``modifier.update_event(...)``; with neither: ``stage.update_event(...)``.
-"""
-
-
-def _fan_out(
-    stages: Sequence[StageModifiers], kind: EventType, index: float
-) -> tuple[tuple[_Entry, ...], float]:
-    """The deliveries :func:`_send` would make, for events of type ``kind`` from ``index`` on.
-
-    It leaves out every modifier that such an event cannot move yet
-    (:func:`modfsm.engine.runtime.modifier.quiet_until` above ``index``); a stage that does not
-    take events, or a subclass, is one delivery to the stage. Returns the
-    deliveries and the index from which the plan no longer holds (the least
-    ``quiet_until`` left out); it also ends when ``EPOCH[0]`` changes.
-    """
-    entries: list[_Entry] = []
-    wake = inf
-    for number, stage in enumerate(stages):
-        if stage._lc is not _STAGE_READY or type(stage) is not StageModifiers:
-            entries.append((number, stage, -1, None, None))
-            continue
-        for position, modifier in enumerate(stage.modifiers):
-            quiet = quiet_until(modifier, kind)
-            if quiet > index:
-                wake = min(wake, quiet)
-                continue
-            entries.append((number, stage, position, modifier, direct_cell(modifier, kind)))
-    return tuple(entries), wake
-
-
-def _deliver(
-    plan: tuple[_Entry, ...],
-    stages: Sequence[StageModifiers],
-    state: State,
-    event: Event,
-    kwargs: dict[str, Any],
-) -> None:
-    """Make the deliveries of ``plan``; what :func:`_send` does, skipping the inert.
-
-    If a delivery changes any state (``EPOCH[0]`` moves: a window opened, a hook
-    changed another modifier), the plan may no longer hold, so the rest of the
-    event goes through :func:`_send` from the next position.
-    """
-    at = _EPOCH[0]
-    for index, stage, position, modifier, cell in plan:
-        if modifier is None:
-            stage.update_event(state, event, **kwargs)
-        else:
-            try:
-                if cell is not None:
-                    cell(modifier, state, event, kwargs)
-                else:
-                    modifier.update_event(state, event, **kwargs)
-            except Exception as error:
-                error.add_note(stage.forwarding_note(event, position))
-                raise
-        if _EPOCH[0] != at:
-            if modifier is None:
-                _send(stages, state, event, kwargs, index + 1)
-            else:
-                _send(stages, state, event, kwargs, index, position + 1)
-            return
-
-
-_Move: TypeAlias = tuple[CompiledState, Callable[[Session, int, int], None] | None]
-_FastCell: TypeAlias = tuple[Callable[[Session], bool] | None, _Move, _Move]
-
-
-def _fast_cells() -> dict[str, dict[str, _FastCell]]:
-    """The grammar's legal loop moves as data: state -> trigger -> (guard, when true, when false).
-
-    Derived from the compiled plans, for every cell whose branches are
-    ``absorb, send`` and at most one counter hook, with a destination: that is,
-    every legal move of the five loop events. A move is (new state, counter
-    commit). The guard and the commit are the event-free twins
-    (``Session._<name>``) of the declared guard and counter hook, so the event
-    need not be built; a cell whose guard or hook has no twin is left to the
-    compiled cell.
-    """
-    cells: dict[str, dict[str, _FastCell]] = {name: {} for name in _GRAMMAR.states}
-    for (state, trigger), plan in _GRAMMAR.plans.items():
-        if plan.when_true is None or plan.prelude is not None:
-            continue
-        moves = [_fast_move(plan.when_true), _fast_move(plan.when_false or plan.when_true)]
-        guard = None if plan.guard is None else getattr(Session, f"_{plan.guard}", None)
-        if moves[0] is None or moves[1] is None or (plan.guard is not None and guard is None):
-            continue
-        cells[state][trigger] = (guard, moves[0], moves[1])
-    return cells
-
-
-_NO_TWIN: Final = object()
-
-
-def _fast_move(branch: Branch) -> _Move | None:
-    hooks = branch.hooks
-    if hooks[:2] != ("absorb", "send") or len(hooks) > 3 or branch.dest is None:
-        return None
-    commit = getattr(Session, f"_{hooks[2]}", _NO_TWIN) if len(hooks) == 3 else None
-    if commit is _NO_TWIN:
-        return None
-    return (_GRAMMAR.states[branch.dest], commit)  # type: ignore[return-value]  # not _NO_TWIN
-
-
-_FAST: Final = _fast_cells()

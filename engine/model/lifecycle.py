@@ -40,7 +40,27 @@ from modfsm.engine.kernel.declaration import (
 )
 from modfsm.engine.model.events import EventType
 
-__all__ = ["FINALIZED_STATES", "LIFECYCLE", "LIVE_STATES", "LifecycleState"]
+__all__ = [
+    "FINALIZED_STATES",
+    "LIFECYCLE",
+    "LIVE_STATES",
+    "LifecycleState",
+    "window_closes",
+    "window_opens",
+]
+
+
+def window_opens(start: float | None, end: float | None, index: float) -> bool:
+    """The default ``should_start``: ``index`` lies in ``[start, end)``; never without ``start``.
+
+    ``Modifier.should_start`` and the trace replay both call this (written once).
+    """
+    return start is not None and start <= index and (end is None or index < end)
+
+
+def window_closes(end: float | None, index: float) -> bool:
+    """The default ``should_end``: ``index`` is at or past ``end``; never without ``end``."""
+    return end is not None and index >= end
 
 
 class LifecycleState(enum.StrEnum):

@@ -29,12 +29,20 @@ nothing and a failing modifier leaves the counters and position as they were.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from modfsm.engine.kernel.compiler import Declaration, HookSpec, Rejection, StateSpec, TriggerSpec
 from modfsm.engine.model.events import EventType
 
-__all__ = ["COUNT_AFTER", "SESSION_GRAMMAR", "SessionState"]
+__all__ = [
+    "COUNTER_HOOKS",
+    "COUNT_AFTER",
+    "SESSION_GRAMMAR",
+    "Counters",
+    "SessionState",
+    "completes_accumulation",
+]
 
 
 class SessionState(enum.StrEnum):
@@ -57,6 +65,50 @@ COUNT_AFTER: Final = {
     EventType.OPTIM_POST_STEP: (1, 0),
     EventType.BATCH_END: (0, 1),
 }
+
+
+
+class Counters(Protocol):
+    """What the counting rules read and write (a ``Session``, or a replay's copy)."""
+
+    global_step: int
+    global_batch: int
+    batches_since_step: int
+
+
+def completes_accumulation(counters: Counters, batches_per_step: int) -> bool:
+    """The grammar's guard: the batch beginning now completes ``batches_per_step`` batches."""
+    return counters.batches_since_step + 1 >= batches_per_step
+
+
+def _count_step(counters: Counters, step: int, batch: int) -> None:
+    counters.global_step = step
+    counters.batches_since_step = 0
+
+
+def _close_accumulating_batch(counters: Counters, step: int, batch: int) -> None:
+    counters.global_batch = batch
+    counters.batches_since_step += 1
+
+
+def _close_step_batch(counters: Counters, step: int, batch: int) -> None:
+    counters.global_batch = batch
+
+
+def _close_skipped_batch(counters: Counters, step: int, batch: int) -> None:
+    counters.global_batch = batch
+    counters.batches_since_step = 0  # global_step stays; the accumulation starts over
+
+
+COUNTER_HOOKS: Final[dict[str, Callable[[Counters, int, int], None]]] = {
+    "count_step": _count_step,
+    "close_accumulating_batch": _close_accumulating_batch,
+    "close_step_batch": _close_step_batch,
+    "close_skipped_batch": _close_skipped_batch,
+}
+"""The grammar's counter hooks: what each commits, given the counters its event carries
+(``step``, ``batch``: :data:`COUNT_AFTER` applied). ``Session`` runs them as its hooks and
+the trace replay applies them to its copy: the rules are written once, here."""
 
 _OPEN_BATCH: Final = (
     "accumulating",
@@ -117,6 +169,8 @@ SESSION_GRAMMAR: Final = Declaration(
         HookSpec("close_accumulating_batch"),
         HookSpec("close_step_batch"),
         HookSpec("close_skipped_batch"),
+        HookSpec("check_lockstep"),
+        HookSpec("keep_resume"),
     ),
     triggers=(
         TriggerSpec("initialize", "session.initialize", "setup", "Session.initialize(...)"),
@@ -131,6 +185,9 @@ SESSION_GRAMMAR: Final = Declaration(
         TriggerSpec("calibration_epoch_end", "session.event(CALIBRATION_EPOCH_END)", None, "CALIBRATION_EPOCH_END"),
         TriggerSpec("lifecycle_event", "session.event", None, "INITIALIZE or FINALIZE sent as an event"),
         TriggerSpec("finalize", "session.finalize", "teardown", "Session.finalize()"),
+        TriggerSpec("agree", "session.agree", None, "Session.agree(): the ranks compare their states"),
+        TriggerSpec("state_dict", "session.state_dict", None, "Session.state_dict(): save"),
+        TriggerSpec("load_state_dict", "session.load_state_dict", None, "Session.load_state_dict(saved): resume at initialize"),
     ),
     event_triggers={
         EventType.INITIALIZE: "lifecycle_event",
@@ -160,13 +217,16 @@ SESSION_GRAMMAR: Final = Declaration(
         {"trigger": "sequential_epoch_end",    "source": "calibrating",                            "dest": None,                "before": _SEND},
         {"trigger": "calibration_epoch_end",   "source": "calibrating",                            "dest": "idle",              "before": _SEND},
         {"trigger": "finalize",                "source": "idle",                                   "dest": "finalized"},
+        {"trigger": "agree",                   "source": list(_LIVE),                              "dest": None,                "before": "check_lockstep"},
+        {"trigger": "state_dict",              "source": list(_LIVE),                              "dest": None},
+        {"trigger": "load_state_dict",         "source": "created",                                "dest": None,                "before": "keep_resume"},
     ),
     rejections=(
-        Rejection("G1", ("created",), (*_EVENTS, "finalize"), "not initialized",
+        Rejection("G1", ("created",), (*_EVENTS, "finalize", "agree", "state_dict"), "not initialized",
                   "call session.initialize(model=..., recipe=...) first."),
         Rejection("G2", ("created", *_LIVE, "finalized"), ("lifecycle_event",), "INITIALIZE and FINALIZE are not loop events",
                   "call session.initialize(...) or session.finalize() instead."),
-        Rejection("G3", ("finalized",), ("initialize", *_EVENTS, "finalize"), "already finalized",
+        Rejection("G3", ("finalized",), ("initialize", *_EVENTS, "finalize", "agree", "state_dict", "load_state_dict"), "already finalized",
                   "build a new Session for another run."),
         Rejection("G4", _LIVE, ("initialize",), "already initialized",
                   "initialize a session once; build a new Session for another run."),
@@ -194,6 +254,8 @@ SESSION_GRAMMAR: Final = Declaration(
                   "send CALIBRATION_EPOCH_END first."),
         Rejection("G16", (*_OPEN_BATCH, "calibrating"), ("finalize",), "a batch or calibration epoch is open",
                   "end it before session.finalize()."),
+        Rejection("G17", _LIVE, ("load_state_dict",), "already initialized: a saved state loads into a new Session, before initialize",
+                  "build a new Session, load the state, then initialize it."),
     ),
 )
 # fmt: on

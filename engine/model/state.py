@@ -7,11 +7,11 @@ Modifiers read and write its fields (a pruning modifier reads ``state.model``).
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeAlias
+from typing import Any
 
 import attrs
 
-from modfsm.engine.model.events import Event, EventType, trusted_event
+from modfsm.engine.model.events import Event
 
 __all__ = ["Data", "Hardware", "LoggerManager", "State", "SystemLogger"]
 
@@ -77,14 +77,6 @@ class LoggerManager:
     system: SystemLogger = attrs.field(factory=SystemLogger)
 
 
-_Deferred: TypeAlias = tuple[EventType, int | None, int | None, int, int]
-"""The arguments of :func:`~modfsm.engine.model.events.trusted_event` for an event not built yet."""
-
-
-def _built(value: Event | _Deferred | None) -> Event | None:
-    return trusted_event(*value) if type(value) is tuple else value  # type: ignore[return-value]
-
-
 @attrs.define
 class State:
     """The mutable context shared by the session and its modifiers.
@@ -114,34 +106,4 @@ class State:
     hardware: Hardware = attrs.field(factory=Hardware)
     loggers: LoggerManager = attrs.field(factory=LoggerManager)
     start_event: Event | None = None
-    _last_event: Event | _Deferred | None = attrs.field(
-        default=None, alias="last_event", eq=_built, repr=lambda value: repr(_built(value))
-    )
-
-    @property
-    def last_event(self) -> Event | None:
-        """The latest event (see the class docstring); built on first read if deferred."""
-        value = self._last_event
-        if type(value) is tuple:
-            value = self._last_event = trusted_event(*value)
-        return value  # type: ignore[return-value]  # a tuple was replaced above
-
-    @last_event.setter
-    def last_event(self, value: Event | None) -> None:
-        self._last_event = value
-
-    def defer_last_event(
-        self,
-        type_: EventType,
-        steps_per_epoch: int | None,
-        batches_per_step: int | None,
-        global_step: int,
-        global_batch: int,
-    ) -> None:
-        """Set :attr:`last_event` to this event, built only if something reads it.
-
-        For the session's loop events that no modifier receives: building an
-        :class:`Event` costs more than the rest of such an event. Equality and
-        ``repr`` see the built event.
-        """
-        self._last_event = (type_, steps_per_epoch, batches_per_step, global_step, global_batch)
+    last_event: Event | None = None

@@ -14,16 +14,12 @@ from modfsm.engine.runtime.modifier import (
     START_PROBE,
     Modifier,
     ModifierInterface,
-    direct_cell,
     handles,
-    is_inert,
-    quiet_until,
     switch_class,
 )
 from modfsm.engine.runtime.stage import (
     StageError,
     StageModifiers,
-    forward,
 )
 
 __all__ = [
@@ -36,10 +32,6 @@ __all__ = [
     "ModifierInterface",
     "StageError",
     "StageModifiers",
-    "direct_cell",
-    "forward",
     "handles",
-    "is_inert",
-    "quiet_until",
     "switch_class",
 ]

@@ -34,14 +34,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 import attrs
 
 from modfsm.engine.kernel.compiler import (
-    IGNORE,
-    Cell,
     CompiledMachine,
     CompiledState,
     Declaration,
     compile_machine,
     specialize,
-    touch,
 )
 from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError, DeclarationError
 from modfsm.engine.kernel.validate import (
@@ -50,7 +47,12 @@ from modfsm.engine.kernel.validate import (
     check_optional_str,
 )
 from modfsm.engine.model.events import Event, EventType, not_an_event
-from modfsm.engine.model.lifecycle import LIFECYCLE, LifecycleState
+from modfsm.engine.model.lifecycle import (
+    LIFECYCLE,
+    LifecycleState,
+    window_closes,
+    window_opens,
+)
 from modfsm.engine.model.state import State
 from modfsm.engine.runtime.hooks import HooksMixin
 
@@ -61,10 +63,7 @@ __all__ = [
     "START_PROBE",
     "Modifier",
     "ModifierInterface",
-    "direct_cell",
     "handles",
-    "is_inert",
-    "quiet_until",
     "switch_class",
 ]
 
@@ -128,14 +127,6 @@ def _check_update(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
     if value is None or (type(value) in (int, float) and 0 <= value < inf):
         return
     check_optional_number(type(instance).__name__, attribute.name, value, minimum=0)
-
-
-def _touched(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Any:
-    touch()  # the guards read start and end: plans built from them are stale
-    return value
-
-
-_BOUND_SET: Final = attrs.setters.pipe(attrs.setters.validate, _touched)
 
 
 def _initial_state(instance: Modifier) -> CompiledState:
@@ -211,8 +202,8 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
 
     index: int | None = attrs.field(default=None, validator=_check_index)
     group: str | None = attrs.field(default=None, validator=_check_group)
-    start: float | None = attrs.field(default=None, validator=_check_bound, on_setattr=_BOUND_SET)
-    end: float | None = attrs.field(default=None, validator=_check_bound, on_setattr=_BOUND_SET)
+    start: float | None = attrs.field(default=None, validator=_check_bound)
+    end: float | None = attrs.field(default=None, validator=_check_bound)
     update: float | None = attrs.field(default=None, validator=_check_update)
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
@@ -305,14 +296,11 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
 
     def should_start(self, event: Event) -> bool:
         """Whether ``event`` lies in ``[start, end)``; never when ``start`` is None."""
-        if self.start is None:
-            return False
-        current = event.current_index
-        return self.start <= current and (self.end is None or current < self.end)
+        return window_opens(self.start, self.end, event.current_index)
 
     def should_end(self, event: Event) -> bool:
         """Whether ``event`` is at or past ``end``; never when ``end`` is None."""
-        return self.end is not None and event.current_index >= self.end
+        return window_closes(self.end, event.current_index)
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -466,67 +454,6 @@ def handles(*event_types: EventType) -> Callable[[_Hook], _Hook]:
     return decorate
 
 
-def direct_cell(modifier: Modifier, kind: EventType) -> Cell | None:
-    """The cell ``modifier.update_event`` runs for an event of type ``kind``, to call directly.
-
-    None where ``update_event`` itself must be called: the class overrides it,
-    or the modifier's table has no cell for ``kind`` (``update_event`` raises the
-    error). Stages and sessions deliver events through this.
-    """
-    if type(modifier).update_event is not _UPDATE_EVENT:
-        return None
-    return modifier._lc.get(kind)
-
-
-def quiet_until(modifier: Modifier, kind: EventType) -> float:
-    """From which schedule index on ``update_event`` with an event of type ``kind`` may act.
-
-    ``math.inf``: it does nothing whatever the index: the modifier's cell for
-    ``kind`` in its current state is :data:`~modfsm.engine.kernel.compiler.IGNORE`, or all the
-    cell does is ask a guard that cannot hold (below) and the guard's "no" runs
-    nothing. A number ``b``: it does nothing for events whose ``current_index``
-    is below ``b``. ``-math.inf``: it may act now.
-
-    Only the guards this base class defines are read, for the class's own
-    ``start``/``end``: ``should_end`` cannot hold without an ``end`` and holds
-    from ``end`` on; ``should_start`` cannot hold without a ``start`` or with
-    ``start >= end``, and not below ``start``. The answer holds until
-    :data:`~modfsm.engine.kernel.compiler.EPOCH` changes (a state change, or ``start``/``end``
-    assigned). A class that overrides ``update_event`` may always act.
-    """
-    cell = direct_cell(modifier, kind)
-    if cell is None:
-        return -inf
-    if cell is IGNORE:
-        return inf
-    cls = type(modifier)
-    machine = cls.__compiled_lifecycle__
-    name = modifier._lc.name
-    trigger = machine.declaration.event_triggers.get(kind)
-    plan = machine.key_plans.get((name, kind))
-    if plan is None and trigger is not None:
-        plan = machine.cell_plans.get((name, trigger))
-    if plan is None or plan.guard is None or plan.prelude is not None or plan.when_false is None:
-        return -inf
-    if plan.when_false.hooks or plan.when_false.dest is not None:
-        return -inf
-    guard = plan.guard
-    if getattr(cls, guard, None) is not _PURE_GUARDS.get(guard):
-        return -inf
-    start, end = modifier.start, modifier.end
-    if guard == "should_end":
-        return inf if end is None else end
-    if start is None or (end is not None and start >= end):  # should_start
-        return inf
-    return start
-
-
-def is_inert(modifier: Modifier, kind: EventType) -> bool:
-    """Whether ``update_event`` with an event of type ``kind`` can do nothing, whatever
-    its index (:func:`quiet_until` is infinite)."""
-    return quiet_until(modifier, kind) == inf
-
-
 def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:
     """Make ``modifier`` an instance of ``cls`` in place, keeping its lifecycle state.
 
@@ -548,7 +475,6 @@ def switch_class(modifier: Modifier, cls: type[Modifier]) -> None:
         )
     object.__setattr__(modifier, "__class__", cls)
     object.__setattr__(modifier, _STATE_ATTR, states[current.name])
-    touch()
 
 
 def _recompile(cls: type[Any]) -> None:

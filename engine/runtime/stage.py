@@ -44,41 +44,13 @@ from modfsm.engine.kernel.validate import check_optional_int, check_optional_str
 from modfsm.engine.model.events import Event, not_an_event
 from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE, StageState
 from modfsm.engine.model.state import State
-from modfsm.engine.runtime.modifier import Modifier, ModifierInterface, direct_cell
+from modfsm.engine.runtime.modifier import _UPDATE_EVENT, Modifier, ModifierInterface
 
-__all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState", "forward"]
+__all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState"]
 
 
 _COMPILED: Final = compile_machine(STAGE_LIFECYCLE, state_attr="_lc")
 _STATE_MEMBERS: Final = {member.value: member for member in StageState}
-
-
-def forward(
-    stage: StageModifiers, state: State, event: Event, kwargs: dict[str, Any], start: int = 0
-) -> None:
-    """Send ``event`` to each of ``stage``'s modifiers, in order: what its ``update`` does.
-
-    This is ``modifier.update_event(state, event, **kwargs)`` for each, done
-    through the modifier's compiled table directly, and skipping the modifiers
-    whose cell for the event does nothing (:data:`~modfsm.engine.kernel.compiler.IGNORE`): in a
-    class that keeps the base class's empty hooks, most events are such. A
-    modifier class that overrides ``update_event`` gets that call. An exception
-    gets a note saying which modifiers the event was and was not delivered to.
-    ``start``: the position of the first modifier to send it to.
-    """
-    kind = event.type_
-    modifiers = stage.modifiers
-    for position in range(start, len(modifiers)):
-        modifier = modifiers[position]
-        try:
-            cell = direct_cell(modifier, kind)
-            if cell is None:  # update_event overridden, or an event its table lacks
-                modifier.update_event(state, event, **kwargs)
-            elif cell is not IGNORE:
-                cell(modifier, state, event, kwargs)
-        except Exception as error:
-            error.add_note(stage.forwarding_note(event, position))
-            raise
 
 
 class StageError(LifecycleError, RuntimeError):
@@ -288,8 +260,34 @@ class StageModifiers(ModifierInterface):
         return self._apply("finalize", state, kwargs)
 
     def forward_event(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Hook of ``update``: send ``event`` to every modifier, in order (:func:`forward`)."""
-        forward(self, state, event, kwargs)
+        """Hook of ``update``: send ``event`` to every modifier, in order (:meth:`deliver`)."""
+        self.deliver(state, event, kwargs)
+
+    def deliver(self, state: State, event: Event, kwargs: dict[str, Any]) -> None:
+        """Send ``event`` to each modifier, in order: ``modifier.update_event(state, event,
+        **kwargs)``. The one routine by which any event reaches a modifier.
+
+        Each modifier's cell for the event is read from its current state as the
+        modifier is reached (a hook of an earlier one may have changed it) and run
+        directly; a cell that is :data:`~modfsm.engine.kernel.compiler.IGNORE` (it would do
+        nothing: the call is declared ignored, or its class keeps every hook the cell
+        calls empty) is skipped. A class that overrides ``update_event``, or whose table
+        has no cell for the event (``update_event`` raises the error), gets the call.
+        Nothing else is skipped and nothing is cached: guards are always asked. An
+        exception gets a note saying which modifiers the event was and was not
+        delivered to.
+        """
+        kind = event.type_
+        for position, modifier in enumerate(self.modifiers):
+            try:
+                cell = modifier._lc.get(kind)
+                if cell is None or type(modifier).update_event is not _UPDATE_EVENT:
+                    modifier.update_event(state, event, **kwargs)
+                elif cell is not IGNORE:
+                    cell(modifier, state, event, kwargs)
+            except Exception as error:
+                error.add_note(self.forwarding_note(event, position))
+                raise
 
     # --- applying a lifecycle call to every modifier, and failure accounts ------------------
 

@@ -20,8 +20,13 @@ from modfsm.engine.kernel.declaration import Declaration
 from modfsm.engine.kernel.errors import ConfigError
 from modfsm.engine.loop.trace import FORMAT, STAGE_TRIGGERS
 from modfsm.engine.model.events import Event, EventType
-from modfsm.engine.model.lifecycle import LIFECYCLE
-from modfsm.engine.model.session_grammar import COUNT_AFTER, SESSION_GRAMMAR
+from modfsm.engine.model.lifecycle import LIFECYCLE, window_closes, window_opens
+from modfsm.engine.model.session_grammar import (
+    COUNT_AFTER,
+    COUNTER_HOOKS,
+    SESSION_GRAMMAR,
+    completes_accumulation,
+)
 from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
 
 __all__ = ["Divergence", "VerifyResult", "read_jsonl", "verify"]
@@ -323,7 +328,7 @@ class _Segment:
 
     per_step: int
     steps_per_epoch: int | None
-    counters: dict[str, int]
+    counters: _Counters
     position: str
     stages: list[dict[str, Any]]
     modifiers: dict[str, dict[str, Any]]
@@ -336,7 +341,7 @@ class _Segment:
         try:
             per_step = int(header.get("batches_per_step") or 1)
             steps_per_epoch = header.get("steps_per_epoch")
-            counters = {k: int(header["counters"][k]) for k in _COUNTERS}
+            counters = _Counters(*(int(header["counters"][k]) for k in _COUNTERS))
             position = str(header["position"])
             resumed = header["resumed"]
             modifiers = {str(m["id"]): dict(m) for m in header["modifiers"]}
@@ -390,7 +395,7 @@ class _Segment:
             )
         event_type = None if event_value is None else EventType(event_value)
         steps, batches = COUNT_AFTER.get(event_type, (0, 0)) if event_type else (0, 0)
-        step, batch = self.counters["global_step"] + steps, self.counters["global_batch"] + batches
+        step, batch = self.counters.global_step + steps, self.counters.global_batch + batches
         if (record.get("step"), record.get("batch")) != (step, batch):
             raise _Diverged(
                 line,
@@ -402,7 +407,7 @@ class _Segment:
             _GRAMMAR_ROWS,
             self.position,
             trigger,
-            lambda _: self.counters["batches_since_step"] + 1 >= self.per_step,
+            lambda _: completes_accumulation(self.counters, self.per_step),
         )
         if grammar is None:
             raise _Diverged(
@@ -426,7 +431,10 @@ class _Segment:
                 )
         stop = self.stop_point(record, line) if failed else None
         if not failed:
-            _count(hooks, self.counters, step, batch)
+            for hook in hooks:  # the grammar's counter hooks, as the session runs them
+                if hook in COUNTER_HOOKS:
+                    COUNTER_HOOKS[hook](self.counters, step, batch)
+        rescheduled = self.reschedule(record)
         if trigger in ("initialize", "finalize"):
             modifier_trigger = trigger
             probe = Event(EventType.BATCH_START, global_step=0)
@@ -441,7 +449,8 @@ class _Segment:
             if stop is not None and position > stop[0]:
                 break  # not reached: its records, if any, are left over below
             limit = stop[1] if stop is not None and position == stop[0] else None
-            self.stage(stage, trigger, modifier_trigger, probe, limit, attached, line, context)
+            self.stage(stage, trigger, modifier_trigger, probe, limit, attached, line, context,
+                       rescheduled)  # fmt: skip
         if attached:
             (kind, name), (at, _) = min(attached.items(), key=lambda item: item[1][0])
             known = (
@@ -452,8 +461,24 @@ class _Segment:
             what = "modifier" if kind == "transition" else "stage"
             reason = "which the call did not reach" if known else "which the header does not list"
             raise _Diverged(at, f"{context}: a {kind} record for {what} {name}, {reason}")
+        for modifier_id, schedule in rescheduled.items():
+            self.modifiers[modifier_id].update(schedule)
         if not failed:
             self.position = after
+
+    def reschedule(self, record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Take the schedules the call record says changed since the last call; return
+        those the call itself changed (applied after it: guards then come from the record)."""
+        for key in ("schedules", "rescheduled"):
+            if not isinstance(record.get(key, {}), Mapping):
+                raise TypeError(f"{key} must be an object")
+        for modifier_id, schedule in record.get("schedules", {}).items():
+            self.modifiers[str(modifier_id)].update(_schedule_of(schedule))
+        return {
+            str(modifier_id): _schedule_of(schedule)
+            for modifier_id, schedule in record.get("rescheduled", {}).items()
+            if str(modifier_id) in self.modifiers
+        }
 
     def stop_point(self, record: Mapping[str, Any], line: int) -> tuple[int, int] | None:
         """(stage position, modifier position in it) where a failed call stopped, or None."""
@@ -484,6 +509,7 @@ class _Segment:
         attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
         line: int,
         context: str,
+        rescheduled: Mapping[str, Any],
     ) -> None:
         """Replay one stage's part of a call; ``limit``: where a failed call stopped in it."""
         state = stage["state"]
@@ -502,8 +528,9 @@ class _Segment:
             stage_hooks, _, dest = cell
             if stage_hooks:  # the cell reaches the modifiers (a gate prelude or forward_event)
                 self.deliver(
-                    stage, trigger, modifier_trigger, probe, limit, attached, line, context
-                )
+                    stage, trigger, modifier_trigger, probe, limit, attached, line, context,
+                    rescheduled,
+                )  # fmt: skip
                 if limit is not None:
                     break  # the stage's cell raised: its own state stays
             state = dest
@@ -541,6 +568,7 @@ class _Segment:
         attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
         line: int,
         context: str,
+        rescheduled: Mapping[str, Any],
     ) -> None:
         """Replay the stage passing the call to its modifiers, up to ``limit`` if it failed."""
         flag = _DONE_FLAG.get(trigger)
@@ -558,24 +586,31 @@ class _Segment:
             if done:
                 continue  # the stage skips a modifier already initialized / finalized
             at, recorded = attached.pop(("transition", modifier_id), (line, None))
-            problem = _check_modifier(modifier, modifier_trigger, probe, recorded)
+            problem = _check_modifier(
+                modifier, modifier_trigger, probe, recorded, modifier_id in rescheduled
+            )
             if problem is not None:
                 raise _Diverged(at, f"{context}: modifier {modifier_id}: {problem}")
 
 
-def _count(hooks: Sequence[str], counters: dict[str, int], step: int, batch: int) -> None:
-    """Apply the grammar's counting hooks (the same rules Session's hooks apply)."""
-    if "count_step" in hooks:
-        counters["global_step"] = step
-        counters["batches_since_step"] = 0
-    if "close_accumulating_batch" in hooks:
-        counters["global_batch"] = batch
-        counters["batches_since_step"] += 1
-    if "close_step_batch" in hooks:
-        counters["global_batch"] = batch
-    if "close_skipped_batch" in hooks:
-        counters["global_batch"] = batch
-        counters["batches_since_step"] = 0
+@attrs.define
+class _Counters:
+    """The replay's copy of the session's counters (the grammar's counter hooks update it)."""
+
+    global_step: int
+    global_batch: int
+    batches_since_step: int
+
+
+def _schedule_of(value: Any) -> dict[str, Any]:
+    """A traced schedule (``start``, ``end``, ``default_guards``), checked for shape."""
+    if not isinstance(value, Mapping) or set(value) != {"start", "end", "default_guards"}:
+        raise ValueError(f"a schedule must hold start, end and default_guards, not {value!r}")
+    return {key: value[key] for key in ("start", "end", "default_guards")}
+
+
+def _is_bound(value: Any) -> bool:
+    return value is None or type(value) in (int, float)
 
 
 def _check_modifier(
@@ -583,18 +618,24 @@ def _check_modifier(
     trigger: str,
     event: Event,
     recorded: Mapping[str, Any] | None,
+    rescheduled: bool = False,
 ) -> str | None:
+    """Check one modifier's part of a call. Default guards are recomputed with the model's
+    rules from the schedule the trace last gave, unless the call itself changed it
+    (``rescheduled``) or it is not numbers: then, as for custom guards, the record says."""
     state = modifier["state"]
     recorded_guards = dict(recorded.get("guards", {})) if recorded else {}
+    start, end = modifier["start"], modifier["end"]
+    computed = modifier["default_guards"] is True and not rescheduled
+    computed = computed and _is_bound(start) and _is_bound(end)
 
     def guard(name: str) -> bool:
-        if not modifier["default_guards"]:
+        if not computed:
             return bool(recorded_guards.get(name, False))
-        start, end = modifier["start"], modifier["end"]
         index = event.current_index
-        if name == "should_start":
-            return start is not None and start <= index and (end is None or index < end)
-        return end is not None and index >= end
+        return window_opens(start, end, index) if name == "should_start" else window_closes(
+            end, index
+        )
 
     expected = _interpret(LIFECYCLE, _LIFECYCLE_ROWS, state, trigger, guard)
     if expected is None:

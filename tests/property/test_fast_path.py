@@ -1,18 +1,16 @@
-"""The fast paths do what the declared cells do.
-
-Two shortcuts sit on the hot path (see ``benchmarks/README.md``):
+"""Per-class specialization and untraced delivery do what the declared cells do.
 
 * each ``attrs`` modifier class runs a variant of the lifecycle that leaves out
   the calls to the hooks it keeps empty, and to hooks decorated with
   ``@handles`` for the other event types (``modfsm.engine.kernel.compiler.specialize``), and a
   stage skips a modifier whose cell is then :data:`~modfsm.engine.kernel.compiler.IGNORE`;
-* a plain ``Session`` runs the legal moves of loop events from a table derived
-  from the grammar's plans (``modfsm.engine.loop.session._FAST``) instead of calling the
-  compiled cell, whose hooks it inlines.
+* a session without a trace must deliver exactly what a traced one does (both run
+  the grammar's compiled cell and ``StageModifiers.deliver``; the trace only records).
 
-Here both are compared, call by call, with the path they shortcut: a modifier
-class against the same instance on the unspecialized table, and a session
-without a trace (fast) against one with a trace (which always calls the cell).
+Here both are compared, call by call: a modifier class against the same instance on
+the unspecialized table, and a session without a trace against one with a trace,
+with a modifier that reschedules another from inside an event, stage subclasses and
+modifiers that override ``update_event``.
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def test_a_single_process_session_never_gathers(spy: list[Snapshot]) -> None:
 
 def test_agree_outside_the_run_is_rejected() -> None:
     with pytest.raises(
-        IllegalTransitionError, match=r"^Session.agree is not allowed: the session is 'created'\. "
+        IllegalTransitionError, match=r"^session.agree is not allowed on Session: it is 'created' "
     ):
         Session().agree()
 

@@ -10,7 +10,6 @@ and sessions to classes that override ``update_event``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from unittest import mock
 
@@ -18,11 +17,11 @@ import attrs
 import pytest
 
 from modfsm.engine import Event, EventType, LifecycleState, Modifier, State, handles
-from modfsm.engine.kernel.compiler import IGNORE, compile_machine, epoch, specialize, touch
+from modfsm.engine.kernel.compiler import IGNORE, compile_machine, specialize
 from modfsm.engine.kernel.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
 from modfsm.engine.kernel.errors import ConfigTypeError, DeclarationError
 from modfsm.engine.loop.session import Session
-from modfsm.engine.runtime.modifier import is_inert, quiet_until, switch_class
+from modfsm.engine.runtime.modifier import switch_class
 from modfsm.engine.runtime.stage import StageModifiers
 from tests.doubles import NoopModifier
 
@@ -306,41 +305,6 @@ class OwnEnd(NoopModifier):
         return event.global_step >= 2
 
 
-@pytest.mark.parametrize(
-    ("cls", "start", "end", "kind", "inert"),
-    [
-        # inside the window, empty hooks: nothing to do but notice the end
-        (NoopModifier, 0, None, EventType.LOSS_CALCULATED, True),
-        (NoopModifier, 0, None, EventType.BATCH_END, True),  # no end: should_end never holds
-        (NoopModifier, 0, 5, EventType.BATCH_END, False),
-        (OwnEnd, 0, None, EventType.BATCH_END, False),  # its own guard
-        (Updates, 0, None, EventType.BATCH_END, False),  # on_update runs either way
-        (Updates, 0, None, EventType.LOSS_CALCULATED, False),
-        (OwnDispatch, 0, None, EventType.LOSS_CALCULATED, False),  # overrides update_event
-        # waiting for a window that cannot open
-        (NoopModifier, None, None, EventType.BATCH_START, True),
-        (NoopModifier, 3, 3, EventType.BATCH_START, True),
-        (NoopModifier, 4, 3, EventType.BATCH_START, True),
-        (NoopModifier, 3, 4, EventType.BATCH_START, False),
-        (NoopModifier, 3, None, EventType.BATCH_START, False),
-    ],
-)
-def test_is_inert_says_when_an_event_can_do_nothing(
-    cls: type[Modifier], start: int | None, end: int | None, kind: EventType, inert: bool
-) -> None:
-    modifier = cls(start=start, end=end)
-    modifier.initialize(STATE)
-    assert is_inert(modifier, kind) is inert
-
-
-def test_assigning_a_window_bound_advances_the_epoch() -> None:
-    modifier = started(NoopModifier)
-    before = epoch()
-    modifier.end = 4
-    assert epoch() != before
-    assert not is_inert(modifier, EventType.BATCH_END)
-
-
 def test_a_session_notices_a_window_bound_changed_between_events() -> None:
     modifier = NoopModifier(start=0)
     session = Session()
@@ -380,10 +344,8 @@ def test_handles_leaves_the_hook_out_of_the_other_event_types_cells() -> None:
     assert table[EventType.LOSS_CALCULATED] is IGNORE
     assert table[EventType.BATCH_START] is IGNORE
     assert table[EventType.OPTIM_POST_STEP] is not IGNORE
-    modifier = started(PostOnly)
-    assert is_inert(modifier, EventType.OPTIM_PRE_STEP)
-    assert not is_inert(modifier, EventType.OPTIM_POST_STEP)
-    assert is_inert(modifier, EventType.BATCH_END)  # no end, and on_update left out
+    assert table[EventType.OPTIM_PRE_STEP] is IGNORE
+    assert table[EventType.BATCH_END] is not IGNORE  # should_end is asked: it may close
 
 
 @pytest.mark.parametrize("arguments", [(), ("optim_post_step",), (EventType.BATCH_END, 3)])
@@ -422,14 +384,6 @@ def test_handles_on_a_hook_called_without_an_event_is_refused_when_the_class_is_
     )
 
 
-def test_every_touch_moves_the_epoch_to_a_new_value() -> None:
-    seen = [epoch()]
-    for _ in range(3):
-        touch()
-        seen.append(epoch())
-    assert len(set(seen)) == len(seen)
-
-
 @attrs.define
 class AsksToStart(NoopModifier):
     asked: list[int] = attrs.field(factory=list)
@@ -444,37 +398,6 @@ def test_an_overridden_guard_is_asked_even_when_no_hook_would_run() -> None:
     modifier.initialize(STATE)
     modifier.update_event(STATE, Event(EventType.BATCH_START, global_step=4))
     assert modifier.asked == [0, 4]  # at initialize (step 0), then for the event
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "kind", "quiet"),
-    [
-        (3, None, EventType.BATCH_START, 3),  # waiting: the window may open from step 3
-        (3, 7, EventType.BATCH_START, 3),
-        (3, None, EventType.BATCH_END, math.inf),  # no end: it cannot end unstarted
-        (3, 7, EventType.BATCH_END, 7),  # the end may pass before it started
-        (3, 7, EventType.LOSS_CALCULATED, math.inf),
-        (0, 7, EventType.BATCH_END, 7),  # started at initialize: the window closes at 7
-        (0, 7, EventType.BATCH_START, math.inf),
-    ],
-)
-def test_quiet_until_gives_the_index_from_which_an_event_may_act(
-    start: int, end: int | None, kind: EventType, quiet: float
-) -> None:
-    modifier = NoopModifier(start=start, end=end)
-    modifier.initialize(STATE)
-    assert quiet_until(modifier, kind) == quiet
-
-
-def test_quiet_until_is_minus_infinity_for_a_modifier_that_may_act_now() -> None:
-    assert quiet_until(started(Updates), EventType.LOSS_CALCULATED) == -math.inf
-    assert quiet_until(started(OwnDispatch), EventType.LOSS_CALCULATED) == -math.inf
-    waiting = OwnEnd(start=5)
-    waiting.initialize(STATE)
-    assert quiet_until(waiting, EventType.BATCH_START) == 5  # should_start is the default
-    assert quiet_until(started(OwnEnd), EventType.BATCH_END) == -math.inf  # its own should_end
-    # not initialized: the event is refused, which is acting (the refusal must raise)
-    assert quiet_until(NoopModifier(start=5), EventType.BATCH_START) == -math.inf
 
 
 def test_a_session_wakes_a_quiet_modifier_at_its_start_and_end() -> None:
@@ -516,78 +439,6 @@ class QuietUntilPatched(NoopModifier):
     seen: list[str] = attrs.field(factory=list)
 
 
-def test_the_session_fast_table_holds_every_legal_move_of_the_loop_events() -> None:
-    from modfsm.engine.loop.session import _FAST
-
-    table = {
-        state: {
-            trigger: (
-                None if guard is None else guard.__name__,
-                *(
-                    (dest.name, None if commit is None else commit.__name__)
-                    for dest, commit in moves
-                ),
-            )
-            for trigger, (guard, *moves) in cells.items()
-        }
-        for state, cells in _FAST.items()
-        if cells
-    }
-    idle_to = ("idle", "_close_accumulating_batch")
-    assert table == {
-        "idle": {
-            "batch_start": ("_completes_accumulation", ("step_due", None), ("accumulating", None)),
-            "calibration_epoch_start": (None, ("calibrating", None), ("calibrating", None)),
-        },
-        "accumulating": {
-            "loss_calculated": (None, ("accumulating_loss", None), ("accumulating_loss", None)),
-            "partial_step": (None, ("stepping", None), ("stepping", None)),
-            "batch_end": (None, idle_to, idle_to),
-        },
-        "accumulating_loss": {
-            "partial_step": (None, ("stepping", None), ("stepping", None)),
-            "batch_end": (None, idle_to, idle_to),
-        },
-        "step_due": {
-            "loss_calculated": (None, ("step_due_loss", None), ("step_due_loss", None)),
-            "optim_pre_step": (None, ("stepping", None), ("stepping", None)),
-            "batch_end": (None, *[("idle", "_close_skipped_batch")] * 2),
-        },
-        "step_due_loss": {
-            "optim_pre_step": (None, ("stepping", None), ("stepping", None)),
-            "batch_end": (None, *[("idle", "_close_skipped_batch")] * 2),
-        },
-        "stepping": {"optim_post_step": (None, *[("stepped", "_count_step")] * 2)},
-        "stepped": {"batch_end": (None, *[("idle", "_close_step_batch")] * 2)},
-        "calibrating": {"calibration_epoch_end": (None, ("idle", None), ("idle", None))},
-    }
-
-
-def test_a_plain_session_runs_the_loop_events_without_the_compiled_cells(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    session = Session()
-    session.initialize(recipe=[Updates(start=0)])
-
-    def refuse(*args: Any) -> None:
-        raise AssertionError("the compiled cell was called")
-
-    monkeypatch.setattr(Session, "_call", refuse)
-    _batch(session)
-    assert (session.global_step, session.global_batch) == (1, 1)
-
-
-def test_a_session_keeps_its_delivery_plans_while_nothing_changes() -> None:
-    session = Session()
-    session.initialize(recipe=[Updates(start=0), NoopModifier(start=0)])
-    _batch(session)
-    plan = session._plans[EventType.BATCH_START]
-    _batch(session)
-    assert session._plans[EventType.BATCH_START] is plan
-    (entry,) = plan[0]  # the no-op modifier is left out
-    assert isinstance(entry[3], Updates)
-
-
 @attrs.define(eq=False)
 class EndsOnce(NoopModifier):
     """Quiet inside an open window (only ``on_end`` is overridden); records its end."""
@@ -622,8 +473,6 @@ def test_a_modifier_a_hook_wakes_mid_event_receives_the_rest_of_that_event() -> 
     session.initialize(recipe=[closer, victim])
     _batch(session)
     _batch(session)
-    plan = session._plans[EventType.BATCH_END][0]
-    assert [entry[3] for entry in plan] == [closer]  # the victim is left out of the plan
     _batch(session)  # its BATCH_END carries step 3
     assert (session.global_step, victim.end) == (3, 3)
     assert victim.ended_on == [("batch_end", 3)]  # ended by that same BATCH_END
@@ -635,7 +484,7 @@ def test_a_hook_assigned_to_a_class_during_a_run_is_called_from_the_next_event()
     session = Session()
     session.initialize(recipe=[modifier])
     _batch(session)
-    assert session._plans[EventType.BATCH_START][0] == ()
+    assert modifier.seen == []
 
     def record(self: QuietUntilPatched, state: State, event: Event, **kwargs: Any) -> None:
         self.seen.append(event.type_.value)

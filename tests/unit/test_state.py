@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import attrs
@@ -30,34 +29,6 @@ def test_state_holds_the_reference_fields() -> None:
     event = Event(EventType.BATCH_END, global_step=2)
     state = State(last_event=event)
     assert state.last_event is event
-
-
-def _deferred() -> State:
-    state = State()
-    state.defer_last_event(EventType.BATCH_END, 4, 2, 7, 15)
-    return state
-
-
-_THE_EVENT = Event(
-    EventType.BATCH_END, steps_per_epoch=4, batches_per_step=2, global_step=7, global_batch=15
-)
-
-
-def test_a_deferred_last_event_is_built_on_first_read_and_then_kept() -> None:
-    state = _deferred()
-    first = state.last_event
-    assert first == _THE_EVENT
-    assert state.last_event is first
-    state.last_event = None
-    assert state.last_event is None
-
-
-def test_equality_repr_and_copies_see_a_deferred_last_event_as_built() -> None:
-    assert _deferred() == State(last_event=_THE_EVENT)
-    assert _deferred() != State(last_event=attrs.evolve(_THE_EVENT, global_batch=16))
-    assert repr(_THE_EVENT) in repr(_deferred())
-    assert copy.deepcopy(_deferred()).last_event == _THE_EVENT
-    assert attrs.evolve(_deferred(), loss=1.0).last_event == _THE_EVENT
 
 
 def test_data_and_hardware_hold_the_reference_fields() -> None:

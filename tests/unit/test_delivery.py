@@ -1,0 +1,180 @@
+"""One delivery routine: every route an event takes to a modifier is ``StageModifiers.deliver``,
+which reads each modifier's cell from its current state and asks every guard; nothing is
+cached, so a schedule changed by any means is seen at the next event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+import attrs
+import pytest
+
+from modfsm.engine import Event, EventType, LifecycleState, Modifier, State
+from modfsm.engine.loop.session import Session
+from modfsm.engine.runtime.stage import StageModifiers
+
+
+@attrs.define(eq=False)
+class Moving(Modifier):
+    """Re-declares ``start`` (an attrs subclass field drops the base field's setters)."""
+
+    start: float | None = 10
+    log: list[tuple[str, float]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.log.append(("start", event.current_index))
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        pass
+
+
+@attrs.define(eq=False)
+class Quiet(Modifier):
+    """Keeps every hook empty: its cells inside the window are IGNORE."""
+
+    log: list[tuple[str, float]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+
+@attrs.define(eq=False)
+class Traced(Session):
+    """A subclass that changes nothing."""
+
+
+def _step(session: Session) -> None:
+    session.batch_start()
+    session.optim_pre_step()
+    session.optim_post_step()
+    session.batch_end()
+
+
+ROUTES: dict[str, Callable[[], tuple[Session, dict[str, Any]]]] = {
+    "untraced": lambda: (Session(), {}),
+    "traced": lambda: (Session(), {"trace": True}),
+    "subclass": lambda: (Traced(), {}),
+}
+
+
+def _run(route: str, change: Callable[[Modifier], None], modifier: Moving) -> Moving:
+    session, extra = ROUTES[route]()
+    session.initialize(recipe=[modifier], **extra)
+    for step in range(8):
+        if step == 2:
+            change(modifier)
+        _step(session)
+    return modifier
+
+
+def _set_start(modifier: Modifier) -> None:
+    modifier.start = 4
+
+
+def _set_start_raw(modifier: Modifier) -> None:
+    object.__setattr__(modifier, "start", 4)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("change", [_set_start, _set_start_raw], ids=["assigned", "raw"])
+def test_a_redeclared_start_moved_from_10_to_4_opens_the_window_at_4_on_every_route(
+    route: str, change: Callable[[Modifier], None]
+) -> None:
+    # Pinned: the untraced session used to keep a stale plan and never start it.
+    modifier = _run(route, change, Moving())
+    assert modifier.log == [("start", 4)]
+    assert modifier.lifecycle_state is LifecycleState.STARTED
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_window_end_set_with_object_setattr_closes_a_quiet_modifier(route: str) -> None:
+    def close_at_5(modifier: Modifier) -> None:
+        object.__setattr__(modifier, "end", 5)
+
+    modifier = Quiet(start=0)
+    _run(route, close_at_5, modifier)  # type: ignore[arg-type]  # Quiet logs nothing
+    assert modifier.lifecycle_state is LifecycleState.ENDED
+
+
+@attrs.define(eq=False)
+class Restored(Moving):
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start}
+
+    def load_state_dict(self, state_dict: Any, state: State) -> None:
+        object.__setattr__(self, "start", state_dict["start"])
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_start_restored_by_load_state_dict_is_the_one_the_guard_reads(route: str) -> None:
+    first = Session()
+    first.initialize(recipe=[Restored(start=10)])
+    _step(first)
+    saved = first.state_dict()
+    saved["modifiers"]["default_stage.0"]["state"] = {"start": 3}
+    session, extra = ROUTES[route]()
+    modifier = Restored(start=10)
+    session.load_state_dict(saved)
+    session.initialize(recipe=[modifier], **extra)
+    for _ in range(4):
+        _step(session)
+    assert modifier.log == [("start", 3)]
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_every_route_delivers_through_the_stage(route: str) -> None:
+    seen: list[str] = []
+    deliver = StageModifiers.deliver
+
+    def spy(stage: StageModifiers, state: State, event: Event, kwargs: dict[str, Any]) -> None:
+        seen.append(event.type_.value)
+        deliver(stage, state, event, kwargs)
+
+    session, extra = ROUTES[route]()
+    session.initialize(recipe=[Moving(start=0)], **extra)
+    with mock.patch.object(StageModifiers, "deliver", spy):
+        _step(session)
+    assert seen == ["batch_start", "optim_pre_step", "optim_post_step", "batch_end"]
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_guard_patched_mid_run_is_asked_from_the_next_event(route: str) -> None:
+    def patch_guard(modifier: Modifier) -> None:
+        def early(self: Modifier, event: Event) -> bool:
+            return event.global_step >= 3
+
+        mock.patch.object(type(modifier), "should_start", early).start()
+
+    @attrs.define(eq=False)
+    class Patched(Moving):
+        pass
+
+    try:
+        modifier = _run(route, patch_guard, Patched(start=None))
+    finally:
+        mock.patch.stopall()
+    assert modifier.log == [("start", 3)]
+
+
+def test_a_stage_reads_the_next_modifier_cell_after_an_earlier_hook_moved_it() -> None:
+    @attrs.define(eq=False)
+    class Opens(Modifier):
+        victim: Modifier | None = None
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+        def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+            if self.victim is not None and event.type_ is EventType.BATCH_START:
+                self.victim.start = event.current_index
+
+    victim = Moving(start=None)
+    stage = StageModifiers([Opens(start=0, victim=victim), victim])
+    stage.initialize(State())
+    stage.update_event(State(), Event(EventType.BATCH_START, global_step=6))
+    assert victim.log == [("start", 6)]
