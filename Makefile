@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench mutation clean spin verify graphviz docs
+.PHONY: demo test lint bench bench-llmc mutation clean spin verify graphviz docs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -107,5 +107,20 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.compression
 	$(BIN)/python -m benchmarks.distributed
 
+# The anchor (optional, not part of `make bench`): llm-compressor 0.14.0.1 in its own
+# venv, with the same torch 2.13.0 CPU wheel and modfsm itself, then the same 10
+# modifiers through both sessions, interleaved (benchmarks/llmc_anchor.py).
+LLMC_VENV  := .venv-llmc
+LLMC_STAMP := $(LLMC_VENV)/.installed
+
+$(LLMC_STAMP): pyproject.toml setup.py
+	test -x $(LLMC_VENV)/bin/python || $(PYTHON) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LLMC_VENV)/bin/python -m pip install --quiet llmcompressor==0.14.0.1 -e .
+	touch $(LLMC_STAMP)
+
+bench-llmc: $(LLMC_STAMP)
+	$(LLMC_VENV)/bin/python -m benchmarks.llmc_anchor
+
 clean:
-	rm -rf $(VENV) build src demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
+	rm -rf $(VENV) $(LLMC_VENV) build src demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

@@ -15,6 +15,10 @@ from modfsm.engine import Event, EventType, State
 
 _PROBE = Event(EventType.BATCH_START, global_step=0)
 
+TALLY: list[int] = [0, 0]
+"""What the benchmarks' hooks count (``on_event``, ``on_update``): the same work on both
+sides, and no write to a field (see ``benchmarks/README.md`` on attrs' ``__setattr__``)."""
+
 
 @attrs.define(kw_only=True, eq=False)
 class FlagModifier:
@@ -92,3 +96,23 @@ class FlagModifier:
 
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
         pass
+
+
+@attrs.define(kw_only=True, eq=False)
+class FlagHooked(FlagModifier):
+    """The baseline of a real modifier: an attrs class overriding ``on_event`` and ``on_update``
+    (bodies equal to :class:`benchmarks.dispatch.Hooked`'s)."""
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        TALLY[0] += 1
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        TALLY[1] += 1
+
+
+class FlagUndecorated(FlagModifier):
+    """The same hooks (the same functions) in a subclass written without ``@attrs.define``
+    (instances get a ``__dict__``)."""
+
+    on_event = FlagHooked.on_event
+    on_update = FlagHooked.on_update

@@ -4,9 +4,12 @@ For MLPs of a few sizes on the CPU, measured side by side in one process:
 
 * ``torch step`` — zero_grad, forward, cross-entropy, backward, SGD step;
 * ``engine alone`` — the five session calls of a step (batch_start,
-  loss_calculated, optim_pre_step, optim_post_step, batch_end) with 10 no-op
+  loss_calculated, optim_pre_step, optim_post_step, batch_end) with 10
   modifiers, all inside their window, in one stage, in a tight loop with no torch
-  work (its code and data stay in the CPU caches: a lower bound);
+  work (its code and data stay in the CPU caches: a lower bound). Two kinds of
+  modifier: ``no-op`` (keeps every hook empty: the stage skips it) and
+  ``on_update`` (overrides ``on_update``, which counts the call: every event
+  reaches it, as in real modifiers);
 * ``engine in the loop`` — the same five calls timed where a training loop makes
   them, around a real torch step (the step has just evicted the engine's code and
   data from the caches);
@@ -45,7 +48,7 @@ from typing import Any
 import attrs
 import torch
 
-from modfsm.engine import EventType, Modifier, State
+from modfsm.engine import Event, EventType, Modifier, State
 from modfsm.engine.loop.session import Session
 
 TARGET = 0.01
@@ -65,6 +68,24 @@ class NoopModifier(Modifier):
 
     def on_initialize(self, state: State, **kwargs: Any) -> bool:
         return True
+
+
+UPDATES: list[int] = [0]
+
+
+@attrs.define
+class UpdatingModifier(Modifier):
+    """Overrides ``on_update`` (it counts the call): every event of its window reaches it."""
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        UPDATES[0] += 1
+
+
+#: kind -> the modifier class the session holds 10 of
+KINDS: dict[str, type[Modifier]] = {"no-op": NoopModifier, "on_update": UpdatingModifier}
 
 
 _ORDER = {
@@ -136,9 +157,9 @@ def training_step(widths: Sequence[int], batch: int) -> Callable[[], None]:
     return step
 
 
-def new_session() -> Session:
+def new_session(kind: str = "no-op") -> Session:
     session = Session()
-    session.initialize(recipe=[NoopModifier(start=0) for _ in range(MODIFIERS)])
+    session.initialize(recipe=[KINDS[kind](start=0) for _ in range(MODIFIERS)])
     return session
 
 
@@ -230,12 +251,12 @@ def verdict(low: float, high: float) -> str:
     return "unclear"
 
 
-def measure(name: str, repeats: int, pairs: int) -> dict[str, Any]:
+def measure(name: str, repeats: int, pairs: int, kind: str = "no-op") -> dict[str, Any]:
     widths, batch = MODELS[name]
     torch_step = training_step(widths, batch)
-    engine = engine_step(new_session())
-    situ = in_situ(torch_step, new_session())
-    loop = both(torch_step, new_session())
+    engine = engine_step(new_session(kind))
+    situ = in_situ(torch_step, new_session(kind))
+    loop = both(torch_step, new_session(kind))
     floor_loop = both(torch_step, MinimalLoop())
     for warm in (torch_step, engine, loop, situ, floor_loop):
         per_call_us(warm, 5)
@@ -259,6 +280,7 @@ def measure(name: str, repeats: int, pairs: int) -> dict[str, Any]:
     low, high = median_interval(differences)
     return {
         "model": name,
+        "modifiers": kind,
         "torch_step_us": torch_us,
         "engine_us": engine_us,
         "overhead": engine_us / torch_us,
@@ -319,27 +341,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     gc.disable()
     try:
-        rows = [measure(name, repeats, pairs) for name in names]
+        rows = [measure(name, repeats, pairs, kind) for kind in KINDS for name in names]
     finally:
         gc.enable()
     load_after = os.getloadavg()[0]
     print(f"modfsm session overhead - Python {platform.python_version()}, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {MODIFIERS} no-op modifiers, "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {MODIFIERS} modifiers, "
           f"5 events per step, {repeats} repeats x {pairs} step pairs")  # fmt: skip
     # Other processes inflate the torch step and so shrink every overhead: say how busy it was.
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, on "
           f"{os.cpu_count()} CPUs ({processor()})")  # fmt: skip
     print()
-    print("| model | torch step (us) | engine alone (us) | engine in the loop (us) "
+    print("| modifiers | model | torch step (us) | engine alone (us) | engine in the loop (us) "
           "| loop - plain (us) [95% CI] | overhead [95% CI] | target < 1% "
           "| floor (us) [95% CI] | floor share |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for row in rows:
         low, high = row["in_loop_ci_us"]
         low_share, high_share = row["in_loop_overhead_ci"]
         floor_low, floor_high = row["floor_ci_us"]
-        print(f"| {row['model']} | {row['torch_step_us']:.0f} | {row['engine_us']:.1f} | "
-              f"{row['in_situ_us']:.1f} | {row['in_loop_us']:.1f} [{low:.1f}, {high:.1f}] | "
+        print(f"| {row['modifiers']} | {row['model']} | {row['torch_step_us']:.0f} | "
+              f"{row['engine_us']:.1f} | {row['in_situ_us']:.1f} | "
+              f"{row['in_loop_us']:.1f} [{low:.1f}, {high:.1f}] | "
               f"{row['in_loop_overhead']:.2%} [{low_share:.2%}, {high_share:.2%}] | "
               f"{row['verdict']} | {row['floor_us']:.1f} [{floor_low:.1f}, {floor_high:.1f}] | "
               f"{row['floor_overhead']:.2%} |")  # fmt: skip

@@ -137,7 +137,7 @@ FINALIZED_MID_STEP = edited(
 #: a finalizing stage forwards events (S2 replaced by a row).
 STAGE_FORWARDS_WHILE_FINALIZING = edited(
     STAGE,
-    added=({"trigger": "update", "source": "finalizing", "dest": None, "before": "forward_event"},),
+    added=({"trigger": "update", "source": "finalizing", "dest": None, "before": "deliver"},),
     drop_rules=("S2",),
 )
 

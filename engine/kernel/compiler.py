@@ -36,6 +36,7 @@ and the compiled table costs less than that logic; it is never on the hot path.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -71,8 +72,9 @@ __all__ = [
     "specialize",
 ]
 
-Cell: TypeAlias = Callable[[Any, Any, Any, dict[str, Any]], None]
-"""A compiled cell: ``cell(obj, state, event, kwargs)``."""
+Cell: TypeAlias = Callable[..., None]
+"""A compiled cell: ``cell(obj, state, event, **kwargs)`` (an event hook's own signature, so a
+cell that runs one hook and nothing else is that hook's function)."""
 
 _UNSUPPORTED_ROW_KEYS: Final = {
     "after": "hooks after the state change would leave the state changed when they raise; "
@@ -123,7 +125,7 @@ class CompiledState(dict[Hashable, Cell]):
     ``copy``/``deepcopy`` return the same object and pickling stores the names.
     """
 
-    __slots__ = ("calls", "flags", "machine", "name")
+    __slots__ = ("calls", "flags", "machine", "name", "route")
 
     def __init__(self, machine: str, name: str, flags: Mapping[str, bool]) -> None:
         super().__init__()
@@ -131,6 +133,10 @@ class CompiledState(dict[Hashable, Cell]):
         self.name = name
         self.flags: Mapping[str, bool] = dict(flags)
         self.calls: dict[str, Cell] = {}
+        # What code that fans events out to objects in this state runs for each key: the
+        # table itself, unless the objects' class takes every event through an entry
+        # point of its own (then a table of cells that call it; see Modifier).
+        self.route: Mapping[Hashable, Cell] = self
 
     def __repr__(self) -> str:
         return f"<state {self.name!r} of {self.machine!r}>"
@@ -524,6 +530,7 @@ def specialize(
     pure_guards: frozenset[str] = frozenset(),
     key_filters: Mapping[str, frozenset[Hashable]] | None = None,
     into: CompiledMachine | None = None,
+    owner: type | None = None,
 ) -> CompiledMachine:
     """A variant of ``machine`` for objects whose hooks in ``noop_hooks`` do nothing.
 
@@ -546,6 +553,10 @@ def specialize(
         into: an earlier variant of the same declaration to rebuild in place, so
             objects already holding its states see the new cells (used when a
             hook is assigned to a class after it was defined).
+        owner: the class whose instances run the variant, when they cannot hold hooks of
+            their own (``__slots__``): the cells then call its hook and guard functions
+            directly instead of looking them up on each object. Whoever assigns a hook to
+            the class later must rebuild the variant (``into``).
     """
     plans = {key: _elide(plan, noop_hooks, pure_guards) for key, plan in machine.plans.items()}
     if into is not None and into.declaration != machine.declaration:
@@ -561,7 +572,7 @@ def specialize(
                 if plan.when_true is not None:  # rejected and ignored cells stay as they are
                     key_plans[(state, key)] = _elide(plan, frozenset({hook}), pure_guards)
     built = _build(
-        decl, plans, machine.state_attr, None if into is None else into.states, key_plans
+        decl, plans, machine.state_attr, None if into is None else into.states, key_plans, owner
     )
     return attrs.evolve(built, plans=machine.plans, cell_plans=plans, key_plans=key_plans)
 
@@ -590,6 +601,7 @@ def _build(
     attr: str,
     into: Mapping[str, CompiledState] | None = None,
     key_plans: Mapping[tuple[str, Hashable], Plan] | None = None,
+    owner: type | None = None,
 ) -> CompiledMachine:
     hooks = {h.name: h for h in decl.hooks}
     triggers = {t.name: t for t in decl.triggers}
@@ -600,6 +612,7 @@ def _build(
         for table in states.values():
             table.clear()
             table.calls.clear()
+            table.route = table
     allowed = {
         state: tuple(
             dict.fromkeys(
@@ -620,7 +633,7 @@ def _build(
             cell = _ignore
         else:
             prelude = hooks[plan.prelude] if plan.prelude is not None else None
-            cell = _move_cell(plan, prelude, states, attr)
+            cell = _move_cell(plan, prelude, states, attr, owner)
         states[state].calls[trigger] = cell
     for key, trigger in decl.event_triggers.items():
         for table in states.values():
@@ -629,14 +642,14 @@ def _build(
     for (state, key), plan in (key_plans or {}).items():
         if plan not in built:
             prelude = hooks[plan.prelude] if plan.prelude is not None else None
-            built[plan] = _move_cell(plan, prelude, states, attr)
+            built[plan] = _move_cell(plan, prelude, states, attr, owner)
         states[state][key] = built[plan]
     return CompiledMachine(
         decl, states, states[decl.initial], dict(plans), allowed, attr, dict(plans)
     )
 
 
-def _ignore(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+def _ignore(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
     """The cell of an ignored call: nothing runs, nothing changes."""
 
 
@@ -650,7 +663,7 @@ def _reject_cell(
 ) -> Cell:
     options = ", ".join(allowed) if allowed else "nothing (it accepts no further calls)"
 
-    def reject(obj: Any, _state: Any, event: Any, _kwargs: dict[str, Any]) -> None:
+    def reject(obj: Any, _state: Any, event: Any, /, **_kwargs: Any) -> None:
         event_type = getattr(event, "type_", None) if routed else None
         call = trig.call
         if event_type is not None and f"({event_type.name})" not in call:
@@ -679,9 +692,82 @@ def _bad_gate_result(obj: Any, hook: str, value: Any) -> HookReturnError:
     )
 
 
+def _functions(owner: type | None, names: Sequence[str]) -> tuple[Callable[..., Any], ...] | None:
+    """``owner``'s plain functions for ``names``; None if one is anything else (a
+    staticmethod, a callable object, a mock): such cells look the name up on each call."""
+    if owner is None:
+        return None
+    found = []
+    for name in names:
+        function = inspect.getattr_static(owner, name, None)
+        if not inspect.isfunction(function):
+            return None
+        found.append(function)
+    return tuple(found)
+
+
+def _resolved_cell(
+    plan: Plan, prelude: HookSpec | None, states: Mapping[str, CompiledState], attr: str,
+    owner: type | None,
+) -> Cell | None:  # fmt: skip
+    """The cell of ``plan`` calling ``owner``'s functions directly (None: not possible).
+
+    Only for cells without a gate: a notify prelude runs first, then the guard
+    picks the branch, its hooks run, and the state is committed, as in
+    :func:`_move_cell`.
+    """
+    assert plan.when_true is not None
+    if prelude is not None and prelude.gate:
+        return None
+    first = () if prelude is None else (prelude.name,)
+    when_false = plan.when_false or plan.when_true
+    guard = _functions(owner, () if plan.guard is None else (plan.guard,))
+    found_t = _functions(owner, (*first, *plan.when_true.hooks))
+    found_f = _functions(owner, (*first, *when_false.hooks))
+    if guard is None or found_t is None or found_f is None:
+        return None
+    hooks_t, hooks_f = found_t, found_f
+    dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
+    dest_f = None if when_false.dest is None else states[when_false.dest]
+    set_state = object.__setattr__
+    if not guard and dest_t is None and len(hooks_t) == 1:
+        # The cell is the hook itself: cells and event hooks are called alike.
+        return hooks_t[0]
+    if not guard:
+
+        def unguarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+            for hook in hooks_t:
+                hook(obj, state, event, **kwargs)
+            if dest_t is not None:
+                set_state(obj, attr, dest_t)
+
+        return unguarded
+    (decide,) = guard
+    notify = None
+    if first:  # the prelude runs before the guard is asked
+        notify, hooks_t, hooks_f = hooks_t[0], hooks_t[1:], hooks_f[1:]
+
+    def guarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+        if notify is not None:
+            notify(obj, state, event, **kwargs)
+        if decide(obj, event):
+            for hook in hooks_t:
+                hook(obj, state, event, **kwargs)
+            if dest_t is not None:
+                set_state(obj, attr, dest_t)
+        else:
+            for hook in hooks_f:
+                hook(obj, state, event, **kwargs)
+            if dest_f is not None:
+                set_state(obj, attr, dest_f)
+
+    return guarded
+
+
 def _move_cell(
-    plan: Plan, prelude: HookSpec | None, states: Mapping[str, CompiledState], attr: str
-) -> Cell:
+    plan: Plan, prelude: HookSpec | None, states: Mapping[str, CompiledState], attr: str,
+    owner: type | None = None,
+) -> Cell:  # fmt: skip
     assert plan.when_true is not None  # a non-rejection plan always has a branch
     hooks_t = plan.when_true.hooks
     dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
@@ -694,13 +780,16 @@ def _move_cell(
     set_state = object.__setattr__
     if prelude is None and guard is None and not hooks_t and dest_t is None:
         return _ignore  # a row with no prelude, no hooks and no destination
+    resolved = _resolved_cell(plan, prelude, states, attr, owner)
+    if resolved is not None:
+        return resolved
 
     # Three closures, specialised by prelude kind so the hot cells (event preludes)
     # carry no branches they do not need. All run: prelude, guard, hooks, commit.
     if prelude is not None and prelude.gate:
         gate_name = prelude.name
 
-        def gated(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+        def gated(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
             result = getattr(obj, gate_name)(state, **kwargs)
             if result is not True:
                 if result is False:
@@ -719,9 +808,15 @@ def _move_cell(
 
     if prelude is not None:
         notify_name = prelude.name
+        if guard is None and not hooks_t and dest_t is None:
+
+            def notify_only(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+                getattr(obj, notify_name)(state, event, **kwargs)
+
+            return notify_only
         if guard is None:
 
-            def notified(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+            def notified(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
                 getattr(obj, notify_name)(state, event, **kwargs)
                 for name in hooks_t:
                     getattr(obj, name)(state, event, **kwargs)
@@ -730,7 +825,7 @@ def _move_cell(
 
             return notified
 
-        def notified_guarded(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+        def notified_guarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
             getattr(obj, notify_name)(state, event, **kwargs)
             if getattr(obj, guard)(event):
                 for name in hooks_t:
@@ -745,7 +840,7 @@ def _move_cell(
 
         return notified_guarded
 
-    def plain(obj: Any, state: Any, event: Any, kwargs: dict[str, Any]) -> None:
+    def plain(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
         if guard is None or getattr(obj, guard)(event):
             hooks, dest = hooks_t, dest_t
         else:

@@ -33,12 +33,17 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
 from modfsm.engine.config.recipe import DEFAULT_STAGE, Recipe
-from modfsm.engine.kernel.compiler import CompiledState, compile_machine
+from modfsm.engine.kernel.compiler import (
+    CompiledMachine,
+    CompiledState,
+    compile_machine,
+    specialize,
+)
 from modfsm.engine.kernel.errors import (
     ConfigError,
     ConfigTypeError,
@@ -124,7 +129,13 @@ def active_session() -> Session:
 
 
 def _default_position(session: Session) -> CompiledState:
-    return _GRAMMAR.initial
+    return type(session).__grammar__.initial
+
+
+def _compile_grammar(cls: type[Any]) -> CompiledMachine:
+    """The step grammar for ``cls``: its cells call the class's own hook functions when no
+    instance can hold hooks of its own (``__slots__``); computed once, with the class."""
+    return specialize(_GRAMMAR, noop_hooks=frozenset(), owner=None if cls.__dictoffset__ else cls)
 
 
 @attrs.define(eq=False)
@@ -168,6 +179,13 @@ class Session:
     )
     _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
     _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
+
+    #: the step grammar as this class runs it (:func:`_compile_grammar`)
+    __grammar__: ClassVar[CompiledMachine]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__grammar__ = _compile_grammar(cls)
 
     # --- views ------------------------------------------------------------------------------
 
@@ -270,7 +288,7 @@ class Session:
         self._call("initialize", None, arguments)
         if self._resume is not None:
             saved, self._resume = self._resume, None
-            object.__setattr__(self, "_lc", _GRAMMAR.states[saved["position"]])
+            object.__setattr__(self, "_lc", type(self).__grammar__.states[saved["position"]])
 
     def finalize(self, **kwargs: Any) -> None:
         """Finalize every stage, in order; remove the optimizer hooks; close the trace."""
@@ -352,7 +370,10 @@ class Session:
             self.global_step + steps,
             self.global_batch + batches,
         )
-        self._call(trigger, event, kwargs)
+        if self.trace is None:  # _call without the recording: the same cell
+            self._lc.calls[trigger](self, self.state, event, **kwargs)
+        else:
+            self._call(trigger, event, kwargs)
         if kind is _BATCH_END and self.global_step >= self._next_agreement:
             self._next_agreement = self._agreement_after(self.global_step)
             self._agree(f"the end of batch {self.global_batch} (step {self.global_step})")
@@ -368,7 +389,7 @@ class Session:
             RankDivergenceError: the ranks differ; the error lists which, and where.
             CollectiveError: a rank did not arrive within the collective timeout.
         """
-        self._lc.calls["agree"](self, self.state, None, {})
+        self._lc.calls["agree"](self, self.state, None)
 
     def check_lockstep(self, state: State, event: None, **kwargs: Any) -> None:
         """Hook of ``agree``: the ranks compare where they are (nothing in one process)."""
@@ -464,7 +485,7 @@ class Session:
         Only plain values (and whatever tensors modifiers return), so it works with
         ``torch.save`` and ``torch.load(weights_only=True)``.
         """
-        self._lc.calls["state_dict"](self, self.state, None, {})  # legal here, or it raises
+        self._lc.calls["state_dict"](self, self.state, None)  # legal here, or it raises
         return {
             "format": STATE_DICT_FORMAT,
             "config": {
@@ -499,7 +520,7 @@ class Session:
             IllegalTransitionError: the session is already initialized.
             ConfigError: ``state_dict`` is not a modfsm session state.
         """
-        self._lc.calls["load_state_dict"](self, self.state, None, {"saved": state_dict})
+        self._lc.calls["load_state_dict"](self, self.state, None, saved=state_dict)
 
     def keep_resume(self, state: State, event: None, saved: Mapping[str, Any]) -> None:
         """Hook of ``load_state_dict``: check the saved state's shape and keep it for
@@ -684,13 +705,21 @@ class Session:
     def send(
         self, state: State, event: Event, batch_data: Any = None, loss: Any = None, **kwargs: Any
     ) -> None:
-        """Hook: send the event to every stage, in order (``stage.update_event``).
+        """Hook: send the event to every stage, in order: ``stage.update_event``.
 
         ``batch_data`` and ``loss`` are on the state (``absorb``); the other keyword
-        arguments reach the modifiers' hooks.
+        arguments reach the modifiers' hooks. As a stage does for its modifiers, the
+        stage's cell for the event (its current state's ``route``) is run directly:
+        the cell ``update_event`` would run, or, for a class that overrides it, a call
+        to it.
         """
+        kind = event.type_
         for stage in self.stages:
-            stage.update_event(state, event, **kwargs)
+            cell = stage._lc.route.get(kind)
+            if cell is None:  # not an event of its lifecycle: update_event says so
+                stage.update_event(state, event, **kwargs)
+            else:
+                cell(stage, state, event, **kwargs)
 
     # The counter hooks commit the counters the event carries, by the grammar's
     # rules (modfsm.engine.model.session_grammar.COUNTER_HOOKS).
@@ -719,12 +748,12 @@ class Session:
     def _call(self, trigger: str, event: Event | None, kwargs: dict[str, Any]) -> None:
         cell = self._lc.calls[trigger]
         if self.trace is None and trigger != "initialize":
-            cell(self, self.state, event, kwargs)
+            cell(self, self.state, event, **kwargs)
             return
         before = None if trigger == "initialize" else self._states()
         planned = None if trigger == "initialize" else self._schedules()
         try:
-            cell(self, self.state, event, kwargs)
+            cell(self, self.state, event, **kwargs)
         except IllegalTransitionError as error:
             if error.modifier is not self:  # accepted by the grammar, refused further down
                 self._record(trigger, event, before, error, planned)
@@ -848,6 +877,8 @@ class Session:
         if isinstance(error, StageError) and id(error.failed) in owners:
             return owners[id(error.failed)]
         failing_stage = None
+        if isinstance(error, IllegalTransitionError) and id(error.modifier) in stages:
+            failing_stage = stages[id(error.modifier)]  # a stage's table refused the call
         # Outermost first: the first frame running a method of one of our modifiers is the
         # modifier the stage was calling when the error came up.
         for frame, _ in traceback.walk_tb(error.__traceback__):
@@ -919,7 +950,8 @@ class Session:
         self.global_batch = int(counters["global_batch"])
         self.batches_since_step = int(counters["batches_since_step"])
         for stage, entry in zip(self.stages, saved["stages"], strict=True):
-            object.__setattr__(stage, "_lc", _STAGE_MACHINE.states[entry["state"]])
+            states = type(stage).__compiled_stage__.states
+            object.__setattr__(stage, "_lc", states[entry["state"]])
         for modifier_id, modifier in self._ids:
             entry = saved["modifiers"][modifier_id]
             states = type(modifier).__compiled_lifecycle__.states
@@ -967,6 +999,9 @@ def _traceable(value: Any) -> Any:
 
 _SHOULD_START: Final = Modifier.should_start
 _SHOULD_END: Final = Modifier.should_end
+
+
+Session.__grammar__ = _compile_grammar(Session)
 
 
 def _stage_label(stage: StageModifiers, position: int) -> str:

@@ -29,7 +29,7 @@ deviations from the reference, and ``modfsm.engine.tools.transitions_adapter`` f
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from modfsm.engine.kernel.declaration import (
     Declaration,
@@ -38,29 +38,44 @@ from modfsm.engine.kernel.declaration import (
     StateSpec,
     TriggerSpec,
 )
-from modfsm.engine.model.events import EventType
+from modfsm.engine.model.events import Event, EventType
 
 __all__ = [
     "FINALIZED_STATES",
     "LIFECYCLE",
     "LIVE_STATES",
     "LifecycleState",
-    "window_closes",
-    "window_opens",
+    "Schedule",
+    "default_should_end",
+    "default_should_start",
 ]
 
 
-def window_opens(start: float | None, end: float | None, index: float) -> bool:
-    """The default ``should_start``: ``index`` lies in ``[start, end)``; never without ``start``.
+class Schedule(Protocol):
+    """What the default guards read: a modifier, or the trace replay's copy of one."""
 
-    ``Modifier.should_start`` and the trace replay both call this (written once).
+    start: float | None
+    end: float | None
+
+
+def default_should_start(schedule: Schedule, event: Event) -> bool:
+    """The default ``should_start``: the event lies in ``[start, end)``; never without ``start``.
+
+    ``Modifier.should_start`` *is* this function, and the trace replay calls it on its
+    copy of a modifier's schedule: the rule is written once.
     """
-    return start is not None and start <= index and (end is None or index < end)
+    start = schedule.start
+    if start is None:
+        return False
+    index, end = event.current_index, schedule.end
+    return start <= index and (end is None or index < end)
 
 
-def window_closes(end: float | None, index: float) -> bool:
-    """The default ``should_end``: ``index`` is at or past ``end``; never without ``end``."""
-    return end is not None and index >= end
+def default_should_end(schedule: Schedule, event: Event) -> bool:
+    """The default ``should_end``: the event is at or past ``end``; never without ``end``
+    (``Modifier.should_end`` is this function)."""
+    end = schedule.end
+    return end is not None and event.current_index >= end
 
 
 class LifecycleState(enum.StrEnum):

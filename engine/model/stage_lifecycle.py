@@ -58,7 +58,7 @@ STAGE_LIFECYCLE: Final = Declaration(
     hooks=(
         HookSpec("initialize_modifiers", takes_event=False, gate=True),
         HookSpec("finalize_modifiers", takes_event=False, gate=True),
-        HookSpec("forward_event"),
+        HookSpec("deliver"),
     ),
     triggers=(
         TriggerSpec("initialize", "initialize", "initialize_modifiers", "StageModifiers.initialize"),
@@ -70,7 +70,7 @@ STAGE_LIFECYCLE: Final = Declaration(
     transitions=(
         {"trigger": "initialize",     "source": "pending",                     "dest": "initialized"},
         {"trigger": "initialize",     "source": ["initialized", "finalizing"], "dest": None},
-        {"trigger": "update",         "source": "initialized",                 "dest": None, "before": "forward_event"},
+        {"trigger": "update",         "source": "initialized",                 "dest": None, "before": "deliver"},
         {"trigger": "begin_finalize", "source": "initialized",                 "dest": "finalizing"},
         {"trigger": "begin_finalize", "source": "finalizing",                  "dest": None},
         {"trigger": "finalize",       "source": "finalizing",                  "dest": "applied"},

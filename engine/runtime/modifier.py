@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 import attrs
 
 from modfsm.engine.kernel.compiler import (
+    IGNORE,
     CompiledMachine,
     CompiledState,
     Declaration,
@@ -50,8 +51,8 @@ from modfsm.engine.model.events import Event, EventType, not_an_event
 from modfsm.engine.model.lifecycle import (
     LIFECYCLE,
     LifecycleState,
-    window_closes,
-    window_opens,
+    default_should_end,
+    default_should_start,
 )
 from modfsm.engine.model.state import State
 from modfsm.engine.runtime.hooks import HooksMixin
@@ -137,27 +138,42 @@ def _initial_state(instance: Modifier) -> CompiledState:
 #: gets a lifecycle that does not call them (see ``Modifier.__compiled_lifecycle__``).
 _EMPTY_HOOK_NAMES: Final = ("on_event", "on_start", "on_update", "on_end")
 _GUARD_NAMES: Final = ("should_start", "should_end")
-_ELIDABLE: Final = frozenset({*_EMPTY_HOOK_NAMES, *_GUARD_NAMES})
+
+
+def _compiled_in(cls: type[Any], name: str) -> bool:
+    """Whether the class's lifecycle, compiled or declared, calls ``name`` (a hook or guard),
+    or ``name`` is ``update_event`` (a class that overrides it has no ignored cells)."""
+    if name == "update_event":
+        return True
+    compiled = getattr(cls, "__compiled_lifecycle__", None)
+    declarations = (getattr(cls, "__lifecycle__", None), getattr(compiled, "declaration", None))
+    for declaration in declarations:
+        if isinstance(declaration, Declaration) and (
+            name in declaration.guards or any(hook.name == name for hook in declaration.hooks)
+        ):
+            return True
+    return False
 
 
 class _LifecycleMeta(abc.ABCMeta):
     """Keeps each class's compiled lifecycle true to its hooks when one is assigned later.
 
     A class's lifecycle is compiled when the class is defined, leaving out the
-    hooks it does not override (:func:`_compile_for`). Assigning or deleting one
-    of those methods on the class afterwards (``mock.patch.object(MyModifier,
-    "on_update", ...)``) recompiles, in place, the lifecycle of the class and of
-    its subclasses, so existing instances call the new method.
+    hooks it does not override and calling the class's own functions
+    (:func:`_compile_for`). Assigning or deleting any hook or guard the lifecycle
+    calls on the class afterwards (``mock.patch.object(MyModifier, "on_update",
+    ...)``) recompiles, in place, the lifecycle of the class and of its
+    subclasses, so existing instances call the new method.
     """
 
     def __setattr__(cls, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if name in _ELIDABLE:
+        if _compiled_in(cls, name):
             _recompile(cls)
 
     def __delattr__(cls, name: str) -> None:
         super().__delattr__(name)
-        if name in _ELIDABLE:
+        if _compiled_in(cls, name):
             _recompile(cls)
 
 
@@ -265,7 +281,7 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
         known = frozenset(self._hooks or ())
         completed = False
         try:
-            before.calls["initialize"](self, state, START_PROBE, kwargs)
+            before.calls["initialize"](self, state, START_PROBE, **kwargs)
             completed = self._lc is not before
         finally:
             if not completed and self._hooks:
@@ -281,7 +297,8 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
             cell = self._lc[event.type_]
         except (AttributeError, KeyError):
             raise not_an_event(self, event) from None
-        cell(self, state, event, kwargs)
+        if cell is not IGNORE:  # it would do nothing: not even called
+            cell(self, state, event, **kwargs)
 
     def finalize(self, state: State, **kwargs: Any) -> None:
         """Run ``on_finalize``; if it returns True, the modifier is finalized.
@@ -290,17 +307,15 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
             IllegalTransitionError: not initialized, or already finalized (nothing runs).
             HookReturnError: ``on_finalize`` returned a non-bool (state unchanged).
         """
-        self._lc.calls["finalize"](self, state, None, kwargs)
+        self._lc.calls["finalize"](self, state, None, **kwargs)
 
     # --- guards -----------------------------------------------------------------------------
 
-    def should_start(self, event: Event) -> bool:
-        """Whether ``event`` lies in ``[start, end)``; never when ``start`` is None."""
-        return window_opens(self.start, self.end, event.current_index)
-
-    def should_end(self, event: Event) -> bool:
-        """Whether ``event`` is at or past ``end``; never when ``end`` is None."""
-        return window_closes(self.end, event.current_index)
+    # Whether ``event`` lies in ``[start, end)`` (never when ``start`` is None), and
+    # whether it is at or past ``end`` (never when ``end`` is None): the model's rules,
+    # the same function objects (subclasses may override them).
+    should_start = default_should_start
+    should_end = default_should_end
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -402,14 +417,29 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
     if into is not None and into.declaration != declaration:
         into = None
     if cls.__dictoffset__:  # instances have a __dict__, so one may be given its own hook
-        return specialize(compiled, noop_hooks=frozenset(), into=into)
-    return specialize(
-        compiled,
-        noop_hooks=frozenset(n for n, f in _NOOP_HOOKS.items() if getattr(cls, n, None) is f),
-        pure_guards=frozenset(n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f),
-        key_filters=key_filters,
-        into=into,
-    )
+        variant = specialize(compiled, noop_hooks=frozenset(), into=into)
+    else:
+        variant = specialize(
+            compiled,
+            noop_hooks=frozenset(n for n, f in _NOOP_HOOKS.items() if getattr(cls, n, None) is f),
+            pure_guards=frozenset(
+                n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f
+            ),
+            key_filters=key_filters,
+            into=into,
+            owner=cls,  # no instance can hold a hook of its own: call the class's functions
+        )
+    if getattr(cls, "update_event", None) is not Modifier.update_event:
+        # The class takes every event through its own update_event: a stage must call it.
+        for table in variant.states.values():
+            table.route = dict.fromkeys(table, _through_update_event)
+    return variant
+
+
+def _through_update_event(obj: Any, state: State, event: Event, /, **kwargs: Any) -> None:
+    """The route of every event, for a class that overrides ``update_event``: call it."""
+    obj.update_event(state, event, **kwargs)
+
 
 
 _Hook = TypeVar("_Hook", bound=Callable[..., Any])
@@ -490,5 +520,4 @@ def _recompile(cls: type[Any]) -> None:
 
 _NOOP_HOOKS: Final = {name: getattr(Modifier, name) for name in _EMPTY_HOOK_NAMES}
 _PURE_GUARDS: Final = {name: getattr(Modifier, name) for name in _GUARD_NAMES}
-_UPDATE_EVENT: Final = Modifier.update_event
 Modifier.__compiled_lifecycle__ = compile_machine(Modifier.__lifecycle__, state_attr=_STATE_ATTR)

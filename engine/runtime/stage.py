@@ -34,17 +34,23 @@ stage stays in its state (``pending`` / ``finalizing``), and calling
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
-from modfsm.engine.kernel.compiler import IGNORE, CompiledState, compile_machine
+from modfsm.engine.kernel.compiler import (
+    IGNORE,
+    CompiledMachine,
+    CompiledState,
+    compile_machine,
+    specialize,
+)
 from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError, LifecycleError
 from modfsm.engine.kernel.validate import check_optional_int, check_optional_str
 from modfsm.engine.model.events import Event, not_an_event
 from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE, StageState
 from modfsm.engine.model.state import State
-from modfsm.engine.runtime.modifier import _UPDATE_EVENT, Modifier, ModifierInterface
+from modfsm.engine.runtime.modifier import Modifier, ModifierInterface
 
 __all__ = ["STAGE_LIFECYCLE", "StageError", "StageModifiers", "StageState"]
 
@@ -127,13 +133,32 @@ def _initial_state(stage: StageModifiers) -> CompiledState:
     modifiers are all initialized, ``finalizing`` if some are already finalized
     and ``initialized`` if none is; else ``pending`` (the declared initial state).
     """
+    states = type(stage).__compiled_stage__.states
     if stage._start_applied:
-        return _COMPILED.states["applied"]
+        return states["applied"]
     modifiers = stage.modifiers  # not validated yet: attrs validates after every default
     if modifiers and all(isinstance(m, Modifier) and m.initialized for m in modifiers):
         finalizing = any(modifier.finalized for modifier in modifiers)
-        return _COMPILED.states["finalizing" if finalizing else "initialized"]
-    return _COMPILED.initial
+        return states["finalizing" if finalizing else "initialized"]
+    return states[STAGE_LIFECYCLE.initial]
+
+
+def _compile_stage(cls: type[Any]) -> CompiledMachine:
+    """The stage lifecycle for ``cls``: its cells call the class's own hook functions when
+    no instance can hold hooks of its own (``__slots__``); computed once, with the class.
+    A class that overrides ``update_event`` routes every event to it (``route``)."""
+    variant = specialize(
+        _COMPILED, noop_hooks=frozenset(), owner=None if cls.__dictoffset__ else cls
+    )
+    if cls.update_event is not _UPDATE_EVENT:
+        for table in variant.states.values():
+            table.route = dict.fromkeys(table, _through_update_event)
+    return variant
+
+
+def _through_update_event(stage: Any, state: State, event: Event, /, **kwargs: Any) -> None:
+    """The route of every event, for a stage class that overrides ``update_event``."""
+    stage.update_event(state, event, **kwargs)
 
 
 @attrs.define(eq=False)
@@ -167,6 +192,13 @@ class StageModifiers(ModifierInterface):
     _lc: CompiledState = attrs.field(
         init=False, repr=False, default=attrs.Factory(_initial_state, takes_self=True)
     )
+
+    #: the stage lifecycle as this class runs it (:func:`_compile_stage`)
+    __compiled_stage__: ClassVar[CompiledMachine]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__compiled_stage__ = _compile_stage(cls)
 
     def __attrs_post_init__(self) -> None:
         for position, modifier in enumerate(self.modifiers):
@@ -224,7 +256,7 @@ class StageModifiers(ModifierInterface):
                 stage stays pending and a later call resumes from it.
             IllegalTransitionError: never for a stage (initialize is always legal).
         """
-        self._lc.calls["initialize"](self, state, None, kwargs)
+        self._lc.calls["initialize"](self, state, None, **kwargs)
 
     def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
         """Forward ``event`` to every modifier, in order.
@@ -236,7 +268,7 @@ class StageModifiers(ModifierInterface):
             cell = self._lc[event.type_]
         except (AttributeError, KeyError):
             raise not_an_event(self, event) from None
-        cell(self, state, event, kwargs)
+        cell(self, state, event, **kwargs)
 
     def finalize(self, state: State, **kwargs: Any) -> None:
         """Finalize every modifier not yet finalized, in order, then mark the stage applied.
@@ -246,8 +278,8 @@ class StageModifiers(ModifierInterface):
                 stays finalizing and a later call resumes from it.
             IllegalTransitionError: the stage is pending (nothing runs).
         """
-        self._lc.calls["begin_finalize"](self, state, None, kwargs)
-        self._lc.calls["finalize"](self, state, None, kwargs)
+        self._lc.calls["begin_finalize"](self, state, None, **kwargs)
+        self._lc.calls["finalize"](self, state, None, **kwargs)
 
     # --- the stage's hooks (called by its compiled table) ---------------------------------------
 
@@ -259,35 +291,37 @@ class StageModifiers(ModifierInterface):
         """Gate of ``finalize``: finalize the modifiers; True once all are finalized."""
         return self._apply("finalize", state, kwargs)
 
-    def forward_event(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Hook of ``update``: send ``event`` to every modifier, in order (:meth:`deliver`)."""
-        self.deliver(state, event, kwargs)
-
-    def deliver(self, state: State, event: Event, kwargs: dict[str, Any]) -> None:
-        """Send ``event`` to each modifier, in order: ``modifier.update_event(state, event,
-        **kwargs)``. The one routine by which any event reaches a modifier.
+    def deliver(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Hook of ``update``: send ``event`` to each modifier, in order:
+        ``modifier.update_event(state, event, **kwargs)``. The one routine by which any
+        event reaches a modifier (the stage lifecycle's declared hook).
 
         Each modifier's cell for the event is read from its current state as the
         modifier is reached (a hook of an earlier one may have changed it) and run
         directly; a cell that is :data:`~modfsm.engine.kernel.compiler.IGNORE` (it would do
         nothing: the call is declared ignored, or its class keeps every hook the cell
-        calls empty) is skipped. A class that overrides ``update_event``, or whose table
-        has no cell for the event (``update_event`` raises the error), gets the call.
+        calls empty) is skipped. A class that overrides ``update_event`` routes every
+        event to it (its states' ``route``); a modifier whose table has no cell for
+        the event gets the ``update_event`` call, which raises the error.
         Nothing else is skipped and nothing is cached: guards are always asked. An
         exception gets a note saying which modifiers the event was and was not
         delivered to.
         """
         kind = event.type_
-        for position, modifier in enumerate(self.modifiers):
-            try:
-                cell = modifier._lc.get(kind)
-                if cell is None or type(modifier).update_event is not _UPDATE_EVENT:
+        modifier = None
+        try:
+            for modifier in self.modifiers:
+                cell = modifier._lc.route.get(kind)
+                if cell is IGNORE:
+                    continue
+                if cell is None:  # not an event of its lifecycle: update_event says so
                     modifier.update_event(state, event, **kwargs)
-                elif cell is not IGNORE:
-                    cell(modifier, state, event, kwargs)
-            except Exception as error:
-                error.add_note(self.forwarding_note(event, position))
-                raise
+                else:
+                    cell(modifier, state, event, **kwargs)
+        except Exception as error:
+            position = next((i for i, m in enumerate(self.modifiers) if m is modifier), 0)
+            error.add_note(self.forwarding_note(event, position))
+            raise
 
     # --- applying a lifecycle call to every modifier, and failure accounts ------------------
 
@@ -345,3 +379,7 @@ class StageModifiers(ModifierInterface):
             failed=modifier,
             not_attempted=self.modifiers[position + 1 :],
         )
+
+
+_UPDATE_EVENT: Final = StageModifiers.update_event
+StageModifiers.__compiled_stage__ = _compile_stage(StageModifiers)

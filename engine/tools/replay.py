@@ -20,7 +20,7 @@ from modfsm.engine.kernel.declaration import Declaration
 from modfsm.engine.kernel.errors import ConfigError
 from modfsm.engine.loop.trace import FORMAT, STAGE_TRIGGERS
 from modfsm.engine.model.events import Event, EventType
-from modfsm.engine.model.lifecycle import LIFECYCLE, window_closes, window_opens
+from modfsm.engine.model.lifecycle import LIFECYCLE, default_should_end, default_should_start
 from modfsm.engine.model.session_grammar import (
     COUNT_AFTER,
     COUNTER_HOOKS,
@@ -526,7 +526,7 @@ class _Segment:
                     )
                 break
             stage_hooks, _, dest = cell
-            if stage_hooks:  # the cell reaches the modifiers (a gate prelude or forward_event)
+            if stage_hooks:  # the cell reaches the modifiers (a gate prelude or deliver)
                 self.deliver(
                     stage, trigger, modifier_trigger, probe, limit, attached, line, context,
                     rescheduled,
@@ -609,6 +609,14 @@ def _schedule_of(value: Any) -> dict[str, Any]:
     return {key: value[key] for key in ("start", "end", "default_guards")}
 
 
+@attrs.define
+class _Schedule:
+    """A modifier's schedule as the trace gave it, for the model's default guards."""
+
+    start: float | None
+    end: float | None
+
+
 def _is_bound(value: Any) -> bool:
     return value is None or type(value) in (int, float)
 
@@ -632,10 +640,8 @@ def _check_modifier(
     def guard(name: str) -> bool:
         if not computed:
             return bool(recorded_guards.get(name, False))
-        index = event.current_index
-        return window_opens(start, end, index) if name == "should_start" else window_closes(
-            end, index
-        )
+        rule = default_should_start if name == "should_start" else default_should_end
+        return rule(_Schedule(start, end), event)
 
     expected = _interpret(LIFECYCLE, _LIFECYCLE_ROWS, state, trigger, guard)
     if expected is None:

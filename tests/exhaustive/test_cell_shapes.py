@@ -172,7 +172,7 @@ def test_every_cell_shape_dispatches_as_declared(shape: Shape) -> None:
         where = f"{shape}, guard={guard}, gate={gate}"
 
         fast = Scripted(compiled.initial, guard, gate)
-        got = outcome(partial(fast.current.calls["t"], fast, None, "event", {}), fast)
+        got = outcome(partial(fast.current.calls["t"], fast, None, "event"), fast)
         assert got == want[:2], f"compiled table at {where}"
         assert fast.current is compiled.states[want.state], f"compiled table at {where}"
 

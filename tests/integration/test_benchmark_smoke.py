@@ -16,7 +16,10 @@ def test_quick_benchmark_reports_all_phases(tmp_path: Path) -> None:
     target = tmp_path / "figures.json"
     assert main(["--quick", "--json", str(target)]) == 0
     figures = json.loads(target.read_text(encoding="utf-8"))
-    assert [p["phase"] for p in figures["phases"]] == ["waiting", "active", "ended"]
+    assert [(p["kind"], p["phase"]) for p in figures["phases"]] == [
+        (kind, phase) for kind in ("hooked", "undecorated", "no-op")
+        for phase in ("waiting", "active", "ended")
+    ]  # fmt: skip
     for phase in figures["phases"]:
         assert phase["baseline_ns"] > 0
         assert phase["modfsm_ns"] > 0
@@ -29,7 +32,9 @@ def test_quick_session_overhead_reports_every_model(tmp_path: Path) -> None:
     target = tmp_path / "overhead.json"
     assert session_overhead.main(["--quick", "--json", str(target)]) == 0
     rows = json.loads(target.read_text(encoding="utf-8"))
-    assert [row["model"] for row in rows] == list(session_overhead.MODELS)
+    assert [(row["modifiers"], row["model"]) for row in rows] == [
+        (kind, model) for kind in ("no-op", "on_update") for model in session_overhead.MODELS
+    ]
     for row in rows:
         assert row["torch_step_us"] > 0
         assert row["engine_us"] > 0
@@ -43,7 +48,7 @@ def test_session_overhead_measures_only_the_models_asked_for(tmp_path: Path) -> 
     target = tmp_path / "overhead.json"
     assert session_overhead.main(["--quick", "--model", "784-512", "--json", str(target)]) == 0
     rows = json.loads(target.read_text(encoding="utf-8"))
-    assert [row["model"] for row in rows] == ["small 784-512-512-10, batch 128"]
+    assert [row["model"] for row in rows] == ["small 784-512-512-10, batch 128"] * 2
     assert session_overhead.chosen_models(["tiny", "1024"]) == [
         "tiny 64-128-10, batch 32",
         "small 784-1024-1024-10, batch 128",
@@ -138,3 +143,16 @@ def test_quick_distributed_benchmark_reports_the_agreement_cost(tmp_path: Path) 
     assert figures["step_us"] > 0
     assert figures["agreement_us"] > 0
     assert figures["amortized"]["100"] == figures["agreement_us"] / 100 / figures["step_us"]
+
+
+def test_the_anchor_says_how_to_install_llm_compressor_when_it_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    from benchmarks import llmc_anchor
+
+    if importlib.util.find_spec("llmcompressor") is not None:
+        pytest.skip("llmcompressor is installed here: the anchor would run")
+    assert llmc_anchor.main(["--repeats", "1", "--steps", "1"]) == 2
+    assert "make bench-llmc" in capsys.readouterr().err

@@ -144,7 +144,7 @@ def test_compiled_dispatch_equals_transitions_dispatch(
     driver = TransitionsDriver(declaration, slow)
 
     def fire_fast(trigger: str) -> None:
-        fast.current.calls[trigger](fast, None, None, {})
+        fast.current.calls[trigger](fast, None, None)
 
     def fire_slow(trigger: str) -> None:
         driver.fire(trigger, None, None, {})

@@ -247,7 +247,7 @@ def test_a_guard_is_left_out_only_when_known_pure_and_its_branches_became_equal(
         def noisy(self, state: Any, event: Any, **kwargs: Any) -> None:
             asked.append("noisy")
 
-    kept.states["off"]["go"](Obj(), None, None, {})
+    kept.states["off"]["go"](Obj(), None, None)
     assert asked == ["check"]
 
 

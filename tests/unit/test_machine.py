@@ -278,8 +278,8 @@ def test_a_minimal_machine_with_a_plain_prelude_free_trigger_compiles() -> None:
             flips.append(self.state.name)
 
     switch = Switch()
-    switch.state.calls["press"](switch, None, None, {})
-    switch.state.calls["press"](switch, None, None, {})
+    switch.state.calls["press"](switch, None, None)
+    switch.state.calls["press"](switch, None, None)
     assert flips == ["off", "on"]
     assert switch.state.name == "off"
 
@@ -591,7 +591,7 @@ def test_a_rejecting_cell_does_not_need_an_event_with_a_type() -> None:
         state_attr="state",
     )
     with pytest.raises(IllegalTransitionError, match=r"^release is not allowed on object: it is "):
-        compiled.initial.calls["release"](object(), None, None, {})
+        compiled.initial.calls["release"](object(), None, None)
 
 
 def test_hooks_after_a_gate_prelude_get_the_calls_keyword_arguments() -> None:
@@ -675,7 +675,7 @@ def test_a_guard_without_a_prelude_is_asked_about_the_calls_event() -> None:
             return bool(event == "go")
 
     switch = Switch()
-    switch.state.calls["press"](switch, None, "wait", {})
+    switch.state.calls["press"](switch, None, "wait")
     assert switch.state.name == "off"
-    switch.state.calls["press"](switch, None, "go", {})
+    switch.state.calls["press"](switch, None, "go")
     assert (switch.state.name, asked) == ("on", ["wait", "go"])

@@ -135,7 +135,7 @@ def test_a_stage_forwarding_events_while_finalizing_is_caught() -> None:
     assert failures["STT3"].evidence == (
         "initialize [initialize_modifiers=true] / initialize_modifiers -> initialized",
         "begin_finalize -> finalizing",
-        "update / forward_event -> finalizing",
+        "update / deliver -> finalizing",
     )
 
 
