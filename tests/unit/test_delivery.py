@@ -185,3 +185,112 @@ def test_a_stage_reads_the_next_modifier_cell_after_an_earlier_hook_moved_it() -
     stage.initialize(State())
     stage.update_event(State(), Event(EventType.BATCH_START, global_step=6))
     assert victim.log == [("start", 6)]
+
+
+@attrs.define(eq=False)
+class OwnStage(StageModifiers):
+    """A stage class that overrides ``update_event``: the session must call it."""
+
+    seen: list[tuple[Any, ...]] = attrs.field(factory=list)
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append((state, event.type_.value, event.global_step, dict(kwargs)))
+        super().update_event(state, event, **kwargs)
+
+
+class PlainOwnStage(StageModifiers):
+    """The same, without ``@attrs.define`` (instances have a ``__dict__``)."""
+
+    seen: list[tuple[Any, ...]]
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append((state, event.type_.value, event.global_step, dict(kwargs)))
+        super().update_event(state, event, **kwargs)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("kind", [OwnStage, PlainOwnStage])
+def test_a_stage_that_overrides_update_event_gets_every_event_with_its_arguments(
+    route: str, kind: type[StageModifiers]
+) -> None:
+    modifier = Moving(start=1)
+    stage = kind([modifier], group="own")
+    if kind is PlainOwnStage:
+        stage.seen = []  # type: ignore[attr-defined]
+    session, extra = ROUTES[route]()
+    session.initialize(recipe=[stage], **extra)
+    session.batch_start(note=7)
+    session.optim_pre_step()
+    session.optim_post_step()
+    session.batch_end()
+    session.batch_start()
+    state = session.state
+    assert stage.seen == [  # type: ignore[attr-defined]
+        (state, "batch_start", 0, {"note": 7}),
+        (state, "optim_pre_step", 0, {}),
+        (state, "optim_post_step", 1, {}),
+        (state, "batch_end", 1, {}),
+        (state, "batch_start", 1, {}),
+    ]
+    assert modifier.log == [("start", 1)]  # and the events went on to its modifiers
+
+
+@pytest.mark.parametrize(
+    ("saved", "built", "same"),
+    [
+        (True, True, True),
+        (1, True, False),  # equal, but not the same type
+        (1.0, 1, False),
+        ([1, [2, "a"]], [1, [2, "a"]], True),
+        ([1, [2, "a"]], [1, [2, "b"]], False),
+        ([1, 2], [1, 2, 3], False),
+        ({"a": 1, "b": [2]}, {"a": 1, "b": [2]}, True),
+        ({"a": 1, "b": [2]}, {"a": 1, "b": [3]}, False),  # same keys, another value
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ({"a": 1, "c": 2}, {"a": 1, "b": 2}, False),
+        (None, None, True),
+    ],
+)
+def test_saved_arguments_must_equal_the_recipe_with_the_same_types(
+    saved: Any, built: Any, same: bool
+) -> None:
+    from modfsm.engine.loop.session import _identical
+
+    assert _identical(saved, built) is same
+
+
+def test_a_tensor_argument_is_not_the_bool_it_equals() -> None:
+    import torch
+
+    from modfsm.engine.loop.session import _identical
+
+    assert not _identical(torch.tensor(1.0), True)
+
+
+def test_stage_and_session_cells_call_the_class_functions_resolved_when_it_was_made() -> None:
+    # The stage's update cell is its declared hook itself: StageModifiers.deliver.
+    table = StageModifiers.__compiled_stage__.states["initialized"]
+    assert table[EventType.LOSS_CALCULATED] is StageModifiers.deliver
+    assert SpiedStage.__compiled_stage__.states["initialized"][EventType.BATCH_END] is (
+        SpiedStage.deliver
+    )
+    # A hook assigned to Session afterwards is not seen by its (slotted) instances ...
+    absorbed: list[str] = []
+
+    def spy(self: Session, state: State, event: Event, **kwargs: Any) -> None:
+        absorbed.append(event.type_.value)
+
+    class Loose(Session):
+        """Written without @attrs.define: instances have a __dict__."""
+
+    session = Session()
+    session.initialize(recipe=[])
+    with mock.patch.object(Session, "absorb", spy):
+        session.batch_start()
+        assert absorbed == []
+        # ... but by those of a subclass written without @attrs.define (they may hold
+        # hooks of their own, so their cells look the hooks up at each call).
+        plain = Loose()
+        plain.initialize(recipe=[])
+        plain.batch_start()
+    assert absorbed == ["batch_start"]
