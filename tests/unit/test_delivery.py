@@ -14,6 +14,7 @@ import pytest
 from modfsm.engine import Event, EventType, LifecycleState, Modifier, State
 from modfsm.engine.loop.session import Session
 from modfsm.engine.runtime.stage import StageModifiers
+from modfsm.engine.tools.replay import verify
 
 
 @attrs.define(eq=False)
@@ -294,3 +295,35 @@ def test_stage_and_session_cells_call_the_class_functions_resolved_when_it_was_m
         plain.initialize(recipe=[])
         plain.batch_start()
     assert absorbed == ["batch_start"]
+
+
+def test_the_session_runs_each_stage_cell_directly_not_through_update_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A speed path that changes nothing observable: pinned here, since the differential
+    # tests cannot tell it from the update_event call it saves.
+    session = Session()
+    session.initialize(recipe=[Moving(start=0)])
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("StageModifiers.update_event was called")
+
+    monkeypatch.setattr(StageModifiers, "update_event", refuse)
+    _step(session)
+    assert session.global_step == 1
+
+
+def test_a_schedule_that_is_not_a_finite_number_is_traced_as_its_repr() -> None:
+    import math
+
+    modifier = Quiet(start=0)
+    session = Session()
+    session.initialize(recipe=[modifier], trace=True)
+    object.__setattr__(modifier, "end", math.inf)
+    _step(session)
+    assert session.trace is not None
+    calls = [r for r in session.trace.records if r.get("kind") == "call"]
+    assert calls[1]["schedules"] == {
+        "default_stage.0": {"start": 0, "end": "inf", "default_guards": True}
+    }
+    assert verify(session.trace.records).ok
