@@ -327,3 +327,73 @@ def test_a_schedule_that_is_not_a_finite_number_is_traced_as_its_repr() -> None:
         "default_stage.0": {"start": 0, "end": "inf", "default_guards": True}
     }
     assert verify(session.trace.records).ok
+
+
+def test_a_stage_runs_each_modifier_cell_directly_not_through_update_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = Session()
+    session.initialize(recipe=[Moving(start=0)])
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Modifier.update_event was called")
+
+    monkeypatch.setattr(Modifier, "update_event", refuse)
+    _step(session)
+    assert session.global_step == 1
+
+
+def test_update_event_assigned_to_a_class_during_a_run_gets_the_next_events() -> None:
+    @attrs.define(eq=False)
+    class Later(Moving):
+        pass
+
+    seen: list[str] = []
+    base = Modifier.update_event
+
+    def record(self: Modifier, state: State, event: Event, **kwargs: Any) -> None:
+        seen.append(event.type_.value)
+        base(self, state, event, **kwargs)
+
+    session = Session()
+    session.initialize(recipe=[Later(start=0)])
+    _step(session)
+    with mock.patch.object(Later, "update_event", record):
+        session.batch_start()
+    session.loss_calculated()
+    assert seen == ["batch_start"]
+
+
+def test_a_modifier_whose_lifecycle_lacks_the_event_refuses_it_naming_the_event() -> None:
+    from modfsm.engine.kernel.declaration import Declaration, StateSpec, TriggerSpec
+    from modfsm.engine.kernel.errors import ConfigTypeError
+
+    @attrs.define(eq=False)
+    class Elsewhere(Modifier):
+        __lifecycle__ = Declaration(
+            name="delivery-test-elsewhere",
+            flags=("initialized", "started", "ended", "finalized"),
+            states=(
+                StateSpec(
+                    "on", {"initialized": True, "started": True, "ended": False, "finalized": False}
+                ),
+            ),
+            initial="on",
+            guards=(),
+            hooks=(),
+            triggers=(TriggerSpec("initialize", "initialize"), TriggerSpec("go", "go")),
+            event_triggers={"go": "go"},
+            transitions=(
+                {"trigger": "initialize", "source": "on", "dest": None},
+                {"trigger": "go", "source": "on", "dest": None},
+            ),
+            rejections=(),
+        )
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+    stage = StageModifiers([Elsewhere()])
+    event = Event(EventType.LOSS_CALCULATED, global_step=2)
+    with pytest.raises(ConfigTypeError, match=r"got Event\(type_=<EventType.LOSS_CALCULATED"):
+        stage.deliver(State(), event)
