@@ -397,3 +397,20 @@ def test_a_modifier_whose_lifecycle_lacks_the_event_refuses_it_naming_the_event(
     event = Event(EventType.LOSS_CALCULATED, global_step=2)
     with pytest.raises(ConfigTypeError, match=r"got Event\(type_=<EventType.LOSS_CALCULATED"):
         stage.deliver(State(), event)
+
+
+def test_a_slotted_class_cells_are_its_functions_and_its_route_is_its_table() -> None:
+    # Speed paths that change nothing observable, pinned: a one-hook cell is the class's
+    # hook function, and a class that keeps update_event is delivered its table itself.
+    table = Moving.__compiled_lifecycle__.states["started"]
+    assert table[EventType.LOSS_CALCULATED] is Moving.on_update
+    assert table.route is table
+
+    @attrs.define(eq=False)
+    class Own(Moving):
+        def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+            super().update_event(state, event, **kwargs)
+
+    own = Own.__compiled_lifecycle__.states["started"]
+    assert own.route is not own
+    assert set(own.route) == set(own)
