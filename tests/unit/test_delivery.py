@@ -414,3 +414,75 @@ def test_a_slotted_class_cells_are_its_functions_and_its_route_is_its_table() ->
     own = Own.__compiled_lifecycle__.states["started"]
     assert own.route is not own
     assert set(own.route) == set(own)
+
+
+@attrs.define(eq=False)
+class Watchful(Modifier):
+    """Records the state each on_event gets, and whether should_start was asked."""
+
+    states: list[Any] = attrs.field(factory=list)
+    asked: list[float] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.states.append(state)
+
+    def should_start(self, event: Event) -> bool:
+        self.asked.append(event.current_index)
+        return False
+
+
+def test_a_guarded_resolved_cell_passes_the_state_to_its_prelude_and_asks_its_guard() -> None:
+    modifier = Watchful(start=3)
+    state = State()
+    modifier.initialize(state)
+    modifier.update_event(state, Event(EventType.BATCH_START, global_step=1))
+    assert modifier.states == [state]
+    assert modifier.asked == [0, 1]  # at initialize, then for the event
+
+
+def test_a_resolved_guarded_cell_with_one_hook_and_no_move_still_asks_its_guard() -> None:
+    from modfsm.engine.kernel.compiler import compile_machine, specialize
+    from modfsm.engine.kernel.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
+
+    machine = compile_machine(
+        Declaration(
+            name="delivery-test-guarded-stay",
+            flags=("on",),
+            states=(StateSpec("off", {"on": False}),),
+            initial="off",
+            guards=("check",),
+            hooks=(HookSpec("noisy"),),
+            triggers=(TriggerSpec("go", "go", None, "go"),),
+            event_triggers={"go": "go"},
+            transitions=(
+                {
+                    "trigger": "go",
+                    "source": "off",
+                    "dest": None,
+                    "conditions": "check",
+                    "before": "noisy",
+                },
+                {"trigger": "go", "source": "off", "dest": None, "unless": "check"},
+            ),
+            rejections=(),
+        ),
+        state_attr="_lc",
+    )
+    calls: list[str] = []
+
+    class Obj:
+        __slots__ = ()
+
+        def check(self, event: Any) -> bool:
+            calls.append("check")
+            return False
+
+        def noisy(self, state: Any, event: Any, **kwargs: Any) -> None:
+            calls.append("noisy")
+
+    resolved = specialize(machine, noop_hooks=frozenset(), owner=Obj)
+    resolved.states["off"]["go"](Obj(), None, None)
+    assert calls == ["check"]

@@ -501,3 +501,21 @@ def test_compiled_and_specialized_machines_keep_the_plans_their_cells_run() -> N
     assert quiet.cell_plans[("off", "go")].when_true is not None
     assert quiet.cell_plans[("off", "go")].when_true.hooks == ()
     assert quiet.plans == machine.plans  # the declared plans, as declared
+
+
+def test_a_hook_only_the_new_lifecycle_calls_recompiles_when_assigned() -> None:
+    @attrs.define
+    class Swapped(NoopModifier):
+        def check(self, event: Event) -> bool:
+            return True
+
+        def noisy(self, state: State, event: Event, **kwargs: Any) -> None:
+            pass
+
+    Swapped.__lifecycle__ = _guarded("elision-test-swapped")
+    Swapped.noisy = _another_noisy  # type: ignore[method-assign]
+    assert Swapped.__compiled_lifecycle__.declaration.name == "elision-test-swapped"
+
+
+def _another_noisy(self: Any, state: State, event: Event, **kwargs: Any) -> None:
+    pass
