@@ -445,32 +445,9 @@ def test_a_guarded_resolved_cell_passes_the_state_to_its_prelude_and_asks_its_gu
 
 def test_a_resolved_guarded_cell_with_one_hook_and_no_move_still_asks_its_guard() -> None:
     from modfsm.engine.kernel.compiler import compile_machine, specialize
-    from modfsm.engine.kernel.declaration import Declaration, HookSpec, StateSpec, TriggerSpec
+    from tests.unit.test_elision import _guarded  # go: noisy when check holds, else stay
 
-    machine = compile_machine(
-        Declaration(
-            name="delivery-test-guarded-stay",
-            flags=("on",),
-            states=(StateSpec("off", {"on": False}),),
-            initial="off",
-            guards=("check",),
-            hooks=(HookSpec("noisy"),),
-            triggers=(TriggerSpec("go", "go", None, "go"),),
-            event_triggers={"go": "go"},
-            transitions=(
-                {
-                    "trigger": "go",
-                    "source": "off",
-                    "dest": None,
-                    "conditions": "check",
-                    "before": "noisy",
-                },
-                {"trigger": "go", "source": "off", "dest": None, "unless": "check"},
-            ),
-            rejections=(),
-        ),
-        state_attr="_lc",
-    )
+    machine = compile_machine(_guarded("delivery-test-guarded-stay"), state_attr="_lc")
     calls: list[str] = []
 
     class Obj:
