@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py
 	# torch first and pinned: the local CPU wheel. An unpinned torch would
 	# pull several GB of CUDA packages from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,diagrams]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,diagrams,accelerate,transformers,lightning]'
 	touch $(STAMP)
 
 demo: $(STAMP)

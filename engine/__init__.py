@@ -10,7 +10,7 @@ from modfsm.engine.kernel.errors import (
 )
 from modfsm.engine.model.events import Event, EventType
 from modfsm.engine.model.lifecycle import LIFECYCLE, LifecycleState
-from modfsm.engine.model.state import Data, Hardware, LoggerManager, State
+from modfsm.engine.model.state import Data, Hardware, LoggerManager, ModifiedState, State
 from modfsm.engine.runtime.modifier import Modifier, ModifierInterface, handles
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "LifecycleError",
     "LifecycleState",
     "LoggerManager",
+    "ModifiedState",
     "Modifier",
     "ModifierInterface",
     "State",

@@ -3,12 +3,20 @@
 * :class:`~modfsm.modifiers.pruning.ConstantPruningModifier` keeps a sparsity pattern;
 * :class:`~modfsm.modifiers.pruning.MagnitudePruningModifier` prunes gradually by magnitude;
 * :class:`~modfsm.modifiers.quantization.QuantizationModifier` trains with fake quantization
-  (or calibrates once) and exports integer weights.
+  (or calibrates once) and exports integer weights;
+* :class:`~modfsm.modifiers.distillation.OutputDistillationModifier` trains the model toward
+  a teacher's layer outputs (it replaces the loss).
 
 Experimental modifiers live in :mod:`modfsm.modifiers.experimental`.
 """
 
+from modfsm.modifiers.distillation import OutputDistillationModifier
 from modfsm.modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
 from modfsm.modifiers.quantization import QuantizationModifier
 
-__all__ = ["ConstantPruningModifier", "MagnitudePruningModifier", "QuantizationModifier"]
+__all__ = [
+    "ConstantPruningModifier",
+    "MagnitudePruningModifier",
+    "OutputDistillationModifier",
+    "QuantizationModifier",
+]

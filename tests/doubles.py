@@ -142,3 +142,40 @@ def apply(model: RecordingModifier | ReferenceModifier, call: Call) -> Outcome:
 def put_in_state(modifier: Modifier, state: CompiledState) -> None:
     """Place ``modifier`` directly in ``state`` (for cell-by-cell tests)."""
     object.__setattr__(modifier, "_lc", state)
+
+
+@attrs.define(eq=False)
+class WindowLog(Modifier):
+    """Logs its window's hooks with the counters they saw (``(hook or event, step,
+    batch)``); inside its window multiplies the loss by ``loss_factor``."""
+
+    loss_factor: float = 1.0
+    log: list[tuple[str, int, int]] = attrs.field(factory=list, init=False)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.log.append(("start", event.global_step, event.global_batch))
+
+    def on_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.log.append(("end", event.global_step, event.global_batch))
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.log.append((event.type_.name, event.global_step, event.global_batch))
+        if event.type_ is EventType.LOSS_CALCULATED and self.loss_factor != 1.0:
+            state.loss = state.loss * self.loss_factor
+
+
+def tiny_llama(seed: int = 0) -> Any:
+    """A ``LlamaForCausalLM`` of 32 tokens, 16 wide, one layer (skips without transformers)."""
+    import pytest
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config)

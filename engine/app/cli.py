@@ -16,8 +16,12 @@ message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -100,12 +104,49 @@ def _add_run(commands: Any) -> None:
         help="start again over the checkpoint (and trace) another run left; without it, "
         "a run refuses to replace them",
     )  # fmt: skip
+    run.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE (a module or package; the current folder is searched first) "
+        "before reading the recipe, and make its modifier classes available to it "
+        "(repeatable)",
+    )  # fmt: skip
+    run.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE"
+    )
+    loudness = run.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print nothing but errors (no summary, no progress bar, no warnings)",
+    )  # fmt: skip
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also log each modifier's window opening and closing (logger 'modfsm')",
+    )  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
-    from modfsm.engine.app.runner import RunConfig, format_summary, run
+    if args.json is not None and (problem := paths.file_problem(args.json)):
+        print(f"modfsm run: --json cannot be written: {problem}. To fix, pass a file in a "
+              "folder you can write to.", file=sys.stderr)  # fmt: skip
+        return 2
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    with _stderr_log(level):
+        return _run_logged(args)
+
+
+def _run_logged(args: argparse.Namespace) -> int:
+    from modfsm.engine.app.runner import RunConfig, format_summary, run, summary_data
+    from modfsm.engine.config.factory import ModifierFactory
     from modfsm.engine.kernel.errors import LifecycleError
 
+    if args.imports and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a local module, as `python -m` would find it
+    try:
+        for module in args.imports:
+            ModifierFactory.import_modifiers(module)
+    except LifecycleError as error:
+        print(f"modfsm run: {error}", file=sys.stderr)
+        return 2
     config = RunConfig(
         recipe=args.recipe,
         steps=args.steps,
@@ -121,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     try:
-        result = run(config, progress=sys.stderr.isatty())
+        result = run(config, progress=sys.stderr.isatty() and not args.quiet)
     except (LifecycleError, ModuleNotFoundError) as error:
         message = str(error)
         prefix = "" if message.startswith("modfsm run:") else "modfsm run: "
@@ -131,8 +172,42 @@ def _run(args: argparse.Namespace) -> int:
         print(f"modfsm run: {error.filename or ''}: {error.strerror}. To fix, check the path "
               "and its permissions.", file=sys.stderr)  # fmt: skip
         return 2
-    sys.stdout.write(format_summary(result))
+    if args.json is not None:
+        _write_atomically(args.json, json.dumps(summary_data(result), indent=2) + "\n")
+    if not args.quiet:
+        sys.stdout.write(format_summary(result))
     return 0
+
+
+@contextlib.contextmanager
+def _stderr_log(level: int) -> Iterator[None]:
+    """Show the ``modfsm`` logger's records from ``level`` on stderr while the command
+    runs (the logger is left as it was found afterwards)."""
+    logger = logging.getLogger("modfsm")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("modfsm: %(levelname)s: %(message)s"))
+    handler.setLevel(level)
+    was = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(was)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder: a reader sees the
+    old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -128,8 +128,10 @@ class RunConfig:
             raise _fail(
                 "steps", self.steps, f"--steps must be <= {limits.MAX_STEPS}, got {self.steps}."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
-            0 <= self.seed <= limits.MAX_SEED
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not (0 <= self.seed <= limits.MAX_SEED)
         ):
             raise _fail(
                 "seed", self.seed, f"--seed must lie in [0, {limits.MAX_SEED}], got {self.seed}."
@@ -193,9 +195,7 @@ class RunConfig:
                     f"--checkpoint cannot be written: {problem}. To fix, pass a folder you "
                     "can write to (it is created if missing).",
                 )
-            if (self.checkpoint / CHECKPOINT_NAME).exists() and not (
-                self.resume or self.overwrite
-            ):
+            if (self.checkpoint / CHECKPOINT_NAME).exists() and not (self.resume or self.overwrite):
                 raise _fail(
                     "checkpoint",
                     str(self.checkpoint),
@@ -807,6 +807,29 @@ def format_summary(result: RunResult) -> str:
     )
     lines += ["", f"final loss {result.final_loss:.4f}; weights sha256 {result.digest}"]
     return "\n".join(lines) + "\n"
+
+
+def summary_data(result: RunResult) -> dict[str, Any]:
+    """The summary as plain data (``modfsm run --json``): the same figures as
+    :func:`format_summary`, unrounded."""
+    config = result.config
+    return {
+        "recipe": None if config.recipe is None else str(config.recipe),
+        "steps": config.steps,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "device": config.device,
+        "model": result.model,
+        "steps_done": result.steps_done,
+        "stopped": result.stopped,
+        "final_loss": result.final_loss,
+        "modifiers": [attrs.asdict(row) for row in result.modifiers],
+        "layers": [{**attrs.asdict(row), "sparsity": row.sparsity} for row in result.layers],
+        "quantization": [attrs.asdict(row) for row in result.quantization],
+        "evaluations": [attrs.asdict(row) for row in result.evaluations],
+        "weights_sha256": result.digest,
+    }
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -343,8 +343,9 @@ class ModifierFactory:
         guess = f"Did you mean {', '.join(suggestions)}? " if suggestions else ""
         return UnknownModifierError(
             f"No modifier of type {type_!r} found. {guess}Known types: "
-            f"{', '.join(known) or 'none'}. To fix, use one of those names or register the "
-            "class with ModifierFactory.register().",
+            f"{', '.join(known) or 'none'}. To fix, use one of those names, or make your "
+            "class known (ModifierFactory.register(), an entry point of group "
+            f"{factory.entry_point_group!r}, or modfsm run --import MODULE).",
             type_=type_,
             suggestions=suggestions,
         )
@@ -434,6 +435,69 @@ class ModifierFactory:
             missing = _missing(modifier_class)
             raise refuse(f"{modifier_class.__qualname__} is abstract (missing {missing})")
         ModifierFactory._registered_registry[type_] = modifier_class
+
+    @staticmethod
+    def import_modifiers(module_name: str) -> tuple[str, ...]:
+        """Import the module (or package) ``module_name`` and register the modifier
+        classes it defines, as an entry point naming it would (for ``modfsm run --import``).
+
+        A class whose name a shipped, an entry point's or an already registered modifier
+        already has is refused, not shadowed. Returns the names registered.
+
+        Raises:
+            ModifierImportError: the module, or one under the package, failed to import.
+            ConfigError: it defines no modifier class, or one whose name is taken.
+        """
+        factory = ModifierFactory
+        if not factory._loaded:
+            factory.refresh()
+        where = f"--import {module_name}"
+        try:
+            importlib.import_module(module_name)
+        except Exception as error:
+            hint = (
+                "check the name, and run from the folder that holds it (the current folder "
+                "is searched first)"
+                if isinstance(error, ModuleNotFoundError) and error.name == module_name
+                else "repair that module"
+            )
+            wrapped = ModifierImportError(
+                f"{where}: the module failed to import ({type(error).__name__}: {error}). "
+                f"To fix, {hint}."
+            )
+            raise wrapped from error
+        before = dict(factory._errors)
+        found = factory._walk(module_name)
+        broken = [e for k, e in factory._errors.items() if k not in before or before[k] is not e]
+        if broken:
+            raise broken[0]
+        if not found:
+            raise ConfigError(
+                f"{where}: the module defines no modifier class (a concrete subclass of "
+                "modfsm.engine.Modifier whose name ends in 'Modifier'). To fix, import the "
+                "module that defines your modifiers.",
+                owner="modfsm run",
+                field="import",
+                value=module_name,
+            )
+        taken = {
+            **dict.fromkeys(factory._main_registry, "a shipped or entry-point modifier"),
+            **dict.fromkeys(factory._experimental_registry, "an experimental modifier"),
+            **dict.fromkeys(factory._registered_registry, "a registered modifier"),
+        }
+        for name, cls in sorted(found.items()):
+            known = factory._main_registry.get(name, factory._registered_registry.get(name))
+            if name in taken and known is not cls:
+                raise ConfigError(
+                    f"{where}: its class {name} has the name of {taken[name]}. To fix, "
+                    "rename your class.",
+                    owner="modfsm run",
+                    field="import",
+                    value=module_name,
+                )
+        for name, cls in found.items():
+            factory.register(name, cls)
+        return tuple(sorted(found))
 
     @staticmethod
     def known() -> dict[str, tuple[str, ...]]:

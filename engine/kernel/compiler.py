@@ -36,7 +36,12 @@ and the compiled table costs less than that logic; it is never on the hot path.
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
 import inspect
+import keyword
+import linecache
+import types
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -192,6 +197,7 @@ class CompiledMachine:
 
 _COMPILED: dict[str, CompiledMachine] = {}
 
+
 def compile_machine(declaration: Declaration, *, state_attr: str) -> CompiledMachine:
     """Validate ``declaration`` and compile it (once per declaration name).
 
@@ -249,7 +255,7 @@ def _names(value: Any, decl: Declaration, where: str) -> tuple[str, ...]:
 def _check_unique(decl: Declaration, where: str, names: Sequence[str]) -> None:
     seen: set[str] = set()
     for name in names:
-        if not isinstance(name, str) or not name.isidentifier():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise _fail(
                 decl, where, f"{name!r} is not a valid identifier", "use a method-like name"
             )
@@ -531,6 +537,7 @@ def specialize(
     key_filters: Mapping[str, frozenset[Hashable]] | None = None,
     into: CompiledMachine | None = None,
     owner: type | None = None,
+    observer: Observer | None = None,
 ) -> CompiledMachine:
     """A variant of ``machine`` for objects whose hooks in ``noop_hooks`` do nothing.
 
@@ -557,6 +564,9 @@ def specialize(
             their own (``__slots__``): the cells then call its hook and guard functions
             directly instead of looking them up on each object. Whoever assigns a hook to
             the class later must rebuild the variant (``into``).
+        observer: called as ``observer(obj, source, dest, event)`` (compiled states)
+            after every move the variant's cells commit, and after no other call: a
+            cell's branches that stay put pay nothing for it.
     """
     plans = {key: _elide(plan, noop_hooks, pure_guards) for key, plan in machine.plans.items()}
     if into is not None and into.declaration != machine.declaration:
@@ -572,7 +582,13 @@ def specialize(
                 if plan.when_true is not None:  # rejected and ignored cells stay as they are
                     key_plans[(state, key)] = _elide(plan, frozenset({hook}), pure_guards)
     built = _build(
-        decl, plans, machine.state_attr, None if into is None else into.states, key_plans, owner
+        decl,
+        plans,
+        machine.state_attr,
+        None if into is None else into.states,
+        key_plans,
+        owner,
+        observer,
     )
     return attrs.evolve(built, plans=machine.plans, cell_plans=plans, key_plans=key_plans)
 
@@ -602,6 +618,7 @@ def _build(
     into: Mapping[str, CompiledState] | None = None,
     key_plans: Mapping[tuple[str, Hashable], Plan] | None = None,
     owner: type | None = None,
+    observer: Observer | None = None,
 ) -> CompiledMachine:
     hooks = {h.name: h for h in decl.hooks}
     triggers = {t.name: t for t in decl.triggers}
@@ -633,17 +650,20 @@ def _build(
             cell = _ignore
         else:
             prelude = hooks[plan.prelude] if plan.prelude is not None else None
-            cell = _move_cell(plan, prelude, states, attr, owner)
+            watch = None if observer is None else (observer, states[state])
+            cell = _move_cell(plan, prelude, states, attr, owner, watch)
         states[state].calls[trigger] = cell
     for key, trigger in decl.event_triggers.items():
         for table in states.values():
             table[key] = table.calls[trigger]
-    built: dict[Plan, Cell] = {}
+    built: dict[tuple[Plan, str | None], Cell] = {}
     for (state, key), plan in (key_plans or {}).items():
-        if plan not in built:
+        shared = (plan, None if observer is None else state)  # an observer is told the source
+        if shared not in built:
             prelude = hooks[plan.prelude] if plan.prelude is not None else None
-            built[plan] = _move_cell(plan, prelude, states, attr, owner)
-        states[state][key] = built[plan]
+            watch = None if observer is None else (observer, states[state])
+            built[shared] = _move_cell(plan, prelude, states, attr, owner, watch)
+        states[state][key] = built[shared]
     return CompiledMachine(
         decl, states, states[decl.initial], dict(plans), allowed, attr, dict(plans)
     )
@@ -692,155 +712,161 @@ def _bad_gate_result(obj: Any, hook: str, value: Any) -> HookReturnError:
     )
 
 
-def _functions(owner: type | None, names: Sequence[str]) -> tuple[Callable[..., Any], ...] | None:
-    """``owner``'s plain functions for ``names``; None if one is anything else (a
+def _functions(owner: type | None, names: Sequence[str]) -> dict[str, Callable[..., Any]] | None:
+    """``owner``'s plain functions for ``names``, by name; None if one is anything else (a
     staticmethod, a callable object, a mock): such cells look the name up on each call."""
     if owner is None:
         return None
-    found = []
+    found: dict[str, Callable[..., Any]] = {}
     for name in names:
         function = inspect.getattr_static(owner, name, None)
         if not inspect.isfunction(function):
             return None
-        found.append(function)
-    return tuple(found)
+        found[name] = function
+    return found
 
 
-def _resolved_cell(
-    plan: Plan, prelude: HookSpec | None, states: Mapping[str, CompiledState], attr: str,
-    owner: type | None,
-) -> Cell | None:  # fmt: skip
-    """The cell of ``plan`` calling ``owner``'s functions directly (None: not possible).
+Observer: TypeAlias = "Callable[[Any, CompiledState, CompiledState, Any], None]"
+"""Told of every move a cell commits: ``observer(obj, source, dest, event)``."""
 
-    Only for cells without a gate: a notify prelude runs first, then the guard
-    picks the branch, its hooks run, and the state is committed, as in
-    :func:`_move_cell`.
+Watch: TypeAlias = "tuple[Observer, CompiledState] | None"
+"""An observer and the state a cell belongs to (None: no observer)."""
+
+Hook: TypeAlias = "tuple[str, Callable[..., Any] | None]"
+"""What a written-out cell calls: a declared name and the class's function for it (None:
+the name is looked up on the object at each call)."""
+
+
+@functools.cache
+def _code(text: str) -> types.CodeType:
+    """``text`` compiled (once per distinct text: the code is the same for every class),
+    named after it and kept in linecache, so a traceback through a cell shows its lines."""
+    filename = f"<modfsm cell {hashlib.sha1(text.encode()).hexdigest()[:12]}>"
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    return compile(text, filename, "exec")
+
+
+def _straight_cell(
+    attr: str,
+    watch: Watch,
+    notify: Hook | None,
+    decide: Hook | None,
+    when_true: tuple[Sequence[Hook], CompiledState | None],
+    when_false: tuple[Sequence[Hook], CompiledState | None],
+) -> Cell:
+    """A cell written out as straight-line code (as attrs writes ``__init__``): the
+    prelude, then the guard's branch — its hooks one call each — then the commit.
+
+    A hook given as a function is called directly (``f(obj, state, event)``); one
+    given as a name is looked up on the object at each call (``obj.name(state, event)``,
+    so an instance's own attribute or a method patched later is what runs). No loop
+    runs and no branch is tested that the plan does not have. The body is written
+    twice, with the keyword arguments and without: the same calls, a plain call
+    being the cheaper one in CPython. Computed once per class and plan.
     """
-    assert plan.when_true is not None
-    if prelude is not None and prelude.gate:
-        return None
-    first = () if prelude is None else (prelude.name,)
-    when_false = plan.when_false or plan.when_true
-    guard = _functions(owner, () if plan.guard is None else (plan.guard,))
-    found_t = _functions(owner, (*first, *plan.when_true.hooks))
-    found_f = _functions(owner, (*first, *when_false.hooks))
-    if guard is None or found_t is None or found_f is None:
-        return None
-    hooks_t, hooks_f = found_t, found_f
-    dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
-    dest_f = None if when_false.dest is None else states[when_false.dest]
-    set_state = object.__setattr__
-    if not guard and dest_t is None and len(hooks_t) == 1:
-        # The cell is the hook itself: cells and event hooks are called alike.
-        return hooks_t[0]
-    if not guard:
+    names: dict[str, Any] = {"set_state": object.__setattr__, "attr": attr}
+    if watch is not None:
+        names["observe"], names["source"] = watch
 
-        def unguarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-            for hook in hooks_t:
-                hook(obj, state, event, **kwargs)
-            if dest_t is not None:
-                set_state(obj, attr, dest_t)
+    # The cell's own names are these and "h_<hook>" (a hook's function) and "s_<state>" (a
+    # destination): hook and state names are identifiers (the declaration is checked).
+    def callee(hook: Hook) -> tuple[str, str]:
+        name, function = hook
+        if function is None:
+            return f"obj.{name}", ""
+        names[f"h_{name}"] = function
+        return f"h_{name}", "obj, "
 
-        return unguarded
-    (decide,) = guard
-    notify = None
-    if first:  # the prelude runs before the guard is asked
-        notify, hooks_t, hooks_f = hooks_t[0], hooks_t[1:], hooks_f[1:]
+    def branch(hooks: Sequence[Hook], dest: CompiledState | None, indent: str,
+               tail: str) -> list[str]:  # fmt: skip
+        lines = []
+        for hook in hooks:
+            function, first = callee(hook)
+            lines.append(f"{indent}{function}({first}state, event{tail})")
+        if dest is not None:
+            names[f"s_{dest.name}"] = dest
+            lines.append(f"{indent}set_state(obj, attr, s_{dest.name})")
+            if watch is not None:
+                lines.append(f"{indent}observe(obj, source, s_{dest.name}, event)")
+        return lines
 
-    def guarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+    def body(tail: str) -> list[str]:
+        lines = []
         if notify is not None:
-            notify(obj, state, event, **kwargs)
-        if decide(obj, event):
-            for hook in hooks_t:
-                hook(obj, state, event, **kwargs)
-            if dest_t is not None:
-                set_state(obj, attr, dest_t)
-        else:
-            for hook in hooks_f:
-                hook(obj, state, event, **kwargs)
-            if dest_f is not None:
-                set_state(obj, attr, dest_f)
+            function, first = callee(notify)
+            lines.append(f"        {function}({first}state, event{tail})")
+        if decide is None:
+            return lines + (branch(*when_true, "        ", tail) or ["        pass"])
+        function, first = callee(decide)
+        lines.append(f"        if {function}({first}event):")
+        lines += branch(*when_true, "            ", tail) or ["            pass"]
+        otherwise = branch(*when_false, "            ", tail)
+        return lines + (["        else:", *otherwise] if otherwise else [])
 
-    return guarded
+    text = "\n".join(["def cell(obj, state, event, /, **kwargs):", "    if kwargs:",
+                      *body(", **kwargs"), "    else:", *body("")])  # fmt: skip
+    exec(_code(text), names)  # our own text, built from a checked plan
+    cell: Cell = names["cell"]
+    return cell
 
 
 def _move_cell(
     plan: Plan, prelude: HookSpec | None, states: Mapping[str, CompiledState], attr: str,
     owner: type | None = None,
+    watch: Watch = None,
 ) -> Cell:  # fmt: skip
+    """The cell of ``plan``: prelude, guard, the chosen branch's hooks, commit (and the
+    observer of ``watch``, ``(observer, the cell's state)``, told of the move).
+
+    Where ``owner`` is a class whose hooks and guard are plain functions, the cell
+    calls them directly (and a cell that would only run one hook *is* that hook:
+    cells and event hooks are called alike); otherwise it looks them up by name on
+    the object at each call (instances with a ``__dict__`` may hold their own).
+    """
     assert plan.when_true is not None  # a non-rejection plan always has a branch
-    hooks_t = plan.when_true.hooks
-    dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
+    when_false = plan.when_false or Branch((), None)
     guard = plan.guard
-    hooks_f: tuple[str, ...] = ()
-    dest_f: CompiledState | None = None
-    if plan.when_false is not None:
-        hooks_f = plan.when_false.hooks
-        dest_f = None if plan.when_false.dest is None else states[plan.when_false.dest]
-    set_state = object.__setattr__
-    if prelude is None and guard is None and not hooks_t and dest_t is None:
+    dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
+    dest_f = None if when_false.dest is None else states[when_false.dest]
+    if prelude is None and guard is None and not plan.when_true.hooks and dest_t is None:
         return _ignore  # a row with no prelude, no hooks and no destination
-    resolved = _resolved_cell(plan, prelude, states, attr, owner)
-    if resolved is not None:
-        return resolved
-
-    # Three closures, specialised by prelude kind so the hot cells (event preludes)
-    # carry no branches they do not need. All run: prelude, guard, hooks, commit.
     if prelude is not None and prelude.gate:
-        gate_name = prelude.name
+        return _gated_cell(prelude.name, guard, plan, states, attr, watch)
+    first = () if prelude is None else (prelude.name,)
+    asked = () if guard is None else (guard,)
+    needed = (*first, *asked, *plan.when_true.hooks, *when_false.hooks)
+    functions = _functions(owner, needed) or {}
+    # A name is looked up on the object at each call unless the class's function was found.
+    find: dict[str, Hook] = {name: (name, functions.get(name)) for name in needed}
+    notify = None if prelude is None else find[prelude.name]
+    decide = None if guard is None else find[guard]
+    hooks_t = [find[name] for name in plan.when_true.hooks]
+    hooks_f = [find[name] for name in when_false.hooks]
+    only = hooks_t[0][1] if len(hooks_t) == 1 else None
+    if notify is None and decide is None and dest_t is None and only is not None:
+        return only  # the cell is the hook itself: cells and event hooks are called alike
+    return _straight_cell(attr, watch, notify, decide, (hooks_t, dest_t), (hooks_f, dest_f))
 
-        def gated(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-            result = getattr(obj, gate_name)(state, **kwargs)
-            if result is not True:
-                if result is False:
-                    return
-                raise _bad_gate_result(obj, gate_name, result)
-            if guard is None or getattr(obj, guard)(event):
-                hooks, dest = hooks_t, dest_t
-            else:
-                hooks, dest = hooks_f, dest_f
-            for name in hooks:
-                getattr(obj, name)(state, event, **kwargs)
-            if dest is not None:
-                set_state(obj, attr, dest)
 
-        return gated
+def _gated_cell(
+    gate_name: str, guard: str | None, plan: Plan, states: Mapping[str, CompiledState],
+    attr: str, watch: Watch,
+) -> Cell:  # fmt: skip
+    """A cell whose prelude is a gate (``initialize``/``finalize``): the gate's result
+    decides whether anything else runs; hooks are looked up by name (cold path)."""
+    assert plan.when_true is not None
+    when_false = plan.when_false or Branch((), None)  # read only when there is a guard
+    hooks_t, hooks_f = plan.when_true.hooks, when_false.hooks
+    dest_t = None if plan.when_true.dest is None else states[plan.when_true.dest]
+    dest_f = None if when_false.dest is None else states[when_false.dest]
+    set_state = object.__setattr__
 
-    if prelude is not None:
-        notify_name = prelude.name
-        if guard is None and not hooks_t and dest_t is None:
-
-            def notify_only(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-                getattr(obj, notify_name)(state, event, **kwargs)
-
-            return notify_only
-        if guard is None:
-
-            def notified(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-                getattr(obj, notify_name)(state, event, **kwargs)
-                for name in hooks_t:
-                    getattr(obj, name)(state, event, **kwargs)
-                if dest_t is not None:
-                    set_state(obj, attr, dest_t)
-
-            return notified
-
-        def notified_guarded(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-            getattr(obj, notify_name)(state, event, **kwargs)
-            if getattr(obj, guard)(event):
-                for name in hooks_t:
-                    getattr(obj, name)(state, event, **kwargs)
-                if dest_t is not None:
-                    set_state(obj, attr, dest_t)
-            else:
-                for name in hooks_f:
-                    getattr(obj, name)(state, event, **kwargs)
-                if dest_f is not None:
-                    set_state(obj, attr, dest_f)
-
-        return notified_guarded
-
-    def plain(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+    def gated(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
+        result = getattr(obj, gate_name)(state, **kwargs)
+        if result is not True:
+            if result is False:
+                return
+            raise _bad_gate_result(obj, gate_name, result)
         if guard is None or getattr(obj, guard)(event):
             hooks, dest = hooks_t, dest_t
         else:
@@ -849,5 +875,7 @@ def _move_cell(
             getattr(obj, name)(state, event, **kwargs)
         if dest is not None:
             set_state(obj, attr, dest)
+            if watch is not None:
+                watch[0](obj, watch[1], dest, event)
 
-    return plain
+    return gated

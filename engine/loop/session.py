@@ -26,6 +26,7 @@ the grammar, the counters and the resume contract.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -76,7 +77,7 @@ from modfsm.engine.model.session_grammar import (
     SessionState,
     completes_accumulation,
 )
-from modfsm.engine.model.state import Data, State
+from modfsm.engine.model.state import Data, ModifiedState, State
 from modfsm.engine.runtime.modifier import Modifier
 from modfsm.engine.runtime.stage import _COMPILED as _STAGE_MACHINE
 from modfsm.engine.runtime.stage import StageError, StageModifiers
@@ -86,6 +87,7 @@ __all__ = ["STATE_DICT_FORMAT", "Session", "SessionMismatchError", "active_sessi
 STATE_DICT_FORMAT: Final = "modfsm.session/1"
 
 _GRAMMAR: Final = compile_machine(SESSION_GRAMMAR, state_attr="_lc")
+_LOG: Final = logging.getLogger("modfsm")
 _COUNTS: Final = dict(COUNT_AFTER)
 _NO_COUNT: Final = (0, 0)
 _POSITIONS: Final = {member.value: member for member in SessionState}
@@ -174,9 +176,7 @@ class Session:
     _hook_handles: list[Any] = attrs.field(init=False, repr=False, factory=list)
     _seq: int = attrs.field(init=False, repr=False, default=0)
     _before: tuple[list[str], list[str]] | None = attrs.field(init=False, repr=False, default=None)
-    _traced_schedules: dict[str, dict[str, Any]] = attrs.field(
-        init=False, repr=False, factory=dict
-    )
+    _traced_schedules: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
     _arguments: dict[str, dict[str, Any]] = attrs.field(init=False, repr=False, factory=dict)
     _next_agreement: int = attrs.field(init=False, repr=False, default=_NEVER)
 
@@ -224,7 +224,7 @@ class Session:
         agree_every: int | None = 100,
         collective_timeout: float = DEFAULT_TIMEOUT_S,
         **kwargs: Any,
-    ) -> None:
+    ) -> ModifiedState:
         """Build the state and the recipe's stages, then initialize them (or resume).
 
         Args:
@@ -289,16 +289,25 @@ class Session:
         if self._resume is not None:
             saved, self._resume = self._resume, None
             object.__setattr__(self, "_lc", type(self).__grammar__.states[saved["position"]])
+        return self._modified()
 
-    def finalize(self, **kwargs: Any) -> None:
+    def finalize(self, **kwargs: Any) -> ModifiedState:
         """Finalize every stage, in order; remove the optimizer hooks; close the trace."""
         self._call("finalize", None, kwargs)
         if self.trace is not None:
             self.trace.close()
+        return self._modified()
+
+    def _modified(self) -> ModifiedState:
+        """The model, optimizer and loss as they are (no modifier data: lifecycle calls)."""
+        state = self.state
+        return ModifiedState(state.model, state.optimizer, state.loss, [])
 
     # --- loop events ---------------------------------------------------------------------------
 
-    def event(self, event_type: EventType | str, *, partial: bool = False, **kwargs: Any) -> None:
+    def event(
+        self, event_type: EventType | str, *, partial: bool = False, **kwargs: Any
+    ) -> ModifiedState:
         """Report ``event_type`` to the session (the callbacks below do this for theirs).
 
         Args:
@@ -306,6 +315,10 @@ class Session:
             partial: with ``OPTIM_PRE_STEP``, step before the accumulation is complete.
             **kwargs: ``batch_data=`` / ``loss=`` are stored on the state; everything
                 is passed to the modifiers' hooks.
+
+        Returns:
+            the model, optimizer and loss as the modifiers left them
+            (:class:`~modfsm.engine.model.state.ModifiedState`); so do the callbacks below.
         """
         kind = to_event_type(event_type)
         trigger = SESSION_GRAMMAR.event_triggers[kind]
@@ -319,29 +332,30 @@ class Session:
                     value=partial,
                 )
             trigger = "partial_step"
-        self._emit(kind, trigger, kwargs)
+        return self._emit(kind, trigger, kwargs)
 
-    def batch_start(self, batch_data: Any = None, **kwargs: Any) -> None:
+    def batch_start(self, batch_data: Any = None, **kwargs: Any) -> ModifiedState:
         """A batch begins (``batch_data`` is stored on the state)."""
-        self._emit(EventType.BATCH_START, "batch_start", kwargs, "batch_data", batch_data)
+        return self._emit(EventType.BATCH_START, "batch_start", kwargs, "batch_data", batch_data)
 
-    def loss_calculated(self, loss: Any = None, **kwargs: Any) -> None:
-        """The batch's loss is known (stored on the state)."""
-        self._emit(EventType.LOSS_CALCULATED, "loss_calculated", kwargs, "loss", loss)
+    def loss_calculated(self, loss: Any = None, **kwargs: Any) -> ModifiedState:
+        """The batch's loss is known (stored on the state). Train on the returned
+        ``loss``: a modifier may have replaced it (``state.loss``)."""
+        return self._emit(EventType.LOSS_CALCULATED, "loss_calculated", kwargs, "loss", loss)
 
-    def optim_pre_step(self, partial: bool = False, **kwargs: Any) -> None:
+    def optim_pre_step(self, partial: bool = False, **kwargs: Any) -> ModifiedState:
         """The optimizer is about to step (``partial=True``: before the accumulation completes)."""
-        self._emit(
+        return self._emit(
             EventType.OPTIM_PRE_STEP, "partial_step" if partial else "optim_pre_step", kwargs
         )
 
-    def optim_post_step(self, **kwargs: Any) -> None:
+    def optim_post_step(self, **kwargs: Any) -> ModifiedState:
         """The optimizer stepped."""
-        self._emit(EventType.OPTIM_POST_STEP, "optim_post_step", kwargs)
+        return self._emit(EventType.OPTIM_POST_STEP, "optim_post_step", kwargs)
 
-    def batch_end(self, **kwargs: Any) -> None:
+    def batch_end(self, **kwargs: Any) -> ModifiedState:
         """The batch is done."""
-        self._emit(EventType.BATCH_END, "batch_end", kwargs)
+        return self._emit(EventType.BATCH_END, "batch_end", kwargs)
 
     def _emit(
         self,
@@ -350,7 +364,7 @@ class Session:
         kwargs: dict[str, Any],
         key: str | None = None,
         value: Any = None,
-    ) -> None:
+    ) -> ModifiedState:
         """Fire ``trigger`` with the event ``kind`` carries (counters as of it).
 
         ``key``/``value``: the ``batch_data`` or ``loss`` a callback was given
@@ -370,13 +384,17 @@ class Session:
             self.global_step + steps,
             self.global_batch + batches,
         )
-        if self.trace is None:  # _call without the recording: the same cell
-            self._lc.calls[trigger](self, self.state, event, **kwargs)
-        else:
+        if self.trace is not None:
             self._call(trigger, event, kwargs)
+        elif kwargs:  # _call without the recording: the same cell
+            self._lc.calls[trigger](self, self.state, event, **kwargs)
+        else:  # the same call; a plain call is the cheaper one in CPython
+            self._lc.calls[trigger](self, self.state, event)
         if kind is _BATCH_END and self.global_step >= self._next_agreement:
             self._next_agreement = self._agreement_after(self.global_step)
             self._agree(f"the end of batch {self.global_batch} (step {self.global_step})")
+        state = self.state
+        return ModifiedState(state.model, state.optimizer, state.loss, state.modifier_data)
 
     # --- lockstep across ranks ----------------------------------------------------------------
 
@@ -578,6 +596,14 @@ class Session:
             global_batch=self.global_batch,
         )
         self._next_agreement = self._agreement_after(self.global_step)
+        if self.steps_per_epoch is not None:
+            _LOG.info(
+                "steps_per_epoch=%d: the modifiers' start, end and update are read in epochs "
+                "(epoch = optimizer step / %d). To schedule in optimizer steps, leave "
+                "steps_per_epoch unset.",
+                self.steps_per_epoch,
+                self.steps_per_epoch,
+            )
         return True
 
     def _connect(self, arguments: Mapping[str, Any]) -> Collective | None:
@@ -653,6 +679,8 @@ class Session:
                 field="wrap_optimizer",
                 value=True,
             )
+        if arguments["wrap_optimizer"]:
+            hookable_optimizer(arguments["optimizer"])  # refused before anything is built
         model, strategy = unwrap_model(arguments["model"])
         run_state = State(
             model=model,
@@ -695,8 +723,10 @@ class Session:
         return completes_accumulation(self, self.batches_per_step)
 
     def absorb(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Hook: keep the event, and the batch or loss it came with, on the state."""
+        """Hook: keep the event, and the batch or loss it came with, on the state; start
+        the event's ``modifier_data``."""
         state.last_event = event
+        state.modifier_data = []
         if "batch_data" in kwargs:
             state.batch_data = kwargs["batch_data"]
         if "loss" in kwargs:
@@ -718,8 +748,10 @@ class Session:
             cell = stage._lc.route.get(kind)
             if cell is None:  # not an event of its lifecycle: update_event says so
                 stage.update_event(state, event, **kwargs)
-            else:
+            elif kwargs:
                 cell(stage, state, event, **kwargs)
+            else:  # the same call; a plain call is the cheaper one in CPython
+                cell(stage, state, event)
 
     # The counter hooks commit the counters the event carries, by the grammar's
     # rules (modfsm.engine.model.session_grammar.COUNTER_HOOKS).
@@ -969,15 +1001,71 @@ class Session:
         def after_step(*_: Any) -> None:
             self._emit(_POST_STEP, "optim_post_step", {})  # optim_post_step()
 
+        hooked = hookable_optimizer(optimizer)
         self._hook_handles = [
-            optimizer.register_step_pre_hook(before_step),
-            optimizer.register_step_post_hook(after_step),
+            hooked.register_step_pre_hook(before_step),
+            hooked.register_step_post_hook(after_step),
         ]
 
     def _remove_optimizer_hooks(self) -> None:
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
+
+
+#: Optimizer wrappers ``wrap_optimizer`` sees through: (module prefix, class name prefix,
+#: the attribute holding the wrapped optimizer). accelerate's ``AcceleratedOptimizer`` (also
+#: what a transformers ``Trainer`` steps) and Lightning's ``LightningOptimizer`` call the
+#: torch optimizer's ``step`` only for a real step, so its hooks fire exactly then.
+KNOWN_OPTIMIZER_WRAPPERS: Final = (
+    ("accelerate.", "AcceleratedOptimizer", "optimizer"),
+    ("lightning.", "Lightning", "_optimizer"),
+    ("pytorch_lightning.", "Lightning", "_optimizer"),
+)
+
+
+def hookable_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer whose step hooks ``wrap_optimizer`` registers: ``optimizer``
+    itself, or the one inside the wrappers modfsm knows (:data:`KNOWN_OPTIMIZER_WRAPPERS`).
+
+    Raises:
+        ConfigError: ``optimizer`` is neither a torch optimizer with step hooks nor a
+            known wrapper of one.
+    """
+    import torch  # here: a session without wrap_optimizer never imports torch
+
+    current = optimizer
+    for _ in range(len(KNOWN_OPTIMIZER_WRAPPERS) + 1):
+        cls = type(current)
+        unwrap = next(
+            (
+                attribute
+                for module, name, attribute in KNOWN_OPTIMIZER_WRAPPERS
+                if any(
+                    k.__module__.startswith(module) and k.__name__.startswith(name)
+                    for k in cls.__mro__
+                )
+            ),
+            None,
+        )
+        if unwrap is not None and hasattr(current, unwrap):
+            current = getattr(current, unwrap)
+            continue
+        if isinstance(current, torch.optim.Optimizer) and hasattr(
+            current, "_optimizer_step_pre_hooks"
+        ):
+            return current
+        break
+    raise ConfigError(
+        f"Session.initialize: wrap_optimizer=True cannot hook {type(optimizer).__qualname__}: "
+        "it is not a torch.optim.Optimizer with step hooks, nor a wrapper modfsm knows "
+        "(accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer). To fix, pass "
+        "the torch optimizer it wraps, or drop wrap_optimizer and call optim_pre_step() and "
+        "optim_post_step() around each step.",
+        owner="Session",
+        field="optimizer",
+        value=type(optimizer).__qualname__,
+    )
 
 
 def _schedule(modifier: Modifier) -> dict[str, Any]:

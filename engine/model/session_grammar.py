@@ -67,7 +67,6 @@ COUNT_AFTER: Final = {
 }
 
 
-
 class Counters(Protocol):
     """What the counting rules read and write (a ``Session``, or a replay's copy)."""
 

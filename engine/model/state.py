@@ -13,7 +13,7 @@ import attrs
 
 from modfsm.engine.model.events import Event
 
-__all__ = ["Data", "Hardware", "LoggerManager", "State", "SystemLogger"]
+__all__ = ["Data", "Hardware", "LoggerManager", "ModifiedState", "State", "SystemLogger"]
 
 
 @attrs.define
@@ -94,6 +94,9 @@ class State:
         start_event: the event the run started at.
         last_event: the latest event of the loop (the session sets it for every
             event, whether or not a modifier receives it).
+        modifier_data: what the modifiers returned for the latest event (see
+            :class:`ModifiedState`); the session starts a new list for each event. Not
+            an argument of ``State()`` (whose arguments are the reference's).
     """
 
     model: Any = None
@@ -107,3 +110,30 @@ class State:
     loggers: LoggerManager = attrs.field(factory=LoggerManager)
     start_event: Event | None = None
     last_event: Event | None = None
+    modifier_data: list[Any] = attrs.field(factory=list, init=False)  # not the reference's
+
+
+@attrs.define
+class ModifiedState:
+    """What a session call returns: the model, optimizer and loss as the modifiers left
+    them (the reference's ``ModifiedState``).
+
+    A modifier that changes the loss (distillation, a regularizer) replaces
+    ``state.loss`` in its hook; the loop then trains on the returned ``loss``::
+
+        loss = session.loss_calculated(loss).loss
+        loss.backward()
+
+    Attributes:
+        model: ``state.model`` after the call.
+        optimizer: ``state.optimizer`` after the call.
+        loss: ``state.loss`` after the call (the loss given, unless a modifier replaced it).
+        modifier_data: the values, other than ``None``, that modifiers overriding
+            ``update_event`` returned for this event, in order (empty for every other
+            modifier, as in the reference, whose base ``update_event`` returns nothing).
+    """
+
+    model: Any = None
+    optimizer: Any = None
+    loss: Any = None
+    modifier_data: list[Any] = attrs.field(factory=list)

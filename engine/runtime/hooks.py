@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HOOK_TYPES", "ForwardWrapHandle", "Handle", "HooksMixin"]
+__all__ = ["HOOK_TYPES", "ForwardWrapHandle", "Handle", "HooksMixin", "output_tensor"]
 
 #: hook type -> (what it attaches to: "module" or "tensor", the torch method that registers it)
 HOOK_TYPES: Final = {
@@ -272,3 +272,27 @@ def _wrap_forward(
     handle.installed = MethodType(functools.wraps(original)(forward), module)
     module.__dict__["forward"] = handle.installed
     return handle
+
+
+def output_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a module's output stands for: the output itself, an output object's
+    ``logits`` (transformers' ``ModelOutput``), or the first tensor found in a tuple, list,
+    mapping or output object; None if it holds none."""
+    import torch  # here: importing the engine does not import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    items: Any = output
+    if hasattr(output, "to_tuple"):
+        items = output.to_tuple()
+    elif isinstance(output, Mapping):
+        items = list(output.values())
+    if isinstance(items, list | tuple):
+        for item in items:
+            found = output_tensor(item)
+            if found is not None:
+                return found
+    return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from math import inf, isfinite
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -297,8 +298,12 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
             cell = self._lc[event.type_]
         except (AttributeError, KeyError):
             raise not_an_event(self, event) from None
-        if cell is not IGNORE:  # it would do nothing: not even called
+        if cell is IGNORE:  # it would do nothing: not even called
+            return
+        if kwargs:
             cell(self, state, event, **kwargs)
+        else:  # the same call; a plain call is the cheaper one in CPython
+            cell(self, state, event)
 
     def finalize(self, state: State, **kwargs: Any) -> None:
         """Run ``on_finalize``; if it returns True, the modifier is finalized.
@@ -416,18 +421,19 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
         key_filters[hook.name] = types
     if into is not None and into.declaration != declaration:
         into = None
+    # The lifecycle's moves are logged where it has the reference's flags.
+    observer = _log_move if {"started", "ended", "finalized"} <= set(declaration.flags) else None
     if cls.__dictoffset__:  # instances have a __dict__, so one may be given its own hook
-        variant = specialize(compiled, noop_hooks=frozenset(), into=into)
+        variant = specialize(compiled, noop_hooks=frozenset(), into=into, observer=observer)
     else:
         variant = specialize(
             compiled,
             noop_hooks=frozenset(n for n, f in _NOOP_HOOKS.items() if getattr(cls, n, None) is f),
-            pure_guards=frozenset(
-                n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f
-            ),
+            pure_guards=frozenset(n for n, f in _PURE_GUARDS.items() if getattr(cls, n, None) is f),
             key_filters=key_filters,
             into=into,
             owner=cls,  # no instance can hold a hook of its own: call the class's functions
+            observer=observer,
         )
     if getattr(cls, "update_event", None) is not Modifier.update_event:
         # The class takes every event through its own update_event: a stage must call it.
@@ -436,10 +442,56 @@ def _compile_for(cls: type[Any], into: CompiledMachine | None = None) -> Compile
     return variant
 
 
-def _through_update_event(obj: Any, state: State, event: Event, /, **kwargs: Any) -> None:
-    """The route of every event, for a class that overrides ``update_event``: call it."""
-    obj.update_event(state, event, **kwargs)
+_LOG = logging.getLogger("modfsm")
 
+
+def _log_move(obj: Any, source: CompiledState, dest: CompiledState, event: Event | None) -> None:
+    """Observer of every modifier's moves (called only when its state changes): one INFO
+    line when its window opens or closes, one WARNING when it is finalized without its
+    scheduled window (``start`` set) ever having opened."""
+    was, now = source.flags, dest.flags
+    if now["finalized"]:
+        if not was["finalized"] and not now["started"] and obj.start is not None:
+            _LOG.warning(
+                "%s: finalized, but its window never opened (start=%s, end=%s). To fix, "
+                "check start/end against the steps the run took (and whether they are in "
+                "epochs).",
+                _who(obj),
+                obj.start,
+                obj.end,
+            )
+        return
+    opens = now["started"] and not was["started"]
+    closes = now["ended"] and not was["ended"]
+    if not (opens or closes) or not _LOG.isEnabledFor(logging.INFO):
+        return
+    where = "" if event is None else f" at {_position(event)}"
+    if opens:  # into a state already past its end (ended_unstarted -> ended): both at once
+        _LOG.info("%s: window opens%s%s", _who(obj), " and closes" if now["ended"] else "", where)
+    elif now["started"]:
+        _LOG.info("%s: window closes%s", _who(obj), where)
+    else:
+        _LOG.info("%s: window's end passed before it opened%s", _who(obj), where)
+
+
+def _who(obj: Any) -> str:
+    """How the log names a modifier: its id in the session, and its class."""
+    return f"modifier {obj.group}.{obj.index} ({type(obj).__name__})"
+
+
+def _position(event: Event) -> str:
+    """Where the run is, for the log: the step, and the epoch when schedules are in epochs."""
+    if event.steps_per_epoch is None:
+        return f"step {event.global_step}"
+    return f"step {event.global_step} (epoch {event.current_index:g})"
+
+
+def _through_update_event(obj: Any, state: State, event: Event, /, **kwargs: Any) -> None:
+    """The route of every event, for a class that overrides ``update_event``: call it.
+    What it returns, unless None, joins ``state.modifier_data`` (the session returns it)."""
+    data = obj.update_event(state, event, **kwargs)
+    if data is not None:
+        state.modifier_data.append(data)
 
 
 _Hook = TypeVar("_Hook", bound=Callable[..., Any])

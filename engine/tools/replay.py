@@ -666,5 +666,3 @@ def _describe(record: Mapping[str, Any]) -> str:
     guards = record.get("guards") or {}
     shown = f", guards {dict(guards)}" if guards else ""
     return f"{record.get('from')} -> {record.get('to')} with hooks {record.get('hooks')}{shown}"
-
-

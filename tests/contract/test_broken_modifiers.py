@@ -9,6 +9,7 @@ between calls). ``Shrink``, which each broken modifier breaks once, passes.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 
 from modfsm.engine import Modifier
@@ -214,3 +215,19 @@ def test_the_message_shows_the_modifier_the_check_and_the_run() -> None:
         "    initialize",
         "    finalize   <- here",
     ]
+
+
+def test_hypothesis_own_report_is_shown_only_when_pytest_is_verbose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modfsm.engine.tools.testing import plugin
+
+    monkeypatch.setattr(plugin, "PYTEST_VERBOSITY", [0])
+    with pytest.raises(ContractViolation) as quiet:
+        contract_for(ForgetsCount).check_resume()
+    assert quiet.value.__notes__ == ["(pytest -v also shows hypothesis' own report of it)"]
+    monkeypatch.setattr(plugin, "PYTEST_VERBOSITY", [1])
+    with pytest.raises(ContractViolation) as verbose:
+        contract_for(ForgetsCount).check_resume()
+    assert str(verbose.value) == str(quiet.value)  # the same headline and shrunk loop
+    assert any("Draw 1 (schedule)" in note for note in verbose.value.__notes__)

@@ -15,8 +15,10 @@ import torch
 
 from modfsm.engine import Modifier
 from modfsm.engine.tools.testing import ModifierContract, strategies
+from modfsm.modifiers.distillation import OutputDistillationModifier
 from modfsm.modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
 from modfsm.modifiers.quantization import QuantizationModifier
+from tests.doubles import tiny_llama
 
 
 def model_with_zeros() -> torch.nn.Module:
@@ -81,3 +83,43 @@ class TestQuantizationContract(ModifierContract):
     def make_calib_data(self) -> Any:
         generator = torch.Generator().manual_seed(7)
         return [torch.randn(4, 8, generator=generator) for _ in range(2)]
+
+
+def _teacher() -> torch.nn.Module:
+    """A wider teacher for the contract's default model (8 inputs, 4 outputs)."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+
+
+class TestOutputDistillationContract(ModifierContract):
+    """Inside its window the loss the loop trains on is the modifier's; outside it the
+    teacher is not even run."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return OutputDistillationModifier(
+            targets="2", comparison_args={"temperature": 2.0}, start=start, end=end
+        )
+
+    def make_teacher_model(self) -> torch.nn.Module:
+        return _teacher()
+
+
+class TestPruningOnATransformersModelContract(ModifierContract):
+    """A model called with keyword arguments (a dict batch) that returns an output object."""
+
+    max_examples = 8
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return MagnitudePruningModifier(
+            targets="re:.*proj", final_sparsity=0.5, update=1, start=start, end=end
+        )
+
+    def make_model(self) -> torch.nn.Module:
+        model: torch.nn.Module = tiny_llama()
+        return model
+
+    def make_batch(self, index: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(index))
+        return {"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+
+    holds_after_end = True

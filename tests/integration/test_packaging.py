@@ -100,7 +100,7 @@ def test_the_wheels_entry_points_are_under_modfsm(wheel: Path) -> None:
     assert "modfsm.modifiers" not in sections
 
 
-PROJECT_TEST = '''
+PROJECT_TEST = """
 import importlib
 
 from modfsm.engine import Event, EventType, Modifier, State
@@ -130,7 +130,7 @@ def test_modfsm_fixtures_work_here(modfsm_spy, modfsm_torch_hooks):
     assert [call.call for call in spy.calls] == ["initialize", "update_event"]
     assert modifier.lifecycle_state == "ended"
     assert modfsm_torch_hooks(__import__("torch").nn.Linear(1, 1)) == {}
-'''
+"""
 
 
 @pytest.mark.parametrize("pythonpath_dot", [False, True], ids=["plain", "PYTHONPATH=."])
@@ -151,7 +151,7 @@ def test_a_project_with_its_own_engine_and_modifiers_runs_its_tests(
     assert "2 passed" in done.stdout
 
 
-MODIFIERS = '''
+MODIFIERS = """
 import attrs
 
 from modfsm.engine import Modifier
@@ -163,9 +163,9 @@ class HelloModifier(Modifier):
 
     def on_initialize(self, state, **kwargs):
         return True
-'''
+"""
 
-SPECIAL = '''
+SPECIAL = """
 from modfsm.engine import Modifier
 
 
@@ -176,7 +176,7 @@ class SpecialModifier(Modifier):
 
 class NotAModifierAtAll:
     pass
-'''
+"""
 
 PLUGIN_PYPROJECT = """
 [build-system]
@@ -257,9 +257,7 @@ def test_a_modifier_declared_by_an_entry_point_is_found_by_name_from_a_recipe(
         "LostModifier: entry point 'broken' (brokenmods) of group 'modfsm.modifiers' failed to "
         "import (ImportError: a dependency is missing)."
     )
-    assert lines[2] == (
-        "['hellomods', 'hellomods.greet', 'hellomods.more', 'hellomods.special']"
-    )
+    assert lines[2] == ("['hellomods', 'hellomods.greet', 'hellomods.more', 'hellomods.special']")
     # The broken entry point is reported once, by name, though the factory loaded twice.
     warnings = [line for line in done.stderr.splitlines() if "failed to load" in line]
     assert len(warnings) == 1, done.stderr

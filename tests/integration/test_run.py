@@ -126,13 +126,18 @@ def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_one(
         assert format_summary(resumed).splitlines()[2:] == format_summary(short[0]).splitlines()[2:]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``modfsm run ARGS``; with ``cwd``, through the installed console script (whose
+    ``sys.path`` does not start with the current folder, unlike ``python -m``)."""
+    script = Path(sys.executable).parent / "modfsm"
+    command = [str(script)] if cwd is not None else [sys.executable, "-m", "modfsm.engine.app.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "modfsm.engine.app.cli", "run", *args],
+        [*command, "run", *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=300,
+        cwd=cwd,
     )
 
 
@@ -315,11 +320,15 @@ def test_a_resumed_run_appends_to_its_trace_which_then_verifies(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--checkpoint", "{file}"], "--checkpoint cannot be written: '{file}' is a file, not a "
-                                     "folder"),
+        (
+            ["--checkpoint", "{file}"],
+            "--checkpoint cannot be written: '{file}' is a file, not a folder",
+        ),
         (["--trace", "{folder}"], "--trace cannot be written: '{folder}' is a folder, not a file"),
-        (["--trace", "{file}/x.jsonl"], "--trace cannot be written: '{file}' is a file, not a "
-                                        "folder"),
+        (
+            ["--trace", "{file}/x.jsonl"],
+            "--trace cannot be written: '{file}' is a file, not a folder",
+        ),
         (["{folder}"], "recipe file '{folder}' is a folder"),
     ],
 )
@@ -345,3 +354,103 @@ def test_run_config_refuses_more_steps_than_the_most_before_any_work(tmp_path: P
     with pytest.raises(ConfigError, match=r"--steps must be <= 10000000, got 10000001"):
         config.check()
     assert not (tmp_path / "ck").exists()
+
+
+USER_MODULE = """
+from typing import Any
+
+import attrs
+
+from modfsm.engine import Event, Modifier, State
+
+
+@attrs.define
+class CountingModifier(Modifier):
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def on_update(self, state: State, event: Event, **kwargs: Any) -> None:
+        pass
+"""
+
+USER_RECIPE = """
+train_stage:
+  modifiers:
+    CountingModifier:
+      start: 2
+      end: 5
+"""
+
+
+def _user_folder(tmp_path: Path, module: str = USER_MODULE) -> Path:
+    (tmp_path / "mymods.py").write_text(module, encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(USER_RECIPE, encoding="utf-8")
+    return tmp_path
+
+
+def test_import_makes_a_local_modules_modifiers_available_and_json_writes_the_summary(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    folder = _user_folder(tmp_path)
+    args = ("recipe.yaml", "--steps", "6", "--import", "mymods", "--json", "out/run.json", "-v")
+    done = cli(*args, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "train_stage.0  CountingModifier  [2, 5)" in done.stdout
+    assert done.stderr.splitlines() == [
+        "modfsm: INFO: [stage] Modifiers initialized",
+        "modfsm: INFO: modifier train_stage.0 (CountingModifier): window opens at step 2",
+        "modfsm: INFO: modifier train_stage.0 (CountingModifier): window closes at step 5",
+        "modfsm: INFO: [stage] Modifiers finalized",
+    ]
+    summary = json.loads((folder / "out" / "run.json").read_text(encoding="utf-8"))
+    assert summary["modifiers"] == [
+        {"id": "train_stage.0", "type": "CountingModifier", "window": "[2, 5)",
+         "state": "finalized_ended"},
+    ]  # fmt: skip
+    assert (summary["steps_done"], summary["stopped"]) == (6, False)
+    assert summary["weights_sha256"] in done.stdout
+    assert [row["name"] for row in summary["layers"]] == ["fc1", "fc2", "fc3"]
+    assert not list((folder / "out").glob(".*"))  # no temporary file left
+
+
+def test_quiet_prints_nothing_and_the_default_shows_warnings_only(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path)
+    quiet = cli("recipe.yaml", "--steps", "6", "--import", "mymods", "-q", cwd=folder)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    early = cli("recipe.yaml", "--steps", "2", "--import", "mymods", cwd=folder)
+    assert early.returncode == 0, early.stderr
+    assert early.stderr == (
+        "modfsm: WARNING: modifier train_stage.0 (CountingModifier): finalized, but its "
+        "window never opened (start=2, end=5). To fix, check start/end against the steps "
+        "the run took (and whether they are in epochs).\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (None, "--import nosuch: the module failed to import (ModuleNotFoundError: No module "
+               "named 'nosuch'). To fix, check the name, and run from the folder that holds "
+               "it (the current folder is searched first)."),
+        ("raise RuntimeError('boom')\n", "--import mymods: the module failed to import "
+                                         "(RuntimeError: boom). To fix, repair that module."),
+        ("X = 1\n", "--import mymods: the module defines no modifier class"),
+        ("from modfsm.modifiers.pruning import MagnitudePruningModifier as M\n"
+         "class MagnitudePruningModifier(M):\n    pass\n",
+         "--import mymods: its class MagnitudePruningModifier has the name of a shipped or "
+         "entry-point modifier. To fix, rename your class."),
+    ],
+    ids=["missing", "raises", "empty", "shadows"],
+)  # fmt: skip
+def test_a_failed_import_exits_2_naming_the_module(
+    tmp_path: Path, module: str | None, message: str
+) -> None:
+    folder = _user_folder(tmp_path, module or "")
+    name = "nosuch" if module is None else "mymods"
+    done = cli("recipe.yaml", "--steps", "6", "--import", name, "--json", "s.json", cwd=folder)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"modfsm run: {message}"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (folder / "s.json").exists()

@@ -463,3 +463,41 @@ def test_a_resolved_guarded_cell_with_one_hook_and_no_move_still_asks_its_guard(
     resolved = specialize(machine, noop_hooks=frozenset(), owner=Obj)
     resolved.states["off"]["go"](Obj(), None, None)
     assert calls == ["check"]
+
+
+class Foreign:
+    """An event of no declared type: no table has a cell for it."""
+
+    type_ = "custom"
+    global_step = 0
+
+
+@attrs.define(eq=False)
+class RawStage(StageModifiers):
+    seen: list[tuple[Any, ...]] = attrs.field(factory=list)
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append((state, event, kwargs))
+
+
+@attrs.define(eq=False)
+class RawModifier(Modifier):
+    seen: list[tuple[Any, ...]] = attrs.field(factory=list)
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        return True
+
+    def update_event(self, state: State, event: Event, **kwargs: Any) -> None:
+        self.seen.append((state, event, kwargs))
+
+
+def test_an_event_without_a_cell_reaches_update_event_with_all_its_arguments() -> None:
+    modifier = RawModifier()
+    stage = RawStage([modifier])
+    session = Session()
+    session.initialize(recipe=[stage])
+    state, event = session.state, Foreign()
+    session.send(state, event, note=7)  # type: ignore[arg-type]
+    assert stage.seen == [(state, event, {"note": 7})]
+    stage.deliver(state, event, note=8)  # type: ignore[arg-type]
+    assert modifier.seen == [(state, event, {"note": 8})]

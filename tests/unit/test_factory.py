@@ -344,8 +344,9 @@ def test_unknown_names_the_type_and_the_fix_for_each_reason(
     nothing_close = factory.unknown("Zzz", False, False)
     assert str(nothing_close) == (
         "No modifier of type 'Zzz' found. Known types: AlphaModifier, DeepModifier, "
-        "NeedsTargetsModifier. To fix, use one of those names or register the class with "
-        "ModifierFactory.register()."
+        "NeedsTargetsModifier. To fix, use one of those names, or make your class known "
+        f"(ModifierFactory.register(), an entry point of group {GROUP!r}, or modfsm "
+        "run --import MODULE)."
     )
     assert (nothing_close.type_, nothing_close.suggestions) == ("Zzz", ())
 

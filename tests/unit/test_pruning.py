@@ -212,17 +212,23 @@ def _saved_state() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        (lambda s: s.pop("sparsity"),
-         r"its keys are \['masks'\], expected \['masks', 'sparsity'\]"),
+        (
+            lambda s: s.pop("sparsity"),
+            r"its keys are \['masks'\], expected \['masks', 'sparsity'\]",
+        ),
         (lambda s: s.__setitem__("sparsity", 1.5), r"sparsity 1.5 is not a fraction in \[0, 1\)"),
         (lambda s: s.__setitem__("sparsity", True), r"sparsity True is not a fraction"),
         (lambda s: s.__setitem__("masks", [1]), r"masks is a list, not a dict of layer name"),
         (lambda s: s["masks"].popitem(), r"masks are saved for \['0'\], but the target layers"),
         (lambda s: s.__setitem__("masks", {}), r"no masks are saved, but the window is open"),
-        (lambda s: s["masks"].__setitem__("0", s["masks"]["0"].float()),
-         r"the mask of '0' is not a bool tensor"),
-        (lambda s: s["masks"].__setitem__("0", torch.ones(3, 3, dtype=torch.bool)),
-         r"the mask of '0' has shape \(3, 3\), not \(16, 8\)"),
+        (
+            lambda s: s["masks"].__setitem__("0", s["masks"]["0"].float()),
+            r"the mask of '0' is not a bool tensor",
+        ),
+        (
+            lambda s: s["masks"].__setitem__("0", torch.ones(3, 3, dtype=torch.bool)),
+            r"the mask of '0' has shape \(3, 3\), not \(16, 8\)",
+        ),
     ],
 )
 def test_a_saved_state_that_does_not_fit_is_refused_naming_what(

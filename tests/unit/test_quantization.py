@@ -412,13 +412,19 @@ def test_saved_observers_for_other_layers_are_refused() -> None:
     [
         ({"observers": {}}, r"its keys are \['observers'\], expected observers, observing"),
         ({"observers": {}, "observing": 1}, "observing is 1, not true or false"),
-        ({"observers": {}, "observing": False},
-         r"observing is False, but the modifier is 'started' \(it observes exactly while its "
-         r"window is open, unless start is -1\)"),
-        ({"observers": {}, "observing": True},
-         r"the observers of target layers \['0', '2'\] are not saved \(\['0', '2'\]\)"),
-        ({"observers": [], "observing": True},
-         "observers is not a dict of layer name to observer state"),
+        (
+            {"observers": {}, "observing": False},
+            r"observing is False, but the modifier is 'started' \(it observes exactly while its "
+            r"window is open, unless start is -1\)",
+        ),
+        (
+            {"observers": {}, "observing": True},
+            r"the observers of target layers \['0', '2'\] are not saved \(\['0', '2'\]\)",
+        ),
+        (
+            {"observers": [], "observing": True},
+            "observers is not a dict of layer name to observer state",
+        ),
     ],
 )
 def test_a_saved_state_of_another_shape_is_refused(saved: dict[str, Any], problem: str) -> None:

@@ -307,6 +307,49 @@ def test_wrap_optimizer_needs_an_optimizer() -> None:
         Session().initialize(wrap_optimizer=True)
 
 
+class Wrapper:
+    """An optimizer wrapper modfsm does not know (it only forwards step())."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
+def test_wrap_optimizer_refuses_a_wrapper_it_does_not_know_before_building_anything() -> None:
+    model = torch.nn.Linear(2, 1)
+    wrapper = Wrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    session = Session()
+    with pytest.raises(ConfigError) as caught:
+        session.initialize(model=model, optimizer=wrapper, recipe=[EventLog(start=0)],
+                           wrap_optimizer=True)  # fmt: skip
+    assert str(caught.value) == (
+        "Session.initialize: wrap_optimizer=True cannot hook Wrapper: it is not a "
+        "torch.optim.Optimizer with step hooks, nor a wrapper modfsm knows (accelerate's "
+        "AcceleratedOptimizer, Lightning's LightningOptimizer). To fix, pass the torch "
+        "optimizer it wraps, or drop wrap_optimizer and call optim_pre_step() and "
+        "optim_post_step() around each step."
+    )
+    assert (caught.value.field, caught.value.value) == ("optimizer", "Wrapper")
+    assert session.position == "created"
+
+
+def test_wrap_optimizer_hooks_the_optimizer_inside_lightnings_wrapper() -> None:
+    lightning_optimizer = pytest.importorskip("lightning.pytorch.core.optimizer")
+    model = torch.nn.Linear(2, 1)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    wrapped = lightning_optimizer.LightningOptimizer(inner)
+    session = Session()
+    session.initialize(model=model, optimizer=wrapped, recipe=[EventLog(start=0)],
+                       wrap_optimizer=True)  # fmt: skip
+    session.batch_start()
+    inner.step()  # what LightningOptimizer.step ends up calling
+    session.batch_end()
+    assert (session.global_step, session.global_batch) == (1, 1)
+    assert session.state.optimizer is wrapped  # the state keeps what the loop gave
+
+
 def test_the_context_manager_finalizes_and_publishes_the_active_session() -> None:
     log = EventLog(start=0)
     with pytest.raises(LifecycleError, match=r"no session is active"):

@@ -173,7 +173,9 @@ def test_the_session_tables_are_the_declared_grammar() -> None:
     for rule, refused, where, reason in table("session-rules-table", "session"):
         if refused == "every call but initialize and load_state_dict":
             triggers = set(SESSION_GRAMMAR.trigger_names()) - {
-                "initialize", "load_state_dict", "lifecycle_event"
+                "initialize",
+                "load_state_dict",
+                "lifecycle_event",
             }
         elif refused == "every call":
             triggers = set(SESSION_GRAMMAR.trigger_names()) - {"lifecycle_event"}

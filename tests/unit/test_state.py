@@ -24,7 +24,10 @@ def test_state_holds_the_reference_fields() -> None:
         "model", "teacher_model", "optimizer", "optim_wrapped", "loss", "batch_data",
         "data", "hardware", "loggers", "start_event", "last_event",
     }  # fmt: skip
-    assert {field.alias for field in attrs.fields(State)} == names  # the __init__ names
+    initial = {field.alias for field in attrs.fields(State) if field.init}
+    assert initial == names  # the __init__ names
+    extra = {field.name for field in attrs.fields(State) if not field.init}
+    assert extra == {"modifier_data"}  # modfsm's own, set by the session for each event
     assert all(hasattr(State(), name) for name in names)
     event = Event(EventType.BATCH_END, global_step=2)
     state = State(last_event=event)

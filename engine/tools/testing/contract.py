@@ -42,6 +42,7 @@ offending call marked. ``specs/testing.md`` says exactly what each check decides
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -61,6 +62,7 @@ from modfsm.engine.tools.testing.defaults import (
     default_optimizer,
     input_width,
     no_calib_data,
+    no_teacher,
     random_batch,
 )
 from modfsm.engine.tools.testing.expected import check_call
@@ -95,11 +97,17 @@ class Contract:
     Attributes:
         make_modifier: ``(start, end) -> Modifier``, a new modifier with that window.
         make_model: a new model (the same each time; the contract seeds torch first).
-        make_batch: ``index -> inputs`` of batch ``index`` (default: 4 rows of
-            random numbers as wide as the model's first ``in_features``).
-        loss: ``output -> scalar loss``.
+        make_batch: ``index -> inputs`` of batch ``index``: a tensor (the model is
+            called ``model(batch)``) or a dict of keyword arguments (``model(**batch)``,
+            as transformers models are); default: 4 rows of random numbers as wide as
+            the model's first ``in_features``.
+        loss: ``output -> scalar loss`` (the output may be an output object); the loop
+            trains on the loss ``session.loss_calculated`` returns, so a modifier may
+            replace it.
         make_optimizer: ``model -> optimizer`` (default SGD with momentum).
         make_calib_data: calibration data for ``Session.initialize(calib_data=...)``.
+        make_teacher_model: a teacher for ``Session.initialize(teacher_model=...)``
+            (distillation; default None).
         schedules: the windows to try.
         streams: the training loops to try.
         changes_model_before_start: the modifier may change the model before its
@@ -113,10 +121,11 @@ class Contract:
 
     make_modifier: Callable[[float | None, float | None], Modifier]
     make_model: Callable[[], torch.nn.Module] = default_model
-    make_batch: Callable[[int], torch.Tensor] | None = None
-    loss: Callable[[torch.Tensor], torch.Tensor] = default_loss
+    make_batch: Callable[[int], Any] | None = None
+    loss: Callable[[Any], torch.Tensor] = default_loss
     make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] = default_optimizer
     make_calib_data: Callable[[], Any] = no_calib_data
+    make_teacher_model: Callable[[], torch.nn.Module | None] = no_teacher
     schedules: st.SearchStrategy[Schedule] = attrs.field(factory=strategies.contract_schedules)
     streams: st.SearchStrategy[Stream] = attrs.field(factory=strategies.event_streams)
     changes_model_before_start: bool = False
@@ -186,6 +195,12 @@ class Contract:
         torch.set_num_threads(1)  # small models: more threads only add waiting
         try:
             contract()
+        except ContractViolation as error:
+            if not _show_hypothesis_report():
+                # The message has the headline and the shrunk loop; hypothesis' own report
+                # of the same example (its notes) is noise unless asked for.
+                error.__notes__ = ["(pytest -v also shows hypothesis' own report of it)"]
+            raise
         finally:
             torch.set_num_threads(threads)
 
@@ -212,6 +227,7 @@ class Contract:
             make_batch=make_batch,
             loss=self.loss,
             make_calib_data=self.make_calib_data,
+            make_teacher_model=self.make_teacher_model,
         )
 
     def _new_modifier(self, report: Report, check: str) -> Modifier:
@@ -493,6 +509,14 @@ def _everything(run: Run) -> dict[str, Any]:
             for where, count in torch_hooks(run.model, run.optimizer).items()
         },
     }
+
+
+def _show_hypothesis_report() -> bool:
+    """Whether a violation keeps hypothesis' report: under ``pytest -v`` (as the kit's
+    plugin saw it) or a hypothesis verbosity of ``verbose`` and above."""
+    plugin = sys.modules.get("modfsm.engine.tools.testing.plugin")
+    verbosity = getattr(plugin, "PYTEST_VERBOSITY", [0])[0] if plugin is not None else 0
+    return verbosity > 0 or hypothesis.settings().verbosity >= hypothesis.Verbosity.verbose
 
 
 def _same_model(run: Run, shadow: Run, probe: torch.Tensor, position: int, when: str) -> None:

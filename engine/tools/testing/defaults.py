@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from modfsm.engine.runtime.hooks import output_tensor
 from modfsm.engine.tools.testing.loop import reseed
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "default_optimizer",
     "input_width",
     "no_calib_data",
+    "no_teacher",
     "random_batch",
 ]
 
@@ -33,13 +35,26 @@ def default_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
-def default_loss(output: torch.Tensor) -> torch.Tensor:
-    """A smooth function of every output value (so every weight gets a gradient)."""
-    return output.float().pow(2).mean() + output.float().sin().sum() * 0.01
+def default_loss(output: Any) -> torch.Tensor:
+    """A smooth function of every output value (so every weight gets a gradient); of an
+    output object (transformers' ``ModelOutput``), of its ``logits`` or first tensor."""
+    tensor = output_tensor(output)
+    if tensor is None:
+        raise TypeError(
+            f"the contract's default loss needs a tensor, and the model returned "
+            f"{type(output).__name__} holding none. To fix, give the contract "
+            "loss(output) -> a scalar tensor."
+        )
+    return tensor.float().pow(2).mean() + tensor.float().sin().sum() * 0.01
 
 
 def no_calib_data() -> Any:
     """No calibration data."""
+    return None
+
+
+def no_teacher() -> torch.nn.Module | None:
+    """No teacher model."""
     return None
 
 
@@ -56,5 +71,6 @@ def input_width(model: torch.nn.Module) -> int:
             return width
     raise TypeError(
         f"the contract cannot tell what input {type(model).__name__} takes (it has no layer "
-        "with in_features). To fix, give the contract make_batch(index) -> a batch of inputs."
+        "with in_features). To fix, give the contract make_batch(index) -> a batch of inputs "
+        "(a tensor, or a dict of keyword arguments for model(**batch))."
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import torch
@@ -68,15 +68,25 @@ class LoopParts:
         *,
         make_model: Callable[[], torch.nn.Module],
         make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
-        make_batch: Callable[[int], torch.Tensor],
-        loss: Callable[[torch.Tensor], torch.Tensor],
+        make_batch: Callable[[int], Any],
+        loss: Callable[[Any], torch.Tensor],
         make_calib_data: Callable[[], Any],
+        make_teacher_model: Callable[[], torch.nn.Module | None],
     ) -> None:
         self.make_model = make_model
         self.make_optimizer = make_optimizer
         self.make_batch = make_batch
         self.loss = loss
         self.make_calib_data = make_calib_data
+        self.make_teacher_model = make_teacher_model
+
+
+def call_model(model: torch.nn.Module, batch: Any) -> Any:
+    """The model on a batch: ``model(**batch)`` for a mapping of keyword arguments (as
+    transformers models are called), else ``model(batch)``."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    return model(batch)
 
 
 class Run:
@@ -94,6 +104,7 @@ class Run:
         self.modifier = modifier
         self.spy = LifecycleSpy(modifier) if modifier is not None else None
         self.session = Session() if modifier is not None else None
+        self.teacher_model = parts.make_teacher_model()
 
     def initialize(self, checkpoint: Checkpoint | None = None) -> None:
         """Initialize the session, or resume it from ``checkpoint`` (see :meth:`save`)."""
@@ -113,6 +124,7 @@ class Run:
             batches_per_step=self.stream.batches_per_step,
             steps_per_epoch=self.stream.steps_per_epoch,
             calib_data=self.parts.make_calib_data(),
+            teacher_model=self.teacher_model,
         )
 
     def call(self, index: int) -> None:
@@ -124,9 +136,9 @@ class Run:
             if session is not None:
                 session.batch_start(self.parts.make_batch(event.global_batch))
         elif name == "loss_calculated":
-            loss = self.parts.loss(model(self.parts.make_batch(event.global_batch)))
+            loss = self.parts.loss(call_model(model, self.parts.make_batch(event.global_batch)))
             if session is not None:
-                session.loss_calculated(loss)
+                loss = session.loss_calculated(loss).loss  # a modifier may have replaced it
             (loss / stream.batches_per_step).backward()  # type: ignore[no-untyped-call]  # torch's backward is untyped
         elif name in ("optim_pre_step", "partial_step"):
             if session is not None:
@@ -146,7 +158,9 @@ class Run:
                 was_training = model.training
                 model.eval()
                 with torch.no_grad():
-                    model(self.parts.make_batch(_CALIBRATION_BATCH + event.global_batch))
+                    call_model(
+                        model, self.parts.make_batch(_CALIBRATION_BATCH + event.global_batch)
+                    )
                 model.train(was_training)
             if session is not None:
                 session.event(LOOP_CALLS[name][0])

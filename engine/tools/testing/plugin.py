@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from modfsm.engine.tools.testing.spy import LifecycleSpy
 
 
+#: ``pytest -v`` level, for the contract's reports (hypothesis' own report only from -v).
+PYTEST_VERBOSITY: list[int] = [0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Remember how verbose pytest is (the kit reads it; nothing is imported here)."""
+    PYTEST_VERBOSITY[0] = config.get_verbosity()
+
+
 @pytest.fixture
 def modfsm_contract() -> Callable[..., Contract]:
     """``modfsm_contract(make_modifier, **options)``: the modifier contract to check."""

@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 import torch
 
+from modfsm.engine.runtime.hooks import output_tensor
+
 __all__ = [
     "differences",
     "forward_probe",
@@ -101,21 +103,25 @@ def model_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def forward_probe(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The model's output on ``inputs`` in eval mode, without gradients (the mode is restored)."""
+def forward_probe(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+    """The model's output on ``inputs`` (a tensor, or a dict of keyword arguments) in eval
+    mode, without gradients (the mode is restored); of an output object, its ``logits`` or
+    first tensor."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(inputs)
+            output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
     finally:
         model.train(was_training)
-    if not isinstance(output, torch.Tensor):
+    tensor = output_tensor(output)
+    if tensor is None:
         raise TypeError(
             f"the contract compares model outputs, and {type(model).__name__} returned "
-            f"{type(output).__name__}. To fix, give the contract a model that returns a tensor."
+            f"{type(output).__name__}, which holds no tensor. To fix, give the contract a "
+            "model that returns a tensor or an output object."
         )
-    return output.detach().clone()
+    return tensor.detach().clone()
 
 
 def object_snapshot(value: Any, _seen: frozenset[int] = frozenset()) -> Any:

@@ -25,9 +25,10 @@ __all__ = ["ModifierContract"]
 class ModifierContract:
     """Base test class: subclass it, implement :meth:`make_modifier`, and pytest runs the contract.
 
-    Override ``make_model``, ``make_batch``, ``loss``, ``make_optimizer`` or
-    ``make_calib_data`` where the defaults (a small MLP, random batches) do not
-    fit, and set the class attributes to declare what the modifier does.
+    Override ``make_model``, ``make_batch``, ``loss``, ``make_optimizer``,
+    ``make_calib_data`` or ``make_teacher_model`` where the defaults (a small MLP,
+    random batches) do not fit, and set the class attributes to declare what the
+    modifier does.
 
     Class attributes:
         changes_model_before_start: the modifier changes the model before its window
@@ -57,12 +58,14 @@ class ModifierContract:
         """A new model (default :func:`default_model`)."""
         return default_model()
 
-    def make_batch(self, index: int) -> torch.Tensor:
-        """The inputs of batch ``index`` (default: 4 random rows, as wide as the model's input)."""
+    def make_batch(self, index: int) -> Any:
+        """The inputs of batch ``index``: a tensor, or a dict of keyword arguments for
+        ``model(**batch)`` (default: 4 random rows, as wide as the model's input)."""
         return random_batch(index, input_width(self.make_model()))
 
-    def loss(self, output: torch.Tensor) -> torch.Tensor:
-        """The loss of an output (default: a smooth function of every output value)."""
+    def loss(self, output: Any) -> torch.Tensor:
+        """The loss of an output (default: a smooth function of every output value; of an
+        output object's ``logits``)."""
         return default_loss(output)
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -71,6 +74,10 @@ class ModifierContract:
 
     def make_calib_data(self) -> Any:
         """Calibration data for ``Session.initialize(calib_data=...)`` (default None)."""
+        return None
+
+    def make_teacher_model(self) -> torch.nn.Module | None:
+        """A teacher for ``Session.initialize(teacher_model=...)`` (default None)."""
         return None
 
     def contract(self) -> Contract:
@@ -83,6 +90,7 @@ class ModifierContract:
             loss=self.loss,
             make_optimizer=self.make_optimizer,
             make_calib_data=self.make_calib_data,
+            make_teacher_model=self.make_teacher_model,
             schedules=self.schedules,
             streams=self.streams,
             changes_model_before_start=self.changes_model_before_start,
