@@ -463,7 +463,7 @@ def _log_move(obj: Any, source: CompiledState, dest: CompiledState, event: Event
         return
     opens = now["started"] and not was["started"]
     closes = now["ended"] and not was["ended"]
-    if not (opens or closes) or not _LOG.isEnabledFor(logging.INFO):
+    if not (opens or closes):
         return
     where = "" if event is None else f" at {_position(event)}"
     if opens:  # into a state already past its end (ended_unstarted -> ended): both at once

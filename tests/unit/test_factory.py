@@ -632,3 +632,74 @@ def test_lookup_allows_registered_and_refuses_experimental_by_default(
         factory.lookup("TrialModifier")
     with pytest.raises(UnknownModifierError, match=r"Known types: .*TrialModifier\."):
         factory.lookup("Zzz", allow_experimental=True)
+
+
+USER_MODIFIERS = """
+import attrs
+from modfsm.engine import Modifier
+
+
+@attrs.define
+class ClipModifier(Modifier):
+    def on_initialize(self, state, **kwargs):
+        return True
+"""
+
+
+def test_import_modifiers_registers_the_classes_a_module_or_package_defines(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    (site / "usermods.py").write_text(USER_MODIFIERS, encoding="utf-8")
+    package = site / "userpkg"
+    (package / "inner").mkdir(parents=True)
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "inner" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "inner" / "deep.py").write_text(
+        USER_MODIFIERS.replace("ClipModifier", "DeepUserModifier"), encoding="utf-8"
+    )
+    assert factory.import_modifiers("usermods") == ("ClipModifier",)
+    assert factory.import_modifiers("userpkg") == ("DeepUserModifier",)
+    assert type(factory.create("ClipModifier")).__name__ == "ClipModifier"
+    assert factory.known()["registered"] == ("ClipModifier", "DeepUserModifier")
+    assert factory.import_modifiers("usermods") == ("ClipModifier",)  # again: the same class
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "message"),
+    [
+        (None, ModifierImportError, "--import usermods: the module failed to import "
+         "(ModuleNotFoundError: No module named 'usermods'). To fix, check the name, and run "
+         "from the folder that holds it (the current folder is searched first)."),
+        ("import not_there_either\n", ModifierImportError, "--import usermods: the module failed "
+         "to import (ModuleNotFoundError: No module named 'not_there_either'). To fix, repair "
+         "that module."),
+        ("X = 1\n", ConfigError, "--import usermods: the module defines no modifier class (a "
+         "concrete subclass of modfsm.engine.Modifier whose name ends in 'Modifier'). To fix, "
+         "import the module that defines your modifiers."),
+        (USER_MODIFIERS.replace("ClipModifier", "AlphaModifier"), ConfigError, "--import "
+         "usermods: its class AlphaModifier has the name of a shipped or entry-point modifier. "
+         "To fix, rename your class."),
+        (USER_MODIFIERS.replace("ClipModifier", "TrialModifier"), ConfigError, "--import "
+         "usermods: its class TrialModifier has the name of an experimental modifier. To fix, "
+         "rename your class."),
+        (USER_MODIFIERS.replace("ClipModifier", "NoopModifier"), ConfigError, "--import "
+         "usermods: its class NoopModifier has the name of a registered modifier. To fix, "
+         "rename your class."),
+        ("class BadModifier:\n    pass\n", ConfigTypeError, "tests-style"),
+    ],
+    ids=["missing", "broken", "empty", "shadows", "experimental", "registered", "not-a-modifier"],
+)  # fmt: skip
+def test_import_modifiers_refuses_with_one_message_naming_the_module(
+    factory: type[ModifierFactory], site: Path, source: str | None, error: type[Exception],
+    message: str,
+) -> None:  # fmt: skip
+    factory.register("NoopModifier", NoopModifier)
+    if source is not None:
+        (site / "usermods.py").write_text(source, encoding="utf-8")
+    with pytest.raises(error) as caught:
+        factory.import_modifiers("usermods")
+    if message != "tests-style":
+        assert str(caught.value) == message
+    else:
+        assert "does not subclass modfsm.engine.Modifier" in str(caught.value)
+    assert factory.known()["registered"] == ("NoopModifier",)  # nothing added on failure
