@@ -104,12 +104,7 @@ def _add_run(commands: Any) -> None:
         help="start again over the checkpoint (and trace) another run left; without it, "
         "a run refuses to replace them",
     )  # fmt: skip
-    run.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE",
-        help="import MODULE (a module or package; the current folder is searched first) "
-        "before reading the recipe, and make its modifier classes available to it "
-        "(repeatable)",
-    )  # fmt: skip
+    _add_import(run, "reading the recipe")
     run.add_argument(
         "--json", type=Path, metavar="FILE", help="also write the summary as JSON to FILE"
     )
@@ -134,18 +129,38 @@ def _run(args: argparse.Namespace) -> int:
         return _run_logged(args)
 
 
-def _run_logged(args: argparse.Namespace) -> int:
-    from modfsm.engine.app.runner import RunConfig, format_summary, run, summary_data
+def _import_modules(modules: Sequence[str], command: str, only: str | None = None) -> bool:
+    """Import ``--import`` modules and register their modifier classes (with ``only``, that
+    class of the last one); False (after one message on stderr) if one fails. The current
+    folder is searched first."""
     from modfsm.engine.config.factory import ModifierFactory
     from modfsm.engine.kernel.errors import LifecycleError
 
-    if args.imports and os.getcwd() not in sys.path and "" not in sys.path:
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # a local module, as `python -m` would find it
     try:
-        for module in args.imports:
-            ModifierFactory.import_modifiers(module)
+        for position, module in enumerate(modules):
+            last = position == len(modules) - 1
+            ModifierFactory.import_modifiers(module, only if last else None)
     except LifecycleError as error:
-        print(f"modfsm run: {error}", file=sys.stderr)
+        print(f"modfsm {command}: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def _add_import(parser: Any, what: str) -> None:
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help=f"import MODULE (a module or package; the current folder is searched first) "
+        f"before {what}, and make its modifier classes available (repeatable)",
+    )  # fmt: skip
+
+
+def _run_logged(args: argparse.Namespace) -> int:
+    from modfsm.engine.app.runner import RunConfig, format_summary, run, summary_data
+    from modfsm.engine.kernel.errors import LifecycleError
+
+    if not _import_modules(args.imports, "run"):
         return 2
     config = RunConfig(
         recipe=args.recipe,
@@ -291,8 +306,9 @@ def _add_diagram(commands: Any) -> None:
         "diagram",
         help="draw a declared machine (mermaid, dot, svg, png) or a recipe's timeline (png)",
         description="Draw TARGET: 'lifecycle' (the modifier lifecycle, the default), 'stage', "
-        "'session' (the step grammar), or a modifier class name (its lifecycle, with the guards "
-        "and hooks the class defines marked *), as mermaid or dot text, or as svg or png "
+        "'session' (the step grammar), or a modifier class (by name, or as module:Class or "
+        "module.Class; its lifecycle, with the guards and hooks the class defines marked *), "
+        "as mermaid or dot text, or as svg or png "
         "through graphviz; or RECIPE.yaml: the recipe's timeline as png (with --trace, the "
         "states each modifier was in). Edges read 'trigger [guard] / hooks'; see "
         "docs/diagrams.md. Exit 2 for an unknown target, a missing graphviz or a bad option.",
@@ -321,6 +337,7 @@ def _add_diagram(commands: Any) -> None:
         "--trace", type=Path, metavar="FILE",
         help="recipe only: a trace of a run (JSONL); adds the modifiers' states over the run",
     )  # fmt: skip
+    _add_import(diagram, "drawing (TARGET may then name one of its classes)")
     diagram.add_argument(
         "--steps", type=_positive, metavar="N",
         help="recipe only: end the x axis at N (default: the trace's end, else 1.25 x the "
@@ -340,6 +357,14 @@ def _diagram(args: argparse.Namespace) -> int:
         return fail(f"--output cannot be written: {problem}. To fix, pass a file in a folder "
                     "you can write to.")  # fmt: skip
     target: str = args.target
+    imports, only = list(args.imports), None
+    module, dot, name = target.replace(":", ".").rpartition(".")
+    as_file = Path(target).suffix.lower() in (".yaml", ".yml") or Path(target).is_file()
+    if dot and module and name.isidentifier() and not as_file:  # module:Class, module.Class
+        imports.append(module)
+        target = only = name
+    if not _import_modules(imports, "diagram", only):
+        return 2
     is_recipe = target not in MACHINE_TARGETS and (
         target.endswith((".yaml", ".yml")) or Path(target).is_file()
     )

@@ -437,9 +437,11 @@ class ModifierFactory:
         ModifierFactory._registered_registry[type_] = modifier_class
 
     @staticmethod
-    def import_modifiers(module_name: str) -> tuple[str, ...]:
+    def import_modifiers(module_name: str, only: str | None = None) -> tuple[str, ...]:
         """Import the module (or package) ``module_name`` and register the modifier
-        classes it defines, as an entry point naming it would (for ``modfsm run --import``).
+        classes it defines, as an entry point naming it would (for ``modfsm run --import``);
+        with ``only``, just its attribute of that name (``module:Class``), and no walk
+        of a package.
 
         A class whose name a shipped, an entry point's or an already registered modifier
         already has is refused, not shadowed. Returns the names registered.
@@ -451,9 +453,9 @@ class ModifierFactory:
         factory = ModifierFactory
         if not factory._loaded:
             factory.refresh()
-        where = f"--import {module_name}"
+        where = f"--import {module_name}" if only is None else f"{module_name}:{only}"
         try:
-            importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except Exception as error:
             hint = (
                 "check the name, and run from the folder that holds it (the current folder "
@@ -467,7 +469,19 @@ class ModifierFactory:
             )
             raise wrapped from error
         before = dict(factory._errors)
-        found = factory._walk(module_name)
+        found: dict[str, type[Modifier]] = {}
+        if only is None:
+            found = factory._walk(module_name)
+        elif hasattr(module, only):
+            factory._collect_class(only, getattr(module, only), found, where)
+        else:
+            raise ConfigError(
+                f"{where}: the module has no attribute {only!r}. To fix, name a modifier "
+                "class the module defines.",
+                owner="ModifierFactory",
+                field="import",
+                value=where,
+            )
         broken = [e for k, e in factory._errors.items() if k not in before or before[k] is not e]
         if broken:
             raise broken[0]

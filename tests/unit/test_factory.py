@@ -703,3 +703,21 @@ def test_import_modifiers_refuses_with_one_message_naming_the_module(
     else:
         assert "does not subclass modfsm.engine.Modifier" in str(caught.value)
     assert factory.known()["registered"] == ("NoopModifier",)  # nothing added on failure
+
+
+def test_import_modifiers_of_one_class_registers_only_it_and_names_a_missing_one(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    (site / "usermods.py").write_text(
+        USER_MODIFIERS + USER_MODIFIERS.replace("ClipModifier", "OtherModifier"), encoding="utf-8"
+    )
+    assert factory.import_modifiers("usermods", only="OtherModifier") == ("OtherModifier",)
+    assert factory.known()["registered"] == ("OtherModifier",)
+    with pytest.raises(ConfigError) as caught:
+        factory.import_modifiers("usermods", only="Missing")
+    assert str(caught.value) == (
+        "usermods:Missing: the module has no attribute 'Missing'. To fix, name a modifier "
+        "class the module defines."
+    )
+    with pytest.raises(ConfigTypeError, match="usermods.attrs is not a class|does not subclass"):
+        factory.import_modifiers("usermods", only="attrs")
