@@ -719,5 +719,5 @@ def test_import_modifiers_of_one_class_registers_only_it_and_names_a_missing_one
         "usermods:Missing: the module has no attribute 'Missing'. To fix, name a modifier "
         "class the module defines."
     )
-    with pytest.raises(ConfigTypeError, match="usermods.attrs is not a class|does not subclass"):
+    with pytest.raises(ConfigTypeError, match=r"usermods:attrs is not a class"):
         factory.import_modifiers("usermods", only="attrs")
