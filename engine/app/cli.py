@@ -400,7 +400,7 @@ def _diagram(args: argparse.Namespace) -> int:
 
 def _timeline(args: argparse.Namespace) -> bytes:
     from modfsm.engine.config.recipe import Recipe
-    from modfsm.engine.tools.diagrams import DiagramError, draw_timeline
+    from modfsm.engine.tools.diagrams import DiagramError, draw_timeline, trace_mismatch
     from modfsm.engine.tools.diagrams.render import SUFFIXES
     from modfsm.engine.tools.replay import read_jsonl
 
@@ -412,6 +412,10 @@ def _timeline(args: argparse.Namespace) -> bytes:
                            "-o FILE.png (and no other --format).")  # fmt: skip
     recipe = Recipe.load(Path(args.target))
     trace = read_jsonl(args.trace) if args.trace is not None else None
+    if trace is not None and (problem := trace_mismatch(recipe, trace)):
+        print(f"modfsm diagram: warning: {args.trace} is not a run of {args.target}: {problem}. "
+              "The windows are the recipe's, the states the trace's. To fix, pass the "
+              "recipe the run used.", file=sys.stderr)  # fmt: skip
     return draw_timeline(recipe, trace=trace, steps=args.steps)
 
 

@@ -149,6 +149,31 @@ def test_diagram_draws_a_recipe_timeline_with_the_states_of_a_trace(tmp_path: Pa
     assert target.read_bytes() != alone.read_bytes()
 
 
+def test_diagram_warns_when_the_trace_is_not_a_run_of_the_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "s_stage:\n  e_modifiers:\n    EventLogModifier: {start: 2, end: 3, update: 1}\n"
+    )
+    trace = tmp_path / "run.jsonl"
+    _run_trace(trace)  # a run of a list of modifiers: stage default_stage
+    from modfsm.engine.config.factory import ModifierFactory
+    from tests.doubles import EventLog
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModifierFactory, "_registered_registry", {})
+        ModifierFactory.register("EventLogModifier", EventLog)
+        target = tmp_path / "timeline.png"
+        assert main(["diagram", str(recipe), "--trace", str(trace), "-o", str(target)]) == 0
+    assert capsys.readouterr().err == (
+        f"modfsm diagram: warning: {trace} is not a run of {recipe}: the trace has no "
+        "modifier s_stage.0 (EventLog). The windows are the recipe's, the states the trace's. "
+        "To fix, pass the recipe the run used.\n"
+    )
+    assert target.read_bytes().startswith(b"\x89PNG\r\n")  # drawn anyway
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -206,3 +206,33 @@ def test_a_recipe_that_does_not_build_is_refused_before_drawing() -> None:
     recipe = Recipe.load("s_stage:\n  m_modifiers:\n    NoSuchModifier: {start: 1}\n")
     with pytest.raises(ValueError, match="NoSuchModifier"):
         draw_timeline(recipe)
+
+
+def test_a_trace_of_this_recipe_matches_and_of_another_says_the_first_difference(
+    default_trace: list[dict[str, Any]],
+) -> None:
+    from modfsm.engine.tools.diagrams import trace_mismatch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModifierFactory, "_registered_registry", {})
+        for cls in DOUBLES:
+            ModifierFactory.register(cls.__name__, cls)
+        recipe = Recipe.load(DEFAULT)
+        assert trace_mismatch(recipe, default_trace) is None
+        moved = Recipe.load(DEFAULT.read_text().replace("start: 150", "start: 120"))
+        assert trace_mismatch(moved, default_trace) == (
+            "modifier sparsity_stage.0 has start=150 in the trace, 120 in the recipe"
+        )
+        modifiers = "    ConstantPruningModifier: {start: 1, targets: __ALL__}\n"
+        other = Recipe.load("other_stage:\n  pruning_modifiers:\n" + modifiers)
+        assert trace_mismatch(other, default_trace) == (
+            "the trace has no modifier other_stage.0 (ConstantPruningModifier)"
+        )
+
+
+def test_a_recipe_given_as_text_is_titled_by_its_stages() -> None:
+    from modfsm.engine.tools.diagrams import recipe_title
+
+    assert recipe_title(Recipe.load(DEFAULT)) == "default_recipe.yaml"
+    text = "a_stage:\n  m_modifiers:\n    ConstantPruningModifier: {start: 1, targets: __ALL__}\n"
+    assert recipe_title(Recipe.load(text)) == "a recipe given as text (stages a_stage)"

@@ -57,7 +57,9 @@ from modfsm.engine.tools.diagrams.timeline import (
     Window,
     axis_end,
     draw_timeline,
+    recipe_title,
     state_spans,
+    trace_mismatch,
     windows,
 )
 
@@ -86,11 +88,13 @@ __all__ = [
     "format_for",
     "graphviz_version",
     "overridden",
+    "recipe_title",
     "render",
     "row_label",
     "stale_docs",
     "state_spans",
     "svg_source_digest",
+    "trace_mismatch",
     "windows",
     "write_docs",
 ]

@@ -37,22 +37,31 @@ from modfsm.engine.model.events import simplest_fraction
 from modfsm.engine.model.lifecycle import LIFECYCLE
 from modfsm.engine.tools.diagrams.errors import DiagramError
 
-__all__ = ["StateSpan", "Window", "axis_end", "draw_timeline", "state_spans", "windows"]
+__all__ = [
+    "StateSpan",
+    "Window",
+    "axis_end",
+    "draw_timeline",
+    "recipe_title",
+    "state_spans",
+    "trace_mismatch",
+    "windows",
+]
 
 _STAGE_COLOURS: Final = (
     "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
     "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD",
 )  # fmt: skip
-_STATE_COLOURS: Final = {
-    "created": "#d9d9d9",
-    "initialized": "#9ecae1",
-    "started": "#41ab5d",
+_STATE_COLOURS: Final = {  # a distinct hue each; finalized states are also hatched
+    "created": "#bdbdbd",
+    "initialized": "#6baed6",
+    "started": "#31a354",
     "ended": "#9e9ac8",
     "ended_unstarted": "#fdae6b",
-    "finalized_initialized": "#2171b5",
-    "finalized_started": "#006d2c",
+    "finalized_initialized": "#08306b",
+    "finalized_started": "#e7298a",
     "finalized_ended": "#54278f",
-    "finalized_ended_unstarted": "#d94801",
+    "finalized_ended_unstarted": "#8c2d04",
 }
 _MAX_TICKS: Final = 2000
 
@@ -288,7 +297,8 @@ def _draw_states(axes: Any, spans: Sequence[StateSpan]) -> None:
         row = modifiers.index(span.modifier)
         if span.end > span.start:
             axes.barh(row, span.end - span.start, left=span.start, height=0.5,
-                      color=colours[span.state], edgecolor="black", linewidth=0.4)  # fmt: skip
+                      color=colours[span.state], edgecolor="black", linewidth=0.4,
+                      hatch=_hatch(span.state))  # fmt: skip
         else:
             axes.plot([span.start], [row], marker="D", color=colours[span.state],
                       markeredgecolor="black", markersize=7, clip_on=False)  # fmt: skip
@@ -297,13 +307,55 @@ def _draw_states(axes: Any, spans: Sequence[StateSpan]) -> None:
     present = {s.state for s in spans}
     order = [*LIFECYCLE.state_names(), *extra]
     axes.legend(
-        handles=[Patch(color=colours[s], label=s) for s in order if s in present],
+        handles=[
+            Patch(facecolor=colours[s], hatch=_hatch(s), label=s, edgecolor="black", linewidth=0.4)
+            for s in order
+            if s in present
+        ],
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
         title="lifecycle state",
         title_fontsize=8,
     )
+
+
+def _hatch(state: str) -> str | None:
+    """Finalized states are hatched, so no two states differ by shade alone."""
+    return "///" if state.startswith("finalized") else None
+
+
+def recipe_title(recipe: Recipe) -> str:
+    """How a timeline names its recipe: the file's name, or, for a recipe given as text
+    or data, its stages."""
+    origin = str(recipe.origin)
+    if not origin.startswith("<"):
+        return Path(origin).name
+    stages = [str(stage.group) for stage in recipe.build()]
+    return f"a recipe given as text (stages {', '.join(stages)})"
+
+
+def trace_mismatch(recipe: Recipe, records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the trace is not one of this recipe's runs (None if its first header lists the
+    recipe's modifiers, with their types and schedules): the first difference."""
+    headers = [r for r in records if r.get("kind") == "header"]
+    if not headers:
+        return None  # state_spans refuses it with its own message
+    traced = {m.get("id"): m for m in headers[0].get("modifiers", ())}
+    for window in windows(recipe):
+        found = traced.pop(window.id, None)
+        if found is None:
+            return f"the trace has no modifier {window.id} ({window.type})"
+        if found.get("type") != window.type:
+            return (f"modifier {window.id} is a {found.get('type')} in the trace, a "
+                    f"{window.type} in the recipe")  # fmt: skip
+        for key in ("start", "end", "update"):
+            if key in found and found[key] != getattr(window, key):
+                return (f"modifier {window.id} has {key}={found[key]!r} in the trace, "
+                        f"{getattr(window, key)!r} in the recipe")  # fmt: skip
+    if traced:
+        return f"the trace has modifiers the recipe has not: {', '.join(map(str, traced))}"
+    return None
 
 
 def draw_timeline(
@@ -338,7 +390,7 @@ def draw_timeline(
             "the recipe timeline needs matplotlib, not installed. To fix, pip install "
             "'modfsm[diagrams]' (or matplotlib)."
         ) from error
-    title = name if name is not None else Path(recipe.origin).name
+    title = name if name is not None else recipe_title(recipe)
     rows = [len(found)] + ([len({s.modifier for s in spans})] if trace is not None else [])
     with matplotlib.style.context("default"):
         figure = Figure(figsize=(11, 1.6 + 0.55 * sum(rows) + 0.5 * len(rows)), dpi=100,
