@@ -1034,28 +1034,15 @@ def hookable_optimizer(optimizer: Any) -> Any:
     """
     import torch  # here: a session without wrap_optimizer never imports torch
 
-    current = optimizer
-    for _ in range(len(KNOWN_OPTIMIZER_WRAPPERS) + 1):
-        cls = type(current)
-        unwrap = next(
-            (
-                attribute
-                for module, name, attribute in KNOWN_OPTIMIZER_WRAPPERS
-                if any(
-                    k.__module__.startswith(module) and k.__name__.startswith(name)
-                    for k in cls.__mro__
-                )
-            ),
-            None,
-        )
-        if unwrap is not None and hasattr(current, unwrap):
-            current = getattr(current, unwrap)
-            continue
-        if isinstance(current, torch.optim.Optimizer) and hasattr(
-            current, "_optimizer_step_pre_hooks"
-        ):
-            return current
-        break
+    current, seen = optimizer, set()
+    while id(current) not in seen:  # each known wrapper, however deep (a cycle stops it)
+        seen.add(id(current))
+        attribute = _wrapped_attribute(type(current))
+        if attribute is None or not hasattr(current, attribute):
+            break
+        current = getattr(current, attribute)
+    if isinstance(current, torch.optim.Optimizer) and hasattr(current, "_optimizer_step_pre_hooks"):
+        return current
     raise ConfigError(
         f"Session.initialize: wrap_optimizer=True cannot hook {type(optimizer).__qualname__}: "
         "it is not a torch.optim.Optimizer with step hooks, nor a wrapper modfsm knows "
@@ -1066,6 +1053,16 @@ def hookable_optimizer(optimizer: Any) -> Any:
         field="optimizer",
         value=type(optimizer).__qualname__,
     )
+
+
+def _wrapped_attribute(cls: type) -> str | None:
+    """The attribute holding the wrapped optimizer, if ``cls`` (or a base) is a known wrapper."""
+    for module, name, attribute in KNOWN_OPTIMIZER_WRAPPERS:
+        if any(
+            k.__module__.startswith(module) and k.__name__.startswith(name) for k in cls.__mro__
+        ):
+            return attribute
+    return None
 
 
 def _schedule(modifier: Modifier) -> dict[str, Any]:

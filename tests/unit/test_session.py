@@ -1249,3 +1249,49 @@ def test_a_resume_that_fails_before_the_trace_header_closes_the_trace_file(
     assert session.trace is not None
     assert session.trace.records == []  # it failed before the header
     assert session.trace._stream is None
+
+
+def test_hookable_optimizer_sees_through_the_known_wrappers_however_deep() -> None:
+    from modfsm.engine.loop.session import hookable_optimizer
+
+    accelerate_optimizer = pytest.importorskip("accelerate.optimizer")
+    lightning_optimizer = pytest.importorskip("lightning.pytorch.core.optimizer")
+    inner = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    assert hookable_optimizer(inner) is inner
+    accelerated = object.__new__(accelerate_optimizer.AcceleratedOptimizer)  # no device setup
+    accelerated.optimizer = inner
+    assert hookable_optimizer(accelerated) is inner
+    twice = object.__new__(accelerate_optimizer.AcceleratedOptimizer)
+    twice.optimizer = lightning_optimizer.LightningOptimizer(inner)
+    assert hookable_optimizer(twice) is inner
+
+
+class LightningLookalike:
+    """Named like Lightning's wrapper, but not from Lightning: not unwrapped."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+
+
+class HookDictOnly:
+    """Has the attribute torch's optimizers have, but is not an optimizer."""
+
+    def __init__(self) -> None:
+        self._optimizer_step_pre_hooks: dict[int, Any] = {}
+
+
+@pytest.mark.parametrize("make", [LightningLookalike, lambda inner: HookDictOnly()])
+def test_hookable_optimizer_refuses_what_only_looks_like_a_known_one(make: Any) -> None:
+    from modfsm.engine.loop.session import hookable_optimizer
+
+    inner = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    wrapper = make(inner)
+    with pytest.raises(ConfigError) as caught:
+        hookable_optimizer(wrapper)
+    name = type(wrapper).__qualname__
+    assert str(caught.value).startswith(
+        f"Session.initialize: wrap_optimizer=True cannot hook {name}: it is not a "
+    )
+    assert (caught.value.owner, caught.value.field, caught.value.value) == (
+        "Session", "optimizer", name,
+    )  # fmt: skip
