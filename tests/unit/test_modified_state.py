@@ -61,7 +61,8 @@ def test_every_call_returns_the_model_optimizer_and_loss_as_the_modifiers_left_t
     assert losses[0][1] is losses[0][0]  # step 0: before the window, the loss given
     for given, used in losses[1:]:
         assert torch.equal(used, given * 2)  # inside it, the modifier's
-    assert session.finalize().modifier_data == []
+    finalized = session.finalize()
+    assert finalized == ModifiedState(model, optimizer, losses[-1][1], [])  # the last loss
 
 
 def test_training_on_the_returned_loss_follows_the_modifiers_loss() -> None:

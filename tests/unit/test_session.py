@@ -1295,3 +1295,13 @@ def test_hookable_optimizer_refuses_what_only_looks_like_a_known_one(make: Any) 
     assert (caught.value.owner, caught.value.field, caught.value.value) == (
         "Session", "optimizer", name,
     )  # fmt: skip
+
+
+def test_hookable_optimizer_refuses_a_wrapper_that_wraps_itself_instead_of_looping() -> None:
+    from modfsm.engine.loop.session import hookable_optimizer
+
+    accelerate_optimizer = pytest.importorskip("accelerate.optimizer")
+    cyclic = object.__new__(accelerate_optimizer.AcceleratedOptimizer)
+    cyclic.optimizer = cyclic
+    with pytest.raises(ConfigError, match="cannot hook AcceleratedOptimizer"):
+        hookable_optimizer(cyclic)
