@@ -334,6 +334,11 @@ def _add_diagram(commands: Any) -> None:
         help="leave out the calls that keep the state (updates, no-ops, ignored calls)",
     )  # fmt: skip
     diagram.add_argument(
+        "--hooks", action=argparse.BooleanOptionalAction, default=None,
+        help="show (--hooks) or leave out (--no-hooks) the hooks each edge runs (default: shown, "
+        "except the session's own bookkeeping hooks)",
+    )  # fmt: skip
+    diagram.add_argument(
         "--trace", type=Path, metavar="FILE",
         help="recipe only: a trace of a run (JSONL); adds the modifiers' states over the run",
     )  # fmt: skip
@@ -370,9 +375,9 @@ def _diagram(args: argparse.Namespace) -> int:
     )
     try:
         if is_recipe:
-            if args.illegal or not args.self_loops:
-                return fail("--illegal and --no-self-loops draw a machine, not a recipe. To "
-                            "fix, leave them out.")  # fmt: skip
+            if args.illegal or not args.self_loops or args.hooks is not None:
+                return fail("--illegal, --no-self-loops and --hooks draw a machine, not a "
+                            "recipe. To fix, leave them out.")  # fmt: skip
             content = _timeline(args)
         else:
             if args.trace is not None or args.steps is not None:
@@ -381,8 +386,9 @@ def _diagram(args: argparse.Namespace) -> int:
             format = format_for(args.output, args.format)
             if format == "png" and args.output is None:
                 return fail("png is binary. To fix, pass -o FILE.png.")
-            content = render(draw(target, self_loops=args.self_loops, illegal=args.illegal),
-                             format)  # fmt: skip
+            drawing = draw(target, self_loops=args.self_loops, illegal=args.illegal,
+                           hooks=args.hooks)  # fmt: skip
+            content = render(drawing, format)
     except LifecycleError as error:  # unknown target, graphviz missing, bad recipe or trace
         return fail(str(error))
     except OSError as error:

@@ -66,8 +66,11 @@ def build_machine(declaration: Declaration, model: Any = None) -> Machine:
     )
 
 
-_DOT_SPACING: Final = {"nodesep": "0.9", "ranksep": "0.7"}
+_DOT_SPACING: Final = {"nodesep": "0.25", "ranksep": "0.45"}
 """Room between nodes for the edge labels, in inches (graphviz only)."""
+
+_JOIN: Final = {"mermaid": " | ", "graphviz": r"\n"}
+"""How the labels of the edges between one pair of states are joined: a line each in dot."""
 
 _STYLES: Final[dict[str, Any]] = {
     "node": {
@@ -84,24 +87,56 @@ _STYLES: Final[dict[str, Any]] = {
     },
     "edge": {
         "default": {"color": "black"},
-        "rejected": {"color": "red", "fontcolor": "red", "style": "dashed"},
+        "rejected": {"color": "red", "fontcolor": "red", "style": "dashed", "tailport": "s"},
     },
     "graph": {"default": {"color": "black", "fillcolor": "white", "style": "solid"}},
 }
-"""modfsm's styles for ``GraphMachine``: initial, final (absorbing) and rejected."""
+"""modfsm's styles for ``GraphMachine``: initial, final (absorbing) and rejected (a rejected
+edge leaves its state from below, so that it crosses no label of the state's own edges)."""
+
+
+_WRAP_AT: Final = 24
+"""In dot, a label longer than this many characters puts its guard and its hooks on lines of
+their own (``[guard]``, ``/ hooks``), so that labels stay narrow."""
+
+
+def _wrapped(label: str, engine: str) -> str:
+    if engine == "mermaid" or len(label) <= _WRAP_AT:
+        return label
+    return label.replace(" [", r"\n[").replace(" / ", r"\n/ ")
+
+
+def _rejected_nodes(drawing: Drawing) -> dict[str, str]:
+    """Source state -> the name of its own pseudo-state for its rejected edges."""
+    taken = set(drawing.states)
+    nodes = {}
+    for edge in drawing.edges:
+        if edge.kind == "rejected" and edge.source not in nodes:
+            name = f"{edge.dest}_{edge.source}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            nodes[edge.source] = name
+    return nodes
 
 
 def diagram_source(drawing: Drawing, engine: Literal["mermaid", "graphviz"]) -> str:
     """The drawing as mermaid ``stateDiagram-v2`` or graphviz ``dot`` text.
 
     Built by ``transitions``' ``GraphMachine`` from the drawing's states and
-    edges (each edge a row with its own ``label``; an edge whose state stays is
-    a reflexive row, so ``transitions`` adds no ``[internal]`` marks). Node
-    styles: ``initial``, ``final`` (absorbing) and ``rejected``; rejected edges
-    are dashed in ``dot``. Two fixes to the mermaid text: the title becomes
-    mermaid front matter (``title: "..."``, which ``transitions`` writes as a
-    bare line mermaid ignores), and trailing spaces are removed. The text
-    depends only on the drawing: the same drawing gives the same bytes.
+    edges. The edges between one pair of states become one labelled edge, their
+    labels joined by `` | `` in mermaid and one per line in ``dot`` (where a long
+    label puts its ``[guard]`` and its ``/ hooks`` on lines of their own); an edge whose
+    state stays is a reflexive row, so ``transitions`` adds no ``[internal]``
+    marks. The rejected edges of each state point to a pseudo-state of its own,
+    named ``<rejected>_<state>`` and labelled like the drawing's rejected state,
+    so that no two of their labels meet. Node styles: ``initial``, ``final``
+    (absorbing) and ``rejected``; rejected edges are dashed in ``dot``. The
+    drawing's notes follow the title (``; `` in mermaid, a line each in ``dot``).
+    Two fixes to the mermaid text: the title becomes mermaid front matter
+    (``title: "..."``, which ``transitions`` writes as a bare line mermaid
+    ignores), and trailing spaces are removed. The text depends only on the
+    drawing: the same drawing gives the same bytes.
 
     Raises:
         ModuleNotFoundError: ``engine="graphviz"`` and the Python package
@@ -113,16 +148,24 @@ def diagram_source(drawing: Drawing, engine: Literal["mermaid", "graphviz"]) -> 
         )
     from transitions.extensions import GraphMachine  # loads markup and nesting: on first use
 
+    rejected = _rejected_nodes(drawing)
+    pseudo = {e.dest for e in drawing.edges if e.kind == "rejected"}
+    states = [s for s in drawing.states if s not in pseudo] + list(rejected.values())
+    merged: dict[tuple[str, str], list[str]] = {}
+    for edge in drawing.edges:
+        dest = rejected[edge.source] if edge.kind == "rejected" else edge.dest
+        merged.setdefault((edge.source, dest), []).append(_wrapped(edge.label, engine))
+    title = "; " if engine == "mermaid" else r"\n"
     machine = GraphMachine(
-        states=list(drawing.states),
+        states=states,
         initial=drawing.initial,
         transitions=[
-            {"trigger": e.trigger, "source": e.source, "dest": e.dest, "label": e.label}
-            for e in drawing.edges
+            {"trigger": "draw", "source": source, "dest": dest, "label": _JOIN[engine].join(labels)}
+            for (source, dest), labels in merged.items()
         ],
         auto_transitions=False,
         graph_engine=engine,
-        title=drawing.title,
+        title=title.join((drawing.title, *drawing.notes)),
         name=drawing.name,
     )
     # Instance attributes, read when the graph is drawn; the spacing only for graphviz
@@ -142,15 +185,21 @@ def diagram_source(drawing: Drawing, engine: Literal["mermaid", "graphviz"]) -> 
             graph.set_node_style(state, "initial")
         elif state in drawing.final:
             graph.set_node_style(state, "final")
-    for edge in drawing.edges:
-        if edge.kind == "rejected":
-            graph.set_node_style(edge.dest, "rejected")
-            graph.custom_styles["edge"][edge.source][edge.dest] = "rejected"
+    for source, node in rejected.items():
+        graph.set_node_style(node, "rejected")
+        graph.custom_styles["edge"][source][node] = "rejected"
     text: str = machine.get_graph().source
+    # transitions labels a node with its name: the pseudo-states read as the rejected state.
+    for node in rejected.values():
+        (dest,) = pseudo
+        if engine == "mermaid":
+            text = text.replace(f'state "{node}" as {node}\n', f'state "{dest}" as {node}\n')
+        else:
+            text = text.replace(f'\t{node} [label="{node}\\l"', f'\t{node} [label="{dest}\\l"')
     if engine == "mermaid":
         lines = text.split("\n")
         if lines[:1] == ["---"] and lines[2:3] == ["---"]:
-            lines[1] = f"title: {json.dumps(drawing.title)}"
+            lines[1] = f"title: {json.dumps(title.join((drawing.title, *drawing.notes)))}"
         text = "\n".join(line.rstrip() for line in lines)
     return text if text.endswith("\n") else text + "\n"
 

@@ -44,5 +44,5 @@ def test_mermaid_shows_every_state_and_guarded_edge_and_is_stable() -> None:
 def test_the_graphviz_engine_gives_dot_text_from_the_same_drawing() -> None:
     text = diagram_source(draw_declaration(LIFECYCLE), "graphviz")
     assert text.startswith('digraph "modifier-lifecycle" {\n')
-    assert '\tcreated -> started [label="initialize [should_start] / on_start"]\n' in text
-    assert "nodesep=0.9" in text
+    assert '\tcreated -> started [label="initialize\\n[should_start]\\n/ on_start"]\n' in text
+    assert "nodesep=0.25" in text

@@ -28,6 +28,7 @@ from modfsm.engine.tools.diagrams.drawing import (
     REJECTED,
     Drawing,
     Edge,
+    Handles,
     draw_declaration,
     row_label,
 )
@@ -46,10 +47,12 @@ from modfsm.engine.tools.diagrams.render import (
     svg_source_digest,
 )
 from modfsm.engine.tools.diagrams.targets import (
+    HOOKS_SHOWN,
     MACHINE_TARGETS,
     TITLES,
     draw,
     draw_modifier,
+    handled,
     overridden,
 )
 from modfsm.engine.tools.diagrams.timeline import (
@@ -67,6 +70,7 @@ __all__ = [
     "DOC_FORMATS",
     "DOC_TARGETS",
     "FORMATS",
+    "HOOKS_SHOWN",
     "INSTALL_HINT",
     "MACHINE_TARGETS",
     "REJECTED",
@@ -75,6 +79,7 @@ __all__ = [
     "Drawing",
     "Edge",
     "GraphvizNotFoundError",
+    "Handles",
     "StateSpan",
     "UnknownTargetError",
     "Window",
@@ -87,6 +92,7 @@ __all__ = [
     "find_dot",
     "format_for",
     "graphviz_version",
+    "handled",
     "overridden",
     "recipe_title",
     "render",

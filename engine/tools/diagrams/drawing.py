@@ -9,20 +9,27 @@ the same declaration always gives the same drawing.
 
 An edge label reads ``trigger [guard] / hook, hook``: ``[g]`` the row needs
 guard ``g`` to hold, ``[!g]`` to fail; the hooks are the row's, in the order
-they run. A name marked ``*`` is defined by the drawn modifier class rather
-than inherited from :class:`~modfsm.engine.runtime.modifier.Modifier`. See ``docs/diagrams.md``.
+they run (left out with ``hooks=False``). A name marked ``*`` is defined by the
+drawn modifier class rather than inherited from
+:class:`~modfsm.engine.runtime.modifier.Modifier`; a hook decorated with
+:func:`~modfsm.engine.runtime.modifier.handles` reads ``hook(type, ...)``, the
+event types it acts on in that row's calls, and is left out of rows it never
+acts on. A self-loop whose label stands on more than half of the states is
+drawn once, as a note under the title, instead of on each of them. See
+``docs/diagrams.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import enum
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
 
 from modfsm.engine.kernel.declaration import Declaration
 
-__all__ = ["REJECTED", "Drawing", "Edge", "EdgeKind", "draw_declaration", "row_label"]
+__all__ = ["REJECTED", "Drawing", "Edge", "EdgeKind", "Handles", "draw_declaration", "row_label"]
 
 REJECTED: Final = "rejected"
 """The pseudo-state that illegal moves point to (drawn only on request)."""
@@ -54,6 +61,7 @@ class Drawing:
         initial: the state new objects start in.
         final: the absorbing states (no edge leads out of them).
         edges: every edge, in declaration order.
+        notes: lines shown under the title (the folded self-loops).
     """
 
     name: str
@@ -62,6 +70,11 @@ class Drawing:
     initial: str
     final: tuple[str, ...]
     edges: tuple[Edge, ...]
+    notes: tuple[str, ...] = ()
+
+
+Handles = Mapping[str, frozenset[Hashable]]
+"""Hook name -> the event keys it acts on (``@handles``); hooks not named act on every event."""
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -70,27 +83,72 @@ def _names(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def row_label(row: Mapping[str, Any], marked: frozenset[str] = frozenset()) -> str:
-    """``trigger [guard] / hooks`` for a declared row; names in ``marked`` get a ``*``."""
+def _key_name(key: Hashable) -> str:
+    return str(key.value) if isinstance(key, enum.Enum) else str(key)
+
+
+def _acting(
+    hook: str, trigger: str, handles: Handles, event_triggers: Mapping[Hashable, str]
+) -> tuple[str, ...] | None:
+    """The event types ``hook`` acts on in a ``trigger`` row: () for every one, None for none."""
+    if hook not in handles:
+        return ()
+    keys = [key for key, fired in event_triggers.items() if fired == trigger]
+    acting = [key for key in keys if key in handles[hook]] if keys else list(handles[hook])
+    if not acting:
+        return None  # the class's compiled cells leave the call out for these events
+    if keys and len(acting) == len(keys):
+        return ()
+    return tuple(sorted(_key_name(key) for key in acting))
+
+
+def row_label(
+    row: Mapping[str, Any],
+    marked: frozenset[str] = frozenset(),
+    *,
+    hooks: bool = True,
+    handles: Handles | None = None,
+    event_triggers: Mapping[Hashable, str] | None = None,
+) -> str:
+    """``trigger [guard] / hooks`` for a declared row; names in ``marked`` get a ``*``.
+
+    Args:
+        row: a declared row.
+        marked: guard and hook names to mark with ``*``.
+        hooks: show the row's hooks.
+        handles: hook -> the event keys it acts on (see the module docstring).
+        event_triggers: the declaration's event key -> trigger map (for ``handles``).
+    """
 
     def shown(name: str) -> str:
         return f"{name}*" if name in marked else name
 
     guards = [shown(g) for g in _names(row.get("conditions"))]
     guards += [f"!{shown(g)}" for g in _names(row.get("unless"))]
-    label = str(row["trigger"])
+    trigger = str(row["trigger"])
+    label = trigger
     if guards:
         label += f" [{' & '.join(guards)}]"
-    hooks = _names(row.get("before"))
-    if hooks:
-        label += " / " + ", ".join(shown(h) for h in hooks)
+    if not hooks:
+        return label
+    shown_hooks = []
+    for hook in _names(row.get("before")):
+        types = _acting(hook, trigger, handles or {}, event_triggers or {})
+        if types is not None:
+            shown_hooks.append(shown(hook) + (f"({', '.join(types)})" if types else ""))
+    if shown_hooks:
+        label += " / " + ", ".join(shown_hooks)
     return label
 
 
-def _row_edges(declaration: Declaration, marked: frozenset[str]) -> list[Edge]:
+def _row_edges(
+    declaration: Declaration, marked: frozenset[str], hooks: bool, handles: Handles
+) -> list[Edge]:
     edges = []
     for row in declaration.transitions:
-        label = row_label(row, marked)
+        label = row_label(
+            row, marked, hooks=hooks, handles=handles, event_triggers=declaration.event_triggers
+        )
         for source in _names(row["source"]):
             dest = row["dest"] if row["dest"] is not None else source
             kind: EdgeKind = "stay" if dest == source else "move"
@@ -111,6 +169,27 @@ def _rejected_edges(declaration: Declaration) -> list[Edge]:
     return edges
 
 
+def _fold_loops(states: Sequence[str], edges: list[Edge]) -> tuple[list[Edge], tuple[str, ...]]:
+    """The edges without the self-loops whose label stands on more than half the states,
+    and one note naming those labels and where they stand."""
+    where: dict[str, list[str]] = {}
+    for edge in edges:
+        if edge.kind in ("stay", "ignored"):
+            where.setdefault(edge.label, []).append(edge.source)
+    folded = {label: on for label, on in where.items() if 2 * len(on) > len(states)}
+    if not folded:
+        return edges, ()
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for label, on in folded.items():
+        groups.setdefault(tuple(on), []).append(label)
+    notes = []
+    for where_on, labels in groups.items():
+        others = [s for s in states if s not in where_on]
+        place = f"every state but {', '.join(others)}" if others else "every state"
+        notes.append(f"{' | '.join(labels)}: state stays, in {place}")
+    return [e for e in edges if e.kind == "move" or e.label not in folded], tuple(notes)
+
+
 def draw_declaration(
     declaration: Declaration,
     *,
@@ -118,29 +197,37 @@ def draw_declaration(
     self_loops: bool = True,
     illegal: bool = False,
     marked: Sequence[str] = (),
+    hooks: bool = True,
+    handles: Handles | None = None,
 ) -> Drawing:
     """The drawing of ``declaration``.
 
     Args:
         declaration: the declared machine.
         title: the diagram's title (default: the declaration's name).
-        self_loops: draw the rows and ignored cells whose state stays.
+        self_loops: draw the rows and ignored cells whose state stays (those that
+            stand on more than half of the states as one note under the title).
         illegal: also draw every rejected cell, as an edge to :data:`REJECTED`
             labelled with its triggers and the id of the rule that rejects them
             (the rule's reason and fix are in the declaration and the specs).
         marked: guard and hook names to mark with ``*``.
+        hooks: show the hooks each row runs.
+        handles: hook -> the event keys it acts on (a modifier class's ``@handles``).
     """
     if illegal and REJECTED in declaration.state_names():
         raise ValueError(
             f"declaration {declaration.name!r} has a state named {REJECTED!r}, the name of the "
             "pseudo-state illegal moves point to. To fix, draw it without illegal moves."
         )
-    edges = _row_edges(declaration, frozenset(marked))
+    edges = _row_edges(declaration, frozenset(marked), hooks, handles or {})
     leaving = {e.source for e in edges if e.kind == "move"}
     final = tuple(s for s in declaration.state_names() if s not in leaving)
-    if not self_loops:
-        edges = [e for e in edges if e.kind == "move"]
     states = declaration.state_names()
+    notes: tuple[str, ...] = ()
+    if self_loops:
+        edges, notes = _fold_loops(states, edges)
+    else:
+        edges = [e for e in edges if e.kind == "move"]
     if illegal:
         edges += _rejected_edges(declaration)
         states += (REJECTED,)
@@ -151,4 +238,5 @@ def draw_declaration(
         initial=declaration.initial,
         final=final,
         edges=tuple(edges),
+        notes=notes,
     )
