@@ -6,14 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-llmc mutation clean spin verify graphviz docs
+.PHONY: demo test lint bench bench-llmc llmc-exact mutation clean spin verify graphviz chromium docs site
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel. An unpinned torch would
 	# pull several GB of CUDA packages from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,diagrams,accelerate,transformers,lightning]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,diagrams,accelerate,transformers,lightning,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -63,15 +63,34 @@ graphviz:
 	    || { echo "could not install graphviz. To fix, install graphviz (apt-get install graphviz)." >&2; exit 1; }; \
 	fi
 
-# MODFSM_REQUIRE_SPIN / MODFSM_REQUIRE_GRAPHVIZ: tests that need Spin or graphviz's dot
-# fail, rather than skip, without them.
-test: lint spin graphviz
-	MODFSM_REQUIRE_SPIN=1 MODFSM_REQUIRE_GRAPHVIZ=1 $(BIN)/python -m pytest
+# Chromium, for the documentation site's browser tests (tests/site, marked `browser`):
+# Debian's package, installed with apt-get when missing (as root, or through sudo).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	  else echo "the site's browser tests need chromium, and installing it needs root. To fix, install chromium (apt-get install chromium)." >&2; exit 1; fi; \
+	  echo "installing chromium for the site's browser tests (apt-get install chromium)"; \
+	  $$sudo $(APT_INSTALL) chromium >/dev/null \
+	    || { $$sudo apt-get update -qq && $$sudo $(APT_INSTALL) chromium >/dev/null; } \
+	    || { echo "could not install chromium. To fix, install chromium (apt-get install chromium)." >&2; exit 1; }; \
+	fi
+
+# MODFSM_REQUIRE_SPIN / MODFSM_REQUIRE_GRAPHVIZ / MODFSM_REQUIRE_BROWSER: tests that need
+# Spin, graphviz's dot or Chromium fail, rather than skip, without them.
+test: lint spin graphviz chromium
+	MODFSM_REQUIRE_SPIN=1 MODFSM_REQUIRE_GRAPHVIZ=1 MODFSM_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 # Regenerate the diagrams committed under docs/diagrams (mermaid, dot, svg) from the
 # declared machines; a test fails while they are stale.
 docs: $(STAMP) graphviz
 	$(BIN)/python -m modfsm.engine.tools.diagrams docs/diagrams
+
+# The documentation site (Sphinx, furo theme; sources in docs/site) into build/site:
+# open build/site/index.html. Every warning is an error; the diagrams are drawn at build
+# time by the modfsm-diagram directive (modfsm.engine.tools.sphinx).
+site: $(STAMP) graphviz
+	$(BIN)/sphinx-build -W --keep-going -b html docs/site build/site
 
 # Structural proofs and Spin model checks of the declared machines, as one table.
 verify: $(STAMP) spin
@@ -121,6 +140,12 @@ $(LLMC_STAMP): pyproject.toml setup.py
 
 bench-llmc: $(LLMC_STAMP)
 	$(LLMC_VENV)/bin/python -m benchmarks.llmc_anchor
+
+# Exactness against the real llm-compressor 0.14.0.1 (optional, in the same venv): 100,000
+# random lifecycle traces per table, compared call by call (tests/llmc_differential.py).
+llmc-exact: $(LLMC_STAMP)
+	$(LLMC_VENV)/bin/python -m tests.llmc_differential --table calibration
+	$(LLMC_VENV)/bin/python -m tests.llmc_differential --table lifecycle --without-calibration
 
 clean:
 	rm -rf $(VENV) $(LLMC_VENV) build src demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants

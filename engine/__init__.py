@@ -8,12 +8,14 @@ from modfsm.engine.kernel.errors import (
     IllegalTransitionError,
     LifecycleError,
 )
+from modfsm.engine.model.calibration_lifecycle import CALIBRATION_LIFECYCLE
 from modfsm.engine.model.events import Event, EventType
 from modfsm.engine.model.lifecycle import LIFECYCLE, LifecycleState
 from modfsm.engine.model.state import Data, Hardware, LoggerManager, ModifiedState, State
 from modfsm.engine.runtime.modifier import Modifier, ModifierInterface, handles
 
 __all__ = [
+    "CALIBRATION_LIFECYCLE",
     "LIFECYCLE",
     "ConfigError",
     "ConfigTypeError",

@@ -1,8 +1,11 @@
 """Independent, flag-based models of the modifier lifecycle. Never imports ``modfsm``.
 
 :class:`ReferenceModifier` is the reference (llm-compressor's ``Modifier``,
-v0.6.0-v0.14) as ``../shared/FINDINGS.md`` section 1 describes it: four
-booleans and a few ``if`` chains, quirks included.
+v0.6.0-v0.12, and v0.13-v0.14 on every event but the three calibration events)
+as ``../shared/FINDINGS.md`` section 1 describes it: four booleans and a few
+``if`` chains, quirks included. :class:`CalibrationReferenceModifier` is v0.13 and
+later, whose ``update_event`` handles the calibration events itself
+(``CALIBRATION_LIFECYCLE``).
 
 :class:`SpecModifier` is what modfsm specifies (``specs/lifecycle.md``): the
 reference, with the deviations D1-D5 applied. The engine must behave exactly
@@ -27,6 +30,8 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "FLAG_NAMES",
+    "CalibrationReferenceModifier",
+    "CalibrationSpecModifier",
     "Flags",
     "HookFailure",
     "LogEntry",
@@ -134,6 +139,15 @@ class Recorder:
     def on_event(self, state: Any, event: Any, **kwargs: Any) -> None:
         self._record("on_event", event)
 
+    def on_calibration_start(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_calibration_start", event)
+
+    def on_sequential_epoch_end(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_sequential_epoch_end", event)
+
+    def on_calibration_end(self, state: Any, event: Any, **kwargs: Any) -> None:
+        self._record("on_calibration_end", event)
+
     def should_start(self, event: Any) -> bool:
         self._record("should_start", event)
         forced = self.forced.get("should_start")
@@ -182,7 +196,7 @@ class ReferenceModifier(Recorder):
             raise RuntimeError("Cannot initialize a modifier that has already been initialized")
         if self.finalized_:
             raise RuntimeError("Cannot initialize a modifier that has already been finalized")
-        self.initialized_ = self.on_initialize(state)
+        self.initialized_ = self.on_initialize(state=state)
         probe = ProbeEvent()
         if self.should_start(probe):
             self.on_start(state, probe)
@@ -213,7 +227,7 @@ class ReferenceModifier(Recorder):
             raise RuntimeError("cannot finalize a modifier twice")
         if not self.initialized_:
             raise RuntimeError("cannot finalize an uninitialized modifier")
-        self.finalized_ = self.on_finalize(state)
+        self.finalized_ = self.on_finalize(state=state)
 
 
 class SpecModifier(ReferenceModifier):
@@ -241,7 +255,7 @@ class SpecModifier(ReferenceModifier):
             raise RuntimeError("already initialized")
         if self.finalized_:
             raise RuntimeError("already finalized")
-        if not self._gate("on_initialize", self.on_initialize(state)):
+        if not self._gate("on_initialize", self.on_initialize(state=state)):
             return
         probe = ProbeEvent()
         started = False
@@ -275,8 +289,78 @@ class SpecModifier(ReferenceModifier):
             raise RuntimeError("already finalized")
         if not self.initialized_:
             raise RuntimeError("not initialized")
-        if self._gate("on_finalize", self.on_finalize(state)):
+        if self._gate("on_finalize", self.on_finalize(state=state)):
             self.finalized_ = True
+
+
+# The calibration events, by the names of 0.6.0-0.12 and of 0.13+ (the same events).
+CALIBRATION_START = ("calibration_epoch_start", "calibration_start")
+SEQUENTIAL_EPOCH_END = ("sequential_epoch_end",)
+CALIBRATION_END = ("calibration_epoch_end", "calibration_end")
+
+
+def _calibration_kind(event: Any) -> str | None:
+    """``start``, ``sequential`` or ``end`` for a calibration event, else None."""
+    kind = _type_name(event)
+    if kind in CALIBRATION_START:
+        return "start"
+    if kind in SEQUENTIAL_EPOCH_END:
+        return "sequential"
+    return "end" if kind in CALIBRATION_END else None
+
+
+def _calibrate(model: ReferenceModifier, state: Any, event: Any, kind: str) -> None:
+    """What 0.13+ does with a calibration event after ``on_event``: the hook, then the flag."""
+    if kind == "start":
+        model.on_calibration_start(state, event)
+        model.started_ = True
+    elif kind == "sequential":
+        model.on_sequential_epoch_end(state, event)
+    else:
+        model.on_calibration_end(state, event)
+        model.ended_ = True
+
+
+class _CalibrationEvents(ReferenceModifier):
+    """The calibration events of 0.13+, handled before the window logic of the base model."""
+
+    # the messages of the refusals: not initialized, already finalized
+    _refusals: tuple[str, str] = (
+        "Cannot update an uninitialized modifier",
+        "Cannot update a finalized modifier",
+    )
+
+    def update_event(self, state: Any, event: Any) -> None:
+        kind = _calibration_kind(event)
+        if kind is None:
+            super().update_event(state, event)
+            return
+        if not self.initialized_:
+            raise RuntimeError(self._refusals[0])
+        if self.finalized_:
+            raise RuntimeError(self._refusals[1])
+        self.on_event(state, event)
+        _calibrate(self, state, event, kind)
+
+
+class CalibrationReferenceModifier(_CalibrationEvents):
+    """The reference lifecycle of llm-compressor 0.13 and later (checked on 0.14.0.1).
+
+    Its ``update_event`` handles the three calibration events before the window
+    logic: ``CALIBRATION_START`` calls ``on_calibration_start`` and sets ``started``
+    (no ``should_start``, no ``on_start``); ``SEQUENTIAL_EPOCH_END`` calls
+    ``on_sequential_epoch_end`` and nothing else; ``CALIBRATION_END`` calls
+    ``on_calibration_end`` and sets ``ended`` (no ``on_end``). ``on_event`` runs
+    first, as for every event. ``initialize`` and ``finalize`` are unchanged.
+    """
+
+
+class CalibrationSpecModifier(_CalibrationEvents, SpecModifier):
+    """:class:`CalibrationReferenceModifier` with modfsm's deviations (D1-D5 of
+    :class:`SpecModifier`; for the calibration events only D3 applies: the flag is set
+    after the hook returned, so a hook that raises leaves it as it was)."""
+
+    _refusals = ("not initialized", "already finalized")
 
 
 class StageDeclined(RuntimeError):

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from modfsm.engine import Event, EventType, Modifier, State
+from modfsm.engine import CALIBRATION_LIFECYCLE, Event, EventType, Modifier, State
 from modfsm.engine.kernel.compiler import CompiledState
 from modfsm.engine.runtime.stage import StageError
 from specs.reference import (
@@ -41,6 +41,13 @@ class RecordingModifier(Recorder, Modifier):
 
     def _end_rule(self, event: Any) -> bool:
         return Modifier.should_end(self, event)
+
+
+@attrs.define(eq=False)
+class CalibrationRecordingModifier(RecordingModifier):
+    """:class:`RecordingModifier` on the calibration lifecycle of llm-compressor 0.13+."""
+
+    __lifecycle__ = CALIBRATION_LIFECYCLE
 
 
 @attrs.define

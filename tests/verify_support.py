@@ -19,6 +19,7 @@ from modfsm.engine.tools.verify.properties import VerifiedMachine, machine_named
 from modfsm.engine.tools.verify.spin import SpinNotFoundError, find_tools
 
 LIFECYCLE = machine_named("lifecycle")
+CALIBRATION = machine_named("calibration")
 STAGE = machine_named("stage")
 SESSION = machine_named("session")
 
@@ -199,6 +200,51 @@ SESSION_FAULTS = edited(
                                                if t not in ("initialize", "lifecycle_event")),
                   "already finalized", "build a new Session."),
     ),
+)  # fmt: skip
+
+#: the calibration lifecycle: calibration_start marks started without its hook (row 22),
+#: calibration_end marks ended without its hook (row 27), sequential_epoch_end updates
+#: (row 26), batch_start in started runs on_calibration_start (row 7), finalize from
+#: initialized forgets release_hooks (row 18).
+CALIBRATION_HOOKS_FORGOTTEN = edited(
+    CALIBRATION,
+    rows={
+        22: {**CALIBRATION.declaration.transitions[22], "before": []},
+        27: {**CALIBRATION.declaration.transitions[27], "before": []},
+        26: {**CALIBRATION.declaration.transitions[26],
+             "before": ["on_sequential_epoch_end", "on_update"]},
+        7: {**CALIBRATION.declaration.transitions[7],
+            "before": ["on_update", "on_calibration_start"]},
+        18: {**CALIBRATION.declaration.transitions[18], "before": []},
+    },
+)  # fmt: skip
+
+#: calibration_start in started goes back to initialized (row 23); calibration_end in
+#: started stays (row 28); calibration_start after the window runs on_start again (row 24).
+CALIBRATION_FLAGS_WRONG = edited(
+    CALIBRATION,
+    rows={
+        23: {**CALIBRATION.declaration.transitions[23], "dest": "initialized"},
+        28: {**CALIBRATION.declaration.transitions[28], "dest": None},
+        24: {**CALIBRATION.declaration.transitions[24],
+             "before": ["on_calibration_start", "on_start"]},
+    },
+)  # fmt: skip
+
+#: a finalized modifier can be initialized again (R2 replaced by a row); finalize before
+#: initialize is undecided (R6 dropped); a second calibration_start row from started;
+#: other_event is accepted before initialize (R3 narrowed).
+CALIBRATION_UNDECIDED = edited(
+    CALIBRATION,
+    added=(
+        {"trigger": "initialize",
+         "source": list(CALIBRATION.declaration.rejections[1].states), "dest": "created"},
+        {"trigger": "calibration_start", "source": "started", "dest": "ended"},
+        {"trigger": "other_event", "source": "created", "dest": None},
+    ),
+    drop_rules=("R2", "R6"),
+    rule_triggers={"R3": ("batch_start", "batch_end", "calibration_start",
+                          "sequential_epoch_end", "calibration_end")},
 )  # fmt: skip
 
 #: every mutant above, by name

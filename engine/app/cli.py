@@ -285,11 +285,11 @@ def _add_verify(commands: Any) -> None:
     verify = commands.add_parser(
         "verify",
         help="prove the declared tables and model-check them with Spin; print every verdict",
-        description="Run the structural proofs (V1-V6) over the declared lifecycle, stage and "
-        "session tables, then check their temporal properties with the Spin model checker on "
-        "a Promela model generated from each table, and print a table of verdicts. Exit 0 "
-        "when every property holds, 1 when one fails (its counterexample is printed), 2 when "
-        "Spin or a C compiler is missing.",
+        description="Run the structural proofs (V1-V6) over the declared lifecycle, calibration "
+        "lifecycle, stage and session tables, then check their temporal properties with the "
+        "Spin model checker on a Promela model generated from each table, and print a table "
+        "of verdicts. Exit 0 when every property holds, 1 when one fails (its counterexample "
+        "is printed), 2 when Spin or a C compiler is missing.",
     )
     verify.add_argument(
         "--machine", action="append", choices=names, metavar="NAME",
@@ -305,7 +305,8 @@ def _add_diagram(commands: Any) -> None:
     diagram = commands.add_parser(
         "diagram",
         help="draw a declared machine (mermaid, dot, svg, png) or a recipe's timeline (png)",
-        description="Draw TARGET: 'lifecycle' (the modifier lifecycle, the default), 'stage', "
+        description="Draw TARGET: 'lifecycle' (the modifier lifecycle, the default), "
+        "'calibration' (its variant with llm-compressor 0.13+'s calibration events), 'stage', "
         "'session' (the step grammar), or a modifier class (by name, or as module:Class or "
         "module.Class; its lifecycle, with the guards and hooks the class defines marked *), "
         "as mermaid or dot text, or as svg or png "
@@ -315,7 +316,8 @@ def _add_diagram(commands: Any) -> None:
     )
     diagram.add_argument(
         "target", nargs="?", default="lifecycle", metavar="TARGET",
-        help="lifecycle (default), stage, session, a modifier class name, or a recipe .yaml",
+        help="lifecycle (default), calibration, stage, session, a modifier class name, or a "
+        "recipe .yaml",
     )  # fmt: skip
     diagram.add_argument(
         "--format", "-f", choices=("mermaid", "dot", "svg", "png"),

@@ -297,7 +297,7 @@ def _check_vocabulary(decl: Declaration) -> dict[str, HookSpec]:
                 decl,
                 f"triggers[{trig.name}].prelude",
                 f"{prelude.name!r} has gate={prelude.gate} and takes_event={prelude.takes_event}",
-                "use a gate prelude called as hook(state, **kwargs), or a notify prelude "
+                "use a gate prelude called as hook(state=state, **kwargs), or a notify prelude "
                 "called as hook(state, event, **kwargs)",
             )
     for key, trig_name in decl.event_triggers.items():
@@ -862,7 +862,7 @@ def _gated_cell(
     set_state = object.__setattr__
 
     def gated(obj: Any, state: Any, event: Any, /, **kwargs: Any) -> None:
-        result = getattr(obj, gate_name)(state, **kwargs)
+        result = getattr(obj, gate_name)(state=state, **kwargs)  # as the reference calls it
         if result is not True:
             if result is False:
                 return

@@ -46,7 +46,9 @@ class HookSpec:
     Attributes:
         name: the method name on the object.
         takes_event: called as ``hook(state, event, **kwargs)`` if True, else
-            ``hook(state, **kwargs)``.
+            ``hook(state, **kwargs)``; a gate is called as ``hook(state=state, **kwargs)``,
+            ``state`` as a keyword (as the reference calls ``on_initialize`` and
+            ``on_finalize``), so ``def on_initialize(self, **kwargs)`` works.
         gate: the hook's bool result decides whether the call proceeds; only
             allowed as a trigger prelude.
     """

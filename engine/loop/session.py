@@ -858,11 +858,6 @@ class Session:
             )
             record["error"] = f"{type(error).__name__}: {error}"
         trace.add(record)
-        modifier_trigger = (
-            trigger
-            if event is None
-            else Modifier.__compiled_lifecycle__.declaration.event_triggers[event.type_]
-        )
         stage_trigger = STAGE_TRIGGERS.get(trigger, STAGE_TRIGGERS["update"])[0]
         reached: list[tuple[str, Modifier]] = []
         reached_before: list[str] = []
@@ -877,7 +872,7 @@ class Session:
                 reached += self._ids[offset : offset + limit]
                 reached_before += before[0][offset : offset + limit]
             offset += count
-        for entry in transition_records(common, reached, reached_before, modifier_trigger):
+        for entry in transition_records(common, reached, reached_before, trigger, event):
             trace.add(entry)
         labels = [_stage_label(stage, i) for i, stage in enumerate(self.stages)]
         for entry in stage_records(common, zip(labels, self.stages, strict=True), before[1]):
@@ -970,6 +965,7 @@ class Session:
                         "type": type(m).__name__,
                         **self._traced_schedules[modifier_id],
                         "state": m._lc.name,
+                        **_lifecycle_entry(m),
                     }
                     for modifier_id, m in self._ids
                 ],
@@ -1267,6 +1263,15 @@ def _shape_problem(state_dict: Mapping[str, Any]) -> str | None:
 
 
 _STATE_KEYS: Final = frozenset({"config", "counters", "position", "stages", "modifiers"})
+
+
+def _lifecycle_entry(modifier: Modifier) -> dict[str, str]:
+    """A traced modifier's ``lifecycle``, when it is not the default table (whose traces
+    leave it out, as traces written before there were two)."""
+    name = type(modifier).__compiled_lifecycle__.declaration.name
+    return {} if name == Modifier.__compiled_lifecycle__.declaration.name else {"lifecycle": name}
+
+
 _MODIFIER_KEYS: Final = frozenset({"type", "arguments", "lifecycle", "state"})
 _COUNTER_NAMES: Final = ("global_step", "global_batch", "batches_since_step")
 

@@ -151,16 +151,20 @@ def transition_records(
     modifiers: Iterable[tuple[str, Any]],
     before: Sequence[str],
     trigger: str,
+    event: Any = None,
 ) -> list[dict[str, Any]]:
     """The transition records for one call: modifiers as (id, modifier), states before it.
 
-    ``common`` holds the call's ``seq``, ``step``, ``batch`` and ``event``.
+    ``common`` holds the call's ``seq``, ``step``, ``batch`` and ``event``; ``trigger`` is
+    the modifiers' trigger for ``initialize``/``finalize`` (``event`` None), else each
+    modifier's own lifecycle routes ``event``'s type.
     """
     out = []
     for (modifier_id, modifier), previous in zip(modifiers, before, strict=True):
         compiled: CompiledMachine = type(modifier).__compiled_lifecycle__
         after = modifier._lc.name
-        found = deduce(compiled.plans[(previous, trigger)], previous, after)
+        own = trigger if event is None else compiled.declaration.event_triggers[event.type_]
+        found = deduce(compiled.plans[(previous, own)], previous, after)
         if found is None:
             continue
         hooks, guards = found

@@ -1,9 +1,11 @@
 """The model: training-loop events, the state modifiers see, and the declared machines.
 
-The modifier lifecycle, the stage lifecycle and the session's step grammar are
-declared here as data, and :mod:`~modfsm.engine.model.machines` lists them by name.
+The modifier lifecycle (and its calibration variant of llm-compressor 0.13+), the
+stage lifecycle and the session's step grammar are declared here as data, and
+:mod:`~modfsm.engine.model.machines` lists them by name.
 """
 
+from modfsm.engine.model.calibration_lifecycle import CALIBRATION_LIFECYCLE
 from modfsm.engine.model.events import (
     TRAINING_STEP_EVENTS,
     Event,
@@ -36,6 +38,7 @@ from modfsm.engine.model.state import (
 )
 
 __all__ = [
+    "CALIBRATION_LIFECYCLE",
     "COUNT_AFTER",
     "FINALIZED_STATES",
     "LIFECYCLE",

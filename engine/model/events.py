@@ -53,6 +53,12 @@ class EventType(enum.StrEnum):
 
     Each member's value is its lower-cased name, so ``EventType("batch_end")``
     and YAML/JSON round trips work on the plain string.
+
+    llm-compressor 0.13 renamed the calibration epoch's events
+    ``CALIBRATION_START`` and ``CALIBRATION_END``: here those names are aliases of
+    ``CALIBRATION_EPOCH_START`` and ``CALIBRATION_EPOCH_END`` (the same members,
+    so ``EventType.CALIBRATION_START is EventType.CALIBRATION_EPOCH_START``), and
+    the values ``"calibration_start"``/``"calibration_end"`` are read as them.
     """
 
     INITIALIZE = "initialize"
@@ -65,6 +71,20 @@ class EventType(enum.StrEnum):
     CALIBRATION_EPOCH_END = "calibration_epoch_end"
     OPTIM_PRE_STEP = "optim_pre_step"
     OPTIM_POST_STEP = "optim_post_step"
+    # the names of llm-compressor 0.13+ (aliases: the same members)
+    CALIBRATION_START = "calibration_epoch_start"
+    CALIBRATION_END = "calibration_epoch_end"
+
+    @classmethod
+    def _missing_(cls, value: object) -> EventType | None:
+        """The values of the 0.13+ names, ``calibration_start`` and ``calibration_end``."""
+        return _RENAMED.get(str(value)) if isinstance(value, str) else None
+
+
+_RENAMED: dict[str, EventType] = {
+    "calibration_start": EventType.CALIBRATION_EPOCH_START,
+    "calibration_end": EventType.CALIBRATION_EPOCH_END,
+}
 
 
 TRAINING_STEP_EVENTS = (

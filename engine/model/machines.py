@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Final
 
 from modfsm.engine.kernel.declaration import Declaration
+from modfsm.engine.model.calibration_lifecycle import CALIBRATION_LIFECYCLE
 from modfsm.engine.model.lifecycle import LIFECYCLE
 from modfsm.engine.model.session_grammar import SESSION_GRAMMAR
 from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
@@ -21,6 +22,7 @@ __all__ = ["DECLARED_MACHINES", "declared_machine"]
 DECLARED_MACHINES: Final[Mapping[str, Declaration]] = MappingProxyType(
     {
         "lifecycle": LIFECYCLE,
+        "calibration": CALIBRATION_LIFECYCLE,
         "stage": STAGE_LIFECYCLE,
         "session": SESSION_GRAMMAR,
     }

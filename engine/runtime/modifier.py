@@ -137,7 +137,15 @@ def _initial_state(instance: Modifier) -> CompiledState:
 
 #: The base class's empty hooks and its side-effect-free guards: a class that keeps them
 #: gets a lifecycle that does not call them (see ``Modifier.__compiled_lifecycle__``).
-_EMPTY_HOOK_NAMES: Final = ("on_event", "on_start", "on_update", "on_end")
+_EMPTY_HOOK_NAMES: Final = (
+    "on_event",
+    "on_start",
+    "on_update",
+    "on_end",
+    "on_calibration_start",
+    "on_sequential_epoch_end",
+    "on_calibration_end",
+)
 _GUARD_NAMES: Final = ("should_start", "should_end")
 
 
@@ -347,6 +355,26 @@ class Modifier(ModifierInterface, HooksMixin, metaclass=_LifecycleMeta):
 
     def on_event(self, state: State, event: Event, **kwargs: Any) -> None:
         """Called first for every event between ``initialize`` and ``finalize``."""
+
+    # --- calibration hooks (called by CALIBRATION_LIFECYCLE only) ----------------------------
+
+    def on_calibration_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called on ``CALIBRATION_START``, which marks the modifier started (no ``on_start``).
+
+        Only a class whose ``__lifecycle__`` is
+        :data:`~modfsm.engine.model.calibration_lifecycle.CALIBRATION_LIFECYCLE` (the
+        reference's lifecycle since 0.13) calls it; under the default lifecycle the
+        calibration events are ordinary events (``on_update`` inside the window).
+        """
+
+    def on_sequential_epoch_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called on ``SEQUENTIAL_EPOCH_END``, after each layer of a sequential pipeline
+        (the pipeline passes that layer's ``modules`` as a keyword); never ``on_update``.
+        ``CALIBRATION_LIFECYCLE`` only."""
+
+    def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Called on ``CALIBRATION_END``, which marks the modifier ended (no ``on_end``).
+        ``CALIBRATION_LIFECYCLE`` only."""
 
     # --- checkpoints (extension point) --------------------------------------------------------
 

@@ -19,6 +19,7 @@ import attrs
 from modfsm.engine.kernel.declaration import Declaration
 from modfsm.engine.kernel.errors import ConfigError
 from modfsm.engine.loop.trace import FORMAT, STAGE_TRIGGERS
+from modfsm.engine.model.calibration_lifecycle import CALIBRATION_LIFECYCLE
 from modfsm.engine.model.events import Event, EventType
 from modfsm.engine.model.lifecycle import LIFECYCLE, default_should_end, default_should_start
 from modfsm.engine.model.session_grammar import (
@@ -213,8 +214,10 @@ _STAGE_IGNORED: Final = frozenset(
     for trigger in rule.triggers
 )
 _GRAMMAR_ROWS: Final = _rows(SESSION_GRAMMAR)
-_LIFECYCLE_ROWS: Final = _rows(LIFECYCLE)
-_LIFECYCLE_FLAGS: Final = {spec.name: spec.flags for spec in LIFECYCLE.states}
+_LIFECYCLES: Final = {decl.name: decl for decl in (LIFECYCLE, CALIBRATION_LIFECYCLE)}
+"""The modifier lifecycles replay knows, by declaration name (a header's ``lifecycle``)."""
+_LIFECYCLE_ROWS: Final = {name: _rows(decl) for name, decl in _LIFECYCLES.items()}
+_LIFECYCLE_FLAGS: Final = {spec.name: spec.flags for spec in LIFECYCLE.states}  # same in both
 _DONE_FLAG: Final = {"initialize": "initialized", "finalize": "finalized"}
 _ATTACHED: Final = ("transition", "stage")
 
@@ -345,6 +348,8 @@ class _Segment:
             position = str(header["position"])
             resumed = header["resumed"]
             modifiers = {str(m["id"]): dict(m) for m in header["modifiers"]}
+            for entry in modifiers.values():
+                entry.setdefault("lifecycle", LIFECYCLE.name)  # absent: the default table
             stages = [
                 {
                     "id": str(st["id"]),
@@ -364,6 +369,13 @@ class _Segment:
             raise _Diverged(line, "the header's stages must list each modifier exactly once")
         if len({stage["id"] for stage in stages}) != len(stages):
             raise _Diverged(line, "the header names a stage twice")
+        for modifier_id, entry in modifiers.items():
+            if entry["lifecycle"] not in _LIFECYCLES:
+                raise _Diverged(
+                    line,
+                    f"modifier {modifier_id} runs the lifecycle {entry['lifecycle']!r}, which "
+                    f"replay does not know (it knows {', '.join(_LIFECYCLES)})",
+                )
         if resumed is True and position not in _LIVE_POSITIONS:
             raise _Diverged(line, f"a resumed segment cannot start in position {position!r}")
         if resumed is False and position != "created":
@@ -436,11 +448,9 @@ class _Segment:
                     COUNTER_HOOKS[hook](self.counters, step, batch)
         rescheduled = self.reschedule(record)
         if trigger in ("initialize", "finalize"):
-            modifier_trigger = trigger
             probe = Event(EventType.BATCH_START, global_step=0)
         else:
             assert event_type is not None
-            modifier_trigger = LIFECYCLE.event_triggers[event_type]
             probe = Event(
                 EventType.BATCH_START, global_step=step, steps_per_epoch=self.steps_per_epoch
             )
@@ -449,7 +459,7 @@ class _Segment:
             if stop is not None and position > stop[0]:
                 break  # not reached: its records, if any, are left over below
             limit = stop[1] if stop is not None and position == stop[0] else None
-            self.stage(stage, trigger, modifier_trigger, probe, limit, attached, line, context,
+            self.stage(stage, trigger, event_type, probe, limit, attached, line, context,
                        rescheduled)  # fmt: skip
         if attached:
             (kind, name), (at, _) = min(attached.items(), key=lambda item: item[1][0])
@@ -503,7 +513,7 @@ class _Segment:
         self,
         stage: dict[str, Any],
         trigger: str,
-        modifier_trigger: str,
+        event_type: EventType | None,
         probe: Event,
         limit: int | None,
         attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
@@ -528,7 +538,7 @@ class _Segment:
             stage_hooks, _, dest = cell
             if stage_hooks:  # the cell reaches the modifiers (a gate prelude or deliver)
                 self.deliver(
-                    stage, trigger, modifier_trigger, probe, limit, attached, line, context,
+                    stage, trigger, event_type, probe, limit, attached, line, context,
                     rescheduled,
                 )  # fmt: skip
                 if limit is not None:
@@ -562,7 +572,7 @@ class _Segment:
         self,
         stage: dict[str, Any],
         trigger: str,
-        modifier_trigger: str,
+        event_type: EventType | None,
         probe: Event,
         limit: int | None,
         attached: dict[tuple[str, str], tuple[int, Mapping[str, Any]]],
@@ -586,6 +596,10 @@ class _Segment:
             if done:
                 continue  # the stage skips a modifier already initialized / finalized
             at, recorded = attached.pop(("transition", modifier_id), (line, None))
+            # each modifier's own lifecycle routes the event (the calibration table has
+            # triggers of its own for the calibration events)
+            routes = _LIFECYCLES[modifier["lifecycle"]].event_triggers
+            modifier_trigger = trigger if event_type is None else routes[event_type]
             problem = _check_modifier(
                 modifier, modifier_trigger, probe, recorded, modifier_id in rescheduled
             )
@@ -643,7 +657,8 @@ def _check_modifier(
         rule = default_should_start if name == "should_start" else default_should_end
         return rule(_Schedule(start, end), event)
 
-    expected = _interpret(LIFECYCLE, _LIFECYCLE_ROWS, state, trigger, guard)
+    lifecycle = modifier["lifecycle"]
+    expected = _interpret(_LIFECYCLES[lifecycle], _LIFECYCLE_ROWS[lifecycle], state, trigger, guard)
     if expected is None:
         return f"{trigger} is not allowed in state {state!r}"
     hooks, guards, to = expected

@@ -87,12 +87,19 @@ _STYLES: Final[dict[str, Any]] = {
     },
     "edge": {
         "default": {"color": "black"},
-        "rejected": {"color": "red", "fontcolor": "red", "style": "dashed", "tailport": "s"},
+        "rejected": {
+            "color": "red",
+            "fontcolor": "red",
+            "style": "dashed",
+            "tailport": "s",
+            "weight": "5",
+        },
     },
     "graph": {"default": {"color": "black", "fillcolor": "white", "style": "solid"}},
 }
-"""modfsm's styles for ``GraphMachine``: initial, final (absorbing) and rejected (a rejected
-edge leaves its state from below, so that it crosses no label of the state's own edges)."""
+"""modfsm's styles for ``GraphMachine``: initial, final (absorbing) and rejected. A rejected
+edge leaves its state from below and pulls its box right under it (a heavy weight), so that it
+crosses no label (``tests/unit/test_diagrams_render.py`` checks this on dot's layout)."""
 
 
 _WRAP_AT: Final = 24
@@ -284,7 +291,7 @@ class TransitionsDriver:
         if name not in self._gates:
             hook(state, event, **kwargs)
             return
-        result = hook(state, **kwargs)
+        result = hook(state=state, **kwargs)
         if result is not True and result is not False:
             raise TypeError(f"{name} returned {result!r}, expected a bool")
         self._gate_open = result

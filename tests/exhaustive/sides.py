@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from modfsm.engine import LIFECYCLE, Event, EventType
+from modfsm.engine.kernel.declaration import Declaration
 from modfsm.engine.runtime.modifier import START_PROBE
 from modfsm.engine.tools.transitions_adapter import TransitionsDriver
 from specs.reference import Flags, ReferenceModifier
@@ -52,8 +53,13 @@ class EngineSide:
 
     name = "engine"
 
-    def __init__(self, start: float | None = None, end: float | None = None) -> None:
-        self.modifier = RecordingModifier(start=start, end=end)
+    def __init__(
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        kind: type[RecordingModifier] = RecordingModifier,
+    ) -> None:
+        self.modifier = kind(start=start, end=end)
 
     def apply(self, letter: Letter) -> Outcome:
         _script(self.modifier, letter)
@@ -94,18 +100,24 @@ class DriverSide:
 
     name = "transitions"
 
-    def __init__(self, start: float | None = None, end: float | None = None) -> None:
+    def __init__(
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        declaration: Declaration = LIFECYCLE,
+    ) -> None:
         self.modifier = RecordingModifier(start=start, end=end)
-        self.driver = TransitionsDriver(LIFECYCLE, self.modifier)
+        self.declaration = declaration
+        self.driver = TransitionsDriver(declaration, self.modifier)
         self.flags = {
-            s.name: Flags(*(s.flags[f] for f in LIFECYCLE.flags)) for s in LIFECYCLE.states
+            s.name: Flags(*(s.flags[f] for f in declaration.flags)) for s in declaration.states
         }
 
     def apply(self, letter: Letter) -> Outcome:
         _script(self.modifier, letter)
         kind, event = letter.call
         before = len(self.modifier.log)
-        trigger = kind if event is None else LIFECYCLE.event_triggers[event.type_]
+        trigger = kind if event is None else self.declaration.event_triggers[event.type_]
         error = None
         try:
             self.driver.fire(trigger, STATE, START_PROBE if kind == "initialize" else event, {})

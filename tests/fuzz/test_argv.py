@@ -45,7 +45,7 @@ DIAGRAM = _option(["--format", "-f", "--output", "-o", "--trace", "--steps"],
                   ["--illegal", "--no-self-loops"])  # fmt: skip
 VERIFY = _option(["--machine", "--write-models"], ["--all"])
 TARGETS = st.one_of(
-    st.sampled_from(["lifecycle", "stage", "session", "MagnitudePruningModifier",
+    st.sampled_from(["lifecycle", "calibration", "stage", "session", "MagnitudePruningModifier",
                      "QuantizationModifier", "Modifier", "NoSuchModifier", "recipe.yaml",
                      "trace.jsonl", "file.txt", "folder", "missing.yaml", "/dev/zero"]),
     HOSTILE_TEXT,

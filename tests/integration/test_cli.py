@@ -91,7 +91,7 @@ def test_diagram_of_an_unknown_target_exits_2_listing_the_targets(
     assert main(["diagram", "lifecylce"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("modfsm diagram: unknown diagram target 'lifecylce'. ")
-    assert "Targets: the machines lifecycle, stage, session; a modifier class (" in err
+    assert "Targets: the machines lifecycle, calibration, stage, session; a modifier class (" in err
     assert "MagnitudePruningModifier" in err
     assert "Traceback" not in err
 

@@ -38,7 +38,7 @@ from tests.diagram_support import (
     mermaid_states,
 )
 
-MACHINES = ["lifecycle", "stage", "session"]
+MACHINES = list(MACHINE_TARGETS)
 
 
 def names(value: Any) -> list[str]:
@@ -192,7 +192,7 @@ def test_in_dot_illegal_moves_are_dashed_red_and_the_pseudo_states_are_distinct(
     text = render(draw("lifecycle", illegal=True), "dot").decode()
     attributes = dot_edge_attributes(text)
     assert attributes[("created", "rejected_created")] == (
-        "color=red fontcolor=red style=dashed tailport=s"
+        "color=red fontcolor=red style=dashed tailport=s weight=5"
     )
     assert attributes[("created", "started")] == ""
     assert f'\t{REJECTED}_created [label="{REJECTED}\\l" color=red fillcolor=mistyrose' in text
@@ -275,11 +275,11 @@ def test_an_unknown_target_names_the_machines_and_the_modifier_types() -> None:
     error = caught.value
     assert isinstance(error, ValueError)
     assert error.target == "MagnitudePrunningModifier"
-    assert error.machines == ("lifecycle", "stage", "session")
+    assert error.machines == ("lifecycle", "calibration", "stage", "session")
     assert "MagnitudePruningModifier" in error.modifiers
     message = str(error)
     assert "Did you mean MagnitudePruningModifier?" in message
-    assert "the machines lifecycle, stage, session" in message
+    assert "the machines lifecycle, calibration, stage, session" in message
     assert "QuantizationModifier" in message
     assert "To fix" in message
 

@@ -439,7 +439,8 @@ def _refusal(name: str = "bad", **changes: Any) -> DeclarationError:
                                *LIFECYCLE.triggers[1:])},
          "triggers[initialize].prelude",
          "'on_boot' has gate=False and takes_event=False. To fix, use a gate prelude called as "
-         "hook(state, **kwargs), or a notify prelude called as hook(state, event, **kwargs)."),
+         "hook(state=state, **kwargs), or a notify prelude called as "
+         "hook(state, event, **kwargs)."),
         (lambda: {"event_triggers": {**LIFECYCLE.event_triggers, "extra": "other"}},
          "event_triggers['extra']",
          "'other' is not a declared trigger. To fix, route each event to a declared trigger."),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modfsm.engine import LIFECYCLE
+from modfsm.engine import CALIBRATION_LIFECYCLE, LIFECYCLE
 from modfsm.engine.model.lifecycle import FINALIZED_STATES
 from modfsm.engine.model.session_grammar import SESSION_GRAMMAR
 from modfsm.engine.model.stage_lifecycle import STAGE_LIFECYCLE
@@ -19,6 +19,7 @@ SPECS = {path.stem: path.read_text(encoding="utf-8") for path in (ROOT / "specs"
 SPEC = SPECS["lifecycle"]
 CATALOG_PREFIX = {
     "lifecycle": "P",
+    "calibration": "CA",
     "stage": "ST",
     "recipe": "RC",
     "session": "SE",
@@ -31,6 +32,7 @@ CATALOG_PREFIX = {
 #: (spec -> machine, prefix)
 TEMPORAL = {
     "lifecycle": ("lifecycle", "LT"),
+    "calibration": ("calibration", "CAT"),
     "stage": ("stage", "STT"),
     "session": ("session", "SET"),
 }
@@ -84,6 +86,25 @@ def test_the_transition_table_is_the_declared_rows() -> None:
             declared.add((source, row["trigger"], guard, listed(row.get("before")), row["dest"]))
     assert documented == declared
     assert len(table("transitions-table")) == len(declared)
+
+
+def test_the_calibration_table_is_the_declared_calibration_rows() -> None:
+    documented = {
+        (state, trigger, tuple(h.strip() for h in hooks.split(",")),
+         None if dest == "(stays)" else dest)
+        for state, trigger, hooks, dest in table("calibration-table", "calibration")
+    }  # fmt: skip
+    declared = {
+        (source, row["trigger"], listed(row.get("before")), row["dest"])
+        for row in CALIBRATION_LIFECYCLE.transitions[len(LIFECYCLE.transitions) :]
+        for source in listed(row["source"])
+    }
+    assert documented == declared
+    assert len(table("calibration-table", "calibration")) == len(declared)
+    assert not any(
+        "conditions" in row or "unless" in row
+        for row in CALIBRATION_LIFECYCLE.transitions[len(LIFECYCLE.transitions) :]
+    )
 
 
 def test_the_rules_table_is_the_declared_rejections() -> None:

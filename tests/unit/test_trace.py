@@ -17,7 +17,7 @@ from modfsm.engine.loop.session import Session
 from modfsm.engine.loop.trace import check_traceable
 from modfsm.engine.runtime.stage import StageError, StageModifiers
 from modfsm.engine.tools.replay import read_jsonl, verify
-from tests.doubles import EventLog, RecordingModifier
+from tests.doubles import CalibrationRecordingModifier, EventLog, RecordingModifier
 
 
 def traced_run(path: Path | None = None) -> Session:
@@ -409,3 +409,64 @@ def test_a_lifecycle_whose_outcomes_look_alike_cannot_be_traced() -> None:
     ambiguous = attrs.evolve(LIFECYCLE, name="ambiguous-lifecycle", transitions=tuple(rows))
     with pytest.raises(DeclarationError, match=r"\(started, batch_end\).*cannot be told apart"):
         check_traceable(compile_machine(ambiguous, state_attr="_lc"))
+
+
+def calibration_run() -> Session:
+    """Both lifecycles in one session: a calibration epoch with two sequential layers, then
+    training steps."""
+    session = Session()
+    session.initialize(
+        recipe=[EventLog(start=0, end=2), CalibrationRecordingModifier(start=1, end=3)],
+        trace=True,
+    )
+    session.event(EventType.CALIBRATION_START)
+    session.event(EventType.SEQUENTIAL_EPOCH_END, modules=["layer0"])
+    session.event(EventType.SEQUENTIAL_EPOCH_END, modules=["layer1"])
+    session.event(EventType.CALIBRATION_END)
+    for _ in range(3):
+        session.batch_start()
+        session.optim_pre_step()
+        session.optim_post_step()
+        session.batch_end()
+    session.finalize()
+    return session
+
+
+def test_a_trace_records_each_modifiers_own_lifecycle_and_replays_against_it() -> None:
+    session = calibration_run()
+    assert session.trace is not None
+    records = session.trace.records
+    header = records[0]
+    # the default table is left out, as in traces written before there were two
+    assert ["lifecycle" in m for m in header["modifiers"]] == [False, True]
+    assert header["modifiers"][1]["lifecycle"] == "calibration-lifecycle"
+    moves = [(r["event"], r["from"], r["to"], r["hooks"]) for r in records
+             if r["kind"] == "transition" and r["modifier"] == "default_stage.1"]  # fmt: skip
+    assert moves[0] == (None, "created", "initialized", ["on_initialize"])
+    assert moves[1:4] == [
+        ("calibration_epoch_start", "initialized", "started", ["on_event", "on_calibration_start"]),
+        ("sequential_epoch_end", "started", "started", ["on_event", "on_sequential_epoch_end"]),
+        ("sequential_epoch_end", "started", "started", ["on_event", "on_sequential_epoch_end"]),
+    ]
+    assert moves[4] == (
+        "calibration_epoch_end", "started", "ended", ["on_event", "on_calibration_end"],
+    )  # fmt: skip
+    result = verify(records)
+    assert result.ok, result.divergence
+
+
+def test_replay_reads_a_modifier_against_its_own_table_and_refuses_an_unknown_one() -> None:
+    session = calibration_run()
+    assert session.trace is not None
+    records = copy.deepcopy(session.trace.records)
+    # read against the first table, the calibration moves are not what it says
+    del records[0]["modifiers"][1]["lifecycle"]
+    result = verify(records)
+    assert result.divergence is not None
+    assert "default_stage.1" in result.divergence.message
+    records[0]["modifiers"][1]["lifecycle"] = "my-lifecycle"
+    result = verify(records)
+    assert result.divergence is not None
+    assert "runs the lifecycle 'my-lifecycle', which replay does not know" in (
+        result.divergence.message
+    )

@@ -159,6 +159,14 @@ def test_every_temporal_property_is_violated_by_some_mutated_table() -> None:
     assert failing(mutants.STAGE_FAULTS)["STT7"].evidence == (
         "begin_finalize -> pending (ambiguous: 2 rows or rules apply)",
     )
+    assert set(failing(mutants.CALIBRATION_HOOKS_FORGOTTEN)) == {
+        "CAT2", "CAT3", "CAT6", "CAT7", "CAT9",
+    }  # fmt: skip
+    assert set(failing(mutants.CALIBRATION_FLAGS_WRONG)) == {"CAT4", "CAT5", "CAT8"}
+    # the extra row also ends without a hook (CAT3); initialized again, on_start runs twice
+    assert set(failing(mutants.CALIBRATION_UNDECIDED)) == {
+        "CAT1", "CAT3", "CAT8", "CAT10", "CAT11", "CAT12",
+    }  # fmt: skip
     assert set(failing(mutants.SESSION_FAULTS)) == {
         "SET1", "SET3", "SET4", "SET5", "SET7", "SET8",
     }  # fmt: skip
@@ -168,7 +176,7 @@ def test_every_temporal_property_is_violated_by_some_mutated_table() -> None:
 @pytest.mark.parametrize(
     "machine",
     [*MACHINES, mutants.NEVER_WAITS],
-    ids=["lifecycle", "stage", "session", "never-waits"],
+    ids=["lifecycle", "calibration", "stage", "session", "never-waits"],
 )
 def test_the_model_checker_and_the_structural_proof_agree_on_every_state_and_its_distance(
     machine: VerifiedMachine,

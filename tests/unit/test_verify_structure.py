@@ -43,7 +43,7 @@ def test_every_registered_machine_is_verified_under_its_name() -> None:
 
 
 def test_an_unknown_machine_name_lists_the_registered_ones() -> None:
-    with pytest.raises(KeyError, match="known: lifecycle, stage, session"):
+    with pytest.raises(KeyError, match="known: lifecycle, calibration, stage, session"):
         declared_machine("lifecylce")
 
 

@@ -19,7 +19,7 @@ from modfsm.engine.tools.diagrams.targets import draw
 
 __all__ = ["DOC_FORMATS", "DOC_TARGETS", "REGENERATE", "doc_files", "stale_docs", "write_docs"]
 
-DOC_TARGETS: Final = ("lifecycle", "stage", "session")
+DOC_TARGETS: Final = ("lifecycle", "calibration", "stage", "session")
 """The machines whose pictures are committed."""
 
 DOC_FORMATS: Final = {"mmd": "mermaid", "dot": "dot", "svg": "svg"}

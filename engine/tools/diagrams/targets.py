@@ -1,7 +1,7 @@
 """Diagram targets: the declared machines by name, and modifier classes by class name.
 
-``lifecycle``, ``stage`` and ``session`` name the three declared machines (the
-names ``modfsm verify`` uses); any other name is looked up as a modifier class
+``lifecycle``, ``calibration``, ``stage`` and ``session`` name the declared machines
+(the names ``modfsm verify`` uses); any other name is looked up as a modifier class
 through :class:`~modfsm.engine.config.factory.ModifierFactory` (registered, entry-point and
 experimental classes included), and drawn with its own lifecycle (``__lifecycle__``), its
 guards and hooks that it defines itself marked ``*`` and its ``@handles`` hooks with the
@@ -40,12 +40,18 @@ MACHINE_TARGETS: Final[Mapping[str, Declaration]] = DECLARED_MACHINES
 
 TITLES: Final[Mapping[str, str]] = {
     "lifecycle": "modfsm modifier lifecycle",
+    "calibration": "modfsm modifier lifecycle with calibration events (llm-compressor 0.13+)",
     "stage": "modfsm stage lifecycle",
     "session": "modfsm session step grammar",
 }
 """Machine target name -> the title of its diagram."""
 
-HOOKS_SHOWN: Final[Mapping[str, bool]] = {"lifecycle": True, "stage": True, "session": False}
+HOOKS_SHOWN: Final[Mapping[str, bool]] = {
+    "lifecycle": True,
+    "calibration": True,
+    "stage": True,
+    "session": False,
+}
 """Machine target name -> whether its diagram shows hooks unless told (modifier classes: yes)."""
 
 

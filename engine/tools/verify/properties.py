@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-Three machines are declared in ``engine/``: the modifier lifecycle, the stage
-lifecycle and the session's step grammar. For each, a :class:`VerifiedMachine`
-names the declaration, the flag that marks its terminal states, which hooks
-must run in any call that turns a flag on, and its temporal properties: LTL
-formulas in Spin's syntax over the atoms that :mod:`modfsm.engine.tools.verify.promela`
-defines for every generated model:
+Four machines are declared in ``engine/``: the modifier lifecycle, its calibration
+variant (llm-compressor 0.13+), the stage lifecycle and the session's step grammar.
+For each, a :class:`VerifiedMachine` names the declaration, the flag that marks its
+terminal states, which hooks must run in any call that turns a flag on, and its
+temporal properties: LTL formulas in Spin's syntax over the atoms that
+:mod:`modfsm.engine.tools.verify.promela` defines for every generated model:
 
 ============================  =====================================================
 atom                          holds when
@@ -32,8 +32,8 @@ Before the first call, ``was_*``/``from_*`` describe the initial state, no
 every property is stutter-invariant, so a call that raises inside a hook (it
 changes nothing, see :mod:`modfsm.engine.tools.verify.model`) cannot affect a verdict.
 
-The "Temporal properties" catalogs of ``specs/lifecycle.md``, ``specs/stage.md``
-and ``specs/session.md`` list these ids, titles and formulas;
+The "Temporal properties" catalogs of ``specs/lifecycle.md``, ``specs/calibration.md``,
+``specs/stage.md`` and ``specs/session.md`` list these ids, titles and formulas;
 ``tests/unit/test_specs.py`` checks that they equal :data:`MACHINES`.
 """
 
@@ -129,6 +129,45 @@ _LIFECYCLE: Final = VerifiedMachine(
     spec="specs/lifecycle.md",
 )
 
+_CALIBRATION: Final = VerifiedMachine(
+    name="calibration",
+    declaration=DECLARED_MACHINES["calibration"],
+    terminal_flag="finalized",
+    flag_hooks={
+        "initialized": ("on_initialize",),
+        "started": ("on_start|on_calibration_start",),
+        "ended": ("on_end|on_calibration_end",),
+        "finalized": ("on_finalize", "release_hooks"),
+    },
+    temporal=(
+        TemporalProperty("CAT1", "finalized is absorbing",
+                         "[] (finalized -> [] finalized)"),
+        TemporalProperty("CAT2", "started is set only with on_start or on_calibration_start",
+                         "[] ((started && !was_started) -> "
+                         "(ran_on_start || ran_on_calibration_start))"),
+        TemporalProperty("CAT3", "ended is set only with on_end or on_calibration_end",
+                         "[] ((ended && !was_ended) -> (ran_on_end || ran_on_calibration_end))"),
+        TemporalProperty("CAT4", "calibration_start always leaves the modifier started",
+                         "[] ((did_calibration_start && accepted) -> started)"),
+        TemporalProperty("CAT5", "calibration_end always leaves the modifier ended",
+                         "[] ((did_calibration_end && accepted) -> ended)"),
+        TemporalProperty("CAT6", "sequential_epoch_end never moves and never updates",
+                         "[] (did_sequential_epoch_end -> (unchanged && !ran_on_update))"),
+        TemporalProperty("CAT7", "each calibration hook runs only on its own event",
+                         "[] ((ran_on_calibration_start -> did_calibration_start) && "
+                         "(ran_on_sequential_epoch_end -> did_sequential_epoch_end) && "
+                         "(ran_on_calibration_end -> did_calibration_end))"),
+        TemporalProperty("CAT8", "the window opens at most once and closes at most once",
+                         "[] (count_on_start <= 1 && count_on_end <= 1)"),
+        TemporalProperty("CAT9", "finalizing releases the torch hooks",
+                         "[] ((finalized && !was_finalized) -> ran_release_hooks)"),
+        TemporalProperty("CAT10", "no event reaches a modifier before initialize or after finalize",
+                         "[] (ran_on_event -> (was_initialized && !was_finalized))"),
+        *_decided("CAT", 11),
+    ),
+    spec="specs/calibration.md",
+)
+
 _STAGE: Final = VerifiedMachine(
     name="stage",
     declaration=DECLARED_MACHINES["stage"],
@@ -176,7 +215,7 @@ _SESSION: Final = VerifiedMachine(
 )
 # fmt: on
 
-MACHINES: Final = (_LIFECYCLE, _STAGE, _SESSION)
+MACHINES: Final = (_LIFECYCLE, _CALIBRATION, _STAGE, _SESSION)
 """What is verified about each machine of
 :data:`~modfsm.engine.model.machines.DECLARED_MACHINES`, in report order
 (``tests/unit/test_verify_structure.py`` checks that none is left out)."""

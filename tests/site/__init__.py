@@ -1,0 +1,1 @@
+"""Tests of the documentation site in a real browser (headless Chromium)."""
