@@ -156,6 +156,79 @@ def _add_import(parser: Any, what: str) -> None:
     )  # fmt: skip
 
 
+def _refused(command: str, error: BaseException) -> int:
+    """Print a refusal (a modfsm error or a missing package) as one line; exit code 2."""
+    message = str(error)
+    prefix = "" if message.startswith(f"modfsm {command}:") else f"modfsm {command}: "
+    print(f"{prefix}{message}", file=sys.stderr)
+    return 2
+
+
+def _add_oneshot(commands: Any) -> None:
+    oneshot = commands.add_parser(
+        "oneshot",
+        help="compress a causal language model in one shot with a recipe (GPTQ, SparseGPT, ...)",
+        description="Compress a causal LM with a recipe in one shot: the built-in byte-level "
+        "Llama (trained once, about 90 s on 2 cores, and cached) or --model PATH (a local "
+        "transformers folder). Calibrates the recipe's modifiers on windows of the training "
+        "text through a calibration pipeline, then prints the held-out perplexity before and "
+        "after, each layer's sparsity and bit width, and the compressed size; --output writes "
+        "the model (safetensors with the scales and zero points) and the recipe. Default "
+        "recipe: GPTQ W4A16, group 128. Sample recipes: docs/recipes/oneshot_*.yaml. Exit 2 "
+        "with one message for a bad option, recipe, model or output folder.",
+    )
+    oneshot.add_argument("recipe", nargs="?", type=Path,
+                         help="a recipe YAML file (default: built-in GPTQ W4A16)")  # fmt: skip
+    oneshot.add_argument(
+        "--model", type=Path, metavar="PATH",
+        help="a local transformers model folder (default: the built-in LM)",
+    )  # fmt: skip
+    oneshot.add_argument("--calib", type=_positive, default=64, metavar="N",
+                         help="calibration sequences (default 64)")  # fmt: skip
+    oneshot.add_argument("--seq-len", type=_positive, metavar="L",
+                         help="tokens per sequence (default: 128)")  # fmt: skip
+    oneshot.add_argument("--pipeline", choices=("basic", "sequential"), default="sequential",
+                         help="calibrate on the float model (basic) or layer by layer on the "
+                         "compressed layers before (sequential, the default)")  # fmt: skip
+    oneshot.add_argument(
+        "--output", "-o", type=Path, metavar="DIR",
+        help="write the compressed model and the recipe to DIR (must not exist)",
+    )  # fmt: skip
+    oneshot.add_argument(
+        "--trace", type=Path, metavar="FILE", help="write the session trace (JSONL)"
+    )
+    oneshot.add_argument(
+        "--seed", type=_seed, default=0, help="chooses the calibration windows (0)"
+    )
+    oneshot.add_argument(
+        "--eval", dest="eval_sequences", type=_positive, default=64, metavar="N",
+        help="held-out sequences for the perplexity (default 64)",
+    )  # fmt: skip
+    _add_import(oneshot, "reading the recipe")
+    oneshot.add_argument("-q", "--quiet", action="store_true",
+                         help="print nothing but errors (no summary, no progress bar)")  # fmt: skip
+
+
+def _oneshot(args: argparse.Namespace) -> int:
+    from modfsm.engine.app.oneshot import OneshotConfig, format_summary, oneshot
+    from modfsm.engine.kernel.errors import LifecycleError
+
+    if not _import_modules(args.imports, "oneshot"):
+        return 2
+    config = OneshotConfig(
+        recipe=args.recipe, model=args.model, calib=args.calib, seq_len=args.seq_len,
+        pipeline=args.pipeline, output=args.output, trace=args.trace, seed=args.seed,
+        eval_sequences=args.eval_sequences,
+    )  # fmt: skip
+    try:
+        result = oneshot(config, progress=sys.stderr.isatty() and not args.quiet)
+    except (LifecycleError, ModuleNotFoundError) as error:
+        return _refused("oneshot", error)
+    if not args.quiet:
+        sys.stdout.write(format_summary(result) + "\n")
+    return 0
+
+
 def _run_logged(args: argparse.Namespace) -> int:
     from modfsm.engine.app.runner import RunConfig, format_summary, run, summary_data
     from modfsm.engine.kernel.errors import LifecycleError
@@ -179,10 +252,7 @@ def _run_logged(args: argparse.Namespace) -> int:
     try:
         result = run(config, progress=sys.stderr.isatty() and not args.quiet)
     except (LifecycleError, ModuleNotFoundError) as error:
-        message = str(error)
-        prefix = "" if message.startswith("modfsm run:") else "modfsm run: "
-        print(f"{prefix}{message}", file=sys.stderr)
-        return 2
+        return _refused("run", error)
     except OSError as error:
         print(f"modfsm run: {error.filename or ''}: {error.strerror}. To fix, check the path "
               "and its permissions.", file=sys.stderr)  # fmt: skip
@@ -256,6 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     _add_diagram(commands)
+    _add_oneshot(commands)
 
     trace = commands.add_parser(
         "trace",
@@ -517,6 +588,8 @@ def _command(args: argparse.Namespace) -> int:
         return _verify(args.file)
     if args.command == "verify":
         return _verify_machines(args)
+    if args.command == "oneshot":
+        return _oneshot(args)
     return _diagram(args)
 
 
