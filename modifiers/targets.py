@@ -3,6 +3,10 @@
 A target (and an ``ignore`` entry) is one of:
 
 * ``"__ALL__"`` — every ``Linear`` and ``Conv1d/2d/3d`` layer;
+* ``"__ALL_PRUNABLE__"`` — the same layers, under llm-compressor's name for
+  them (its ``expand_special_targets``: ``Linear``, ``Conv1d``, ``Conv2d``,
+  ``Conv3d``); ``"__ALL_QUANTIZABLE__"`` — every ``Linear``, ``Conv2d`` and
+  ``Conv3d`` layer (llm-compressor's expansion of that name);
 * a layer type name, such as ``"Linear"`` or ``"Conv2d"``;
 * a module name, such as ``"0"`` or ``"encoder.fc1"``, or a parameter name
   ``"<module>.weight"`` (which selects that module);
@@ -12,6 +16,11 @@ A target (and an ``ignore`` entry) is one of:
 Only modules with a ``weight`` parameter of two or more dimensions are layers
 here. A target that matches no layer is an error at ``initialize``, listing the
 model's layers, rather than a modifier that silently does nothing.
+
+:func:`select_modules` reads the same entries over *every* module, not only
+layers: the one-shot pruning modifiers name the blocks (decoder layers) whose
+layers they compress, as llm-compressor's ``SparseGPTModifier`` does
+(``re:model.layers.\\d+$``, ``LlamaDecoderLayer``).
 """
 
 from __future__ import annotations
@@ -24,10 +33,32 @@ from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ALL", "as_names", "check_names", "check_target_names", "layers", "resolve", "weight_of"]
+__all__ = [
+    "ALL",
+    "ALL_PRUNABLE",
+    "ALL_QUANTIZABLE",
+    "PRUNABLE_TYPES",
+    "as_names",
+    "check_names",
+    "check_target_names",
+    "layers",
+    "matches_any",
+    "resolve",
+    "select_modules",
+    "weight_of",
+]
 
 ALL: Final = "__ALL__"
-_DEFAULT_TYPES: Final = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+ALL_PRUNABLE: Final = "__ALL_PRUNABLE__"
+ALL_QUANTIZABLE: Final = "__ALL_QUANTIZABLE__"
+PRUNABLE_TYPES: Final = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+"""The layer types ``__ALL__`` and ``__ALL_PRUNABLE__`` stand for."""
+_SPECIAL: Final = {
+    ALL: PRUNABLE_TYPES,
+    ALL_PRUNABLE: PRUNABLE_TYPES,
+    ALL_QUANTIZABLE: ("Linear", "Conv2d", "Conv3d"),
+}
+_SHOWN_MODULES: Final = 12
 
 
 def check_names(owner: str, field: str, value: Any) -> list[str]:
@@ -77,8 +108,9 @@ def layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def _matches(target: str, name: str, module: torch.nn.Module) -> bool:
-    if target == ALL:
-        return type(module).__name__ in _DEFAULT_TYPES
+    special = _SPECIAL.get(target)
+    if special is not None:
+        return type(module).__name__ in special
     if target.startswith("re:"):
         pattern = re.compile(target[3:])
         return bool(pattern.fullmatch(name) or pattern.fullmatch(f"{name}.weight"))
@@ -121,6 +153,46 @@ def resolve(
             value=ignore,
         )
     return kept
+
+
+def matches_any(entries: list[str], name: str, module: torch.nn.Module) -> bool:
+    """Whether any of ``entries`` (targets or ignore entries) selects the module ``name``."""
+    return any(_matches(entry, name, module) for entry in entries)
+
+
+def select_modules(
+    owner: str, model: torch.nn.Module, targets: list[str]
+) -> dict[str, torch.nn.Module]:
+    """Every module of ``model`` (not only layers) that one of ``targets`` selects, in model order.
+
+    The entries read as for layers: a module name, a type name, ``re:<pattern>``
+    over the whole name, or a special name (which selects the layers of its
+    types). The model itself (name ``""``) is never selected.
+
+    Raises:
+        ConfigError: a target matches no module; the message lists the module
+            types and some module names.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    chosen: set[str] = set()
+    for target in targets:
+        hits = {n for n, m in named if _matches(target, n, m)}
+        if not hits:
+            kinds = sorted({type(m).__name__ for _, m in named})
+            shown = ", ".join(n for n, _ in named[:_SHOWN_MODULES])
+            more = f", ... ({len(named)} in all)" if len(named) > _SHOWN_MODULES else ""
+            raise ConfigError(
+                f"{owner}: target {target!r} matches no module of the model. Its module types "
+                f"are: {', '.join(kinds) or 'none'}; its modules: {shown or 'none'}{more}. To "
+                "fix, use a module name, a type name such as 'LlamaDecoderLayer' or 'Linear', "
+                "'__ALL_PRUNABLE__', or a 're:' pattern matching whole names "
+                "(e.g. 're:model.layers.\\d+$').",
+                owner=owner,
+                field="targets",
+                value=target,
+            )
+        chosen |= hits
+    return {n: m for n, m in named if n in chosen}
 
 
 def _listing(found: dict[str, torch.nn.Module]) -> str:

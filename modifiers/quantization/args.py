@@ -3,7 +3,7 @@
 A recipe describes quantization in llm-compressor's shape, either with a preset
 name::
 
-    QuantizationModifier: {targets: Linear, scheme: W8A8}
+    QuantizationModifier: {targets: Linear, scheme: FP8_DYNAMIC, ignore: [lm_head]}
 
 or with explicit ``config_groups``::
 
@@ -11,23 +11,77 @@ or with explicit ``config_groups``::
       config_groups:
         group_0:
           targets: [Linear]
-          weights: {num_bits: 4, symmetric: true, strategy: group, group_size: 32}
-          input_activations: {num_bits: 8, strategy: tensor, observer: moving_average}
+          weights: {num_bits: 8, type: float, strategy: channel}
+          input_activations: {num_bits: 8, type: float, strategy: token, dynamic: true}
+          output_activations: {num_bits: 8, type: int, strategy: tensor}
 
-Arguments of one tensor (:class:`QuantizationArgs`): ``num_bits`` (2 to 8),
-``type`` (``int``, the only type), ``symmetric``, ``strategy`` (``tensor``,
-``channel`` or ``group``), ``group_size`` (with ``group``), ``dynamic``
-(activations: a scale per batch instead of an observed one), ``observer``
-(``minmax`` or ``moving_average``) and ``observer_kwargs``
-(``averaging_constant`` for ``moving_average``).
+Arguments of one tensor (:class:`QuantizationArgs`, the reference's
+``compressed_tensors`` ``QuantizationArgs`` in the subset modfsm implements):
 
-Presets (:data:`PRESETS`):
+=================== ==========================================================================
+key                 meaning
+=================== ==========================================================================
+``num_bits``        ``type: int``: 2 to 8 (signed integers). ``type: float``: 8 only.
+``type``            ``int`` (default) or ``float``: IEEE-like ``float8_e4m3fn`` (4 exponent
+                    bits, 3 mantissa bits, no infinities, largest magnitude 448). Other float
+                    widths (the reference's 4-bit ``NVFP4``/``MXFP4``) are refused.
+``symmetric``       zero point fixed at 0 (default) or fitted to the range (``int`` only:
+                    a ``float`` grid is symmetric).
+``strategy``        weights: one scale per ``tensor`` (default), per output ``channel``, or per
+                    ``group`` of ``group_size`` inputs of each output. Activations: ``tensor``
+                    or ``token`` (one scale per token: per row of the input flattened to
+                    ``(-1, last dimension)``; ``dynamic: true`` only, as in the reference).
+                    ``block``, ``tensor_group`` and ``attn_head`` are refused.
+``group_size``      the group's width (``strategy: group`` only).
+``dynamic``         activations only: ``true`` computes the scale from each forward's own
+                    values (no observer, no calibration); ``false`` (default) uses a static
+                    scale kept by an observer during calibration or training.
+``observer``        how a static activation range is kept (see below); ignored with
+                    ``dynamic: true`` and for weights, which always use their current range
+                    (the reference's weight observers are memoryless too).
+``observer_kwargs`` ``averaging_constant`` (in (0, 1], default 0.01) for ``moving_average``.
+=================== ==========================================================================
 
-* ``W8A8``: int8 symmetric weights per output channel; int8 symmetric input
-  activations per tensor with a static scale from a moving-average observer;
-* ``W8A16``: int8 symmetric weights per output channel, float activations;
-* ``W4A16``: int4 symmetric weights in groups of 128 inputs (``group_size`` on
-  the modifier changes the group), float activations.
+Observers (modfsm's names, and the reference's):
+
+* ``minmax``: the widest range seen. The reference calls this one ``static_minmax``, which
+  modfsm accepts as the same observer. **Departure:** the reference's own ``minmax`` is a
+  moving average with constant 0.01 (modfsm's ``moving_average``); modfsm keeps its earlier
+  meaning of ``minmax``.
+* ``moving_average``: the range moves toward each batch's by ``averaging_constant``.
+* ``memoryless_minmax``: the range of the last batch seen.
+* ``mse``, ``memoryless_mse`` and the other grid-search observers of the reference are
+  refused (not implemented).
+
+Presets (:data:`PRESETS`; names are case-insensitive), against ``compressed_tensors``'s
+``PRESET_SCHEMES`` as shipped with llm-compressor 0.14. All weights are static and symmetric
+unless said; "static ``minmax``" inputs need calibration (or training) data:
+
+=============== ================================ ========================================
+preset          weights                          input activations
+=============== ================================ ========================================
+``W8A8``        int8, per channel                int8, per tensor, static,
+                                                 ``moving_average`` (0.01) [#w8a8]_
+``W8A16``       int8, per channel [#w8a16]_      float
+``W4A16``       int4, groups of 128              float
+``W4A16_ASYM``  int4 asymmetric, groups of 128   float
+``FP8``         float8_e4m3fn, per tensor        float8_e4m3fn, per tensor, static,
+                                                 ``minmax`` (the reference's
+                                                 ``static_minmax``)
+``FP8_DYNAMIC`` float8_e4m3fn, per channel       float8_e4m3fn, per token, dynamic
+=============== ================================ ========================================
+
+.. [#w8a8] **Departure**: the reference's ``W8A8`` quantizes inputs to int8 *per token,
+   dynamically*. modfsm's ``W8A8`` keeps its earlier definition (a static per-tensor input
+   scale), which its quantization-aware training demo depends on; write the reference's
+   with ``config_groups`` (``input_activations: {num_bits: 8, strategy: token, dynamic:
+   true}``).
+.. [#w8a16] **Departure**: llm-compressor 0.14's ``W8A16`` uses groups of 128 (its
+   ``WnA16`` template); earlier compressed-tensors releases, and modfsm, use one scale
+   per output channel.
+
+``group_size`` on the modifier changes the group of a grouped preset (``W4A16``,
+``W4A16_ASYM``).
 """
 
 from __future__ import annotations
@@ -41,9 +95,12 @@ import attrs
 from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
 
 __all__ = [
+    "ACTIVATION_STRATEGIES",
+    "FLOAT8_MAX",
     "OBSERVERS",
     "PRESETS",
     "STRATEGIES",
+    "TYPES",
     "QuantizationArgs",
     "QuantizationScheme",
     "parse_args",
@@ -51,8 +108,24 @@ __all__ = [
     "preset",
 ]
 
+TYPES: Final = ("int", "float")
 STRATEGIES: Final = ("tensor", "channel", "group")
-OBSERVERS: Final = ("minmax", "moving_average")
+"""The strategies of weights (and of any tensor quantized as rows of a weight)."""
+ACTIVATION_STRATEGIES: Final = ("tensor", "token")
+"""The strategies of input and output activations."""
+OBSERVERS: Final = ("minmax", "moving_average", "memoryless_minmax")
+FLOAT8_MAX: Final = 448
+"""The largest magnitude of ``float8_e4m3fn`` (``torch.finfo(torch.float8_e4m3fn).max``)."""
+
+_OBSERVER_ALIASES: Final[Mapping[str, str]] = {"static_minmax": "minmax"}
+_UNSUPPORTED_OBSERVERS: Final = (
+    "mse",
+    "memoryless_mse",
+    "imatrix_mse",
+    "nvfp4_expanded_mse",
+    "nvfp4_expanded_imatrix",
+)
+_UNSUPPORTED_STRATEGIES: Final = ("block", "tensor_group", "attn_head")
 _ARG_KEYS: Final = (
     "num_bits",
     "type",
@@ -63,7 +136,7 @@ _ARG_KEYS: Final = (
     "observer",
     "observer_kwargs",
 )
-_GROUP_KEYS: Final = ("targets", "weights", "input_activations")
+_GROUP_KEYS: Final = ("targets", "weights", "input_activations", "output_activations")
 
 
 def _fail(where: str, message: str, value: Any, *, type_error: bool = False) -> ConfigError:
@@ -73,21 +146,30 @@ def _fail(where: str, message: str, value: Any, *, type_error: bool = False) -> 
 
 @attrs.frozen
 class QuantizationArgs:
-    """How one tensor (a weight, or a layer's input) is quantized.
+    """How one tensor (a weight, a layer's input or its output) is quantized.
 
     Attributes:
-        num_bits: bits per value, 2 to 8 (signed integers in
-            ``[-2**(num_bits-1), 2**(num_bits-1) - 1]``).
-        symmetric: zero point fixed at 0 (True) or fitted to the range (False).
-        strategy: one scale per ``tensor``, per output ``channel``, or per
-            ``group`` of ``group_size`` inputs of each output.
+        num_bits: bits per value: 2 to 8 for ``int`` (signed integers in
+            ``[-2**(num_bits-1), 2**(num_bits-1) - 1]``), 8 for ``float``.
+        symmetric: zero point fixed at 0 (True) or fitted to the range (False;
+            ``int`` only).
+        strategy: one scale per ``tensor``, per output ``channel``, per ``group``
+            of ``group_size`` inputs of each output (weights), or per ``token``
+            (activations, dynamic only: one scale per row of the tensor
+            flattened to ``(-1, last dimension)``).
         group_size: the group's width (``strategy == "group"`` only).
-        dynamic: activations only: scale each batch from its own range instead
+        dynamic: activations only: scale each forward from its own values instead
             of a static scale from an observer.
         observer: how a static activation range is kept: ``minmax`` (the widest
-            range seen) or ``moving_average`` (an exponential average of each
-            batch's range). Weights always use their current range.
+            range seen), ``moving_average`` (an exponential average of each
+            batch's range) or ``memoryless_minmax`` (the last batch's range).
+            Weights always use their current range.
         averaging_constant: the moving average's weight of a new batch, in (0, 1].
+        type: ``int``, or ``float`` for ``float8_e4m3fn`` (8 bits, symmetric).
+
+    Raises:
+        ConfigError: ``type`` is not ``int`` or ``float``, or a ``float`` is not
+            8-bit and symmetric (the other fields are checked by :func:`parse_args`).
     """
 
     num_bits: int = 8
@@ -97,20 +179,41 @@ class QuantizationArgs:
     dynamic: bool = False
     observer: str = "minmax"
     averaging_constant: float = 0.01
+    type: str = "int"
+
+    def __attrs_post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise _fail(
+                "type",
+                f"{self.type!r} is not one of {', '.join(TYPES)}. To fix, use one of those.",
+                self.type,
+            )
+        if self.type == "float":
+            _check_float("type", self.num_bits, self.symmetric)
+
+    @property
+    def is_float(self) -> bool:
+        """True for ``float8_e4m3fn``, False for integers."""
+        return self.type == "float"
 
     @property
     def qmin(self) -> int:
-        """The smallest integer value."""
+        """The smallest value of the grid (``-FLOAT8_MAX`` for ``float``)."""
+        if self.is_float:
+            return -FLOAT8_MAX
         return -(1 << (self.num_bits - 1))
 
     @property
     def qmax(self) -> int:
-        """The largest integer value."""
+        """The largest value of the grid (``FLOAT8_MAX`` for ``float``)."""
+        if self.is_float:
+            return FLOAT8_MAX
         return (1 << (self.num_bits - 1)) - 1
 
     def describe(self) -> str:
-        """A short human description, e.g. ``int8 sym channel``."""
-        text = f"int{self.num_bits} {'sym' if self.symmetric else 'asym'} {self.strategy}"
+        """A short human description, e.g. ``int8 sym channel`` or ``fp8 sym token dynamic``."""
+        kind = "fp8" if self.is_float else f"int{self.num_bits}"
+        text = f"{kind} {'sym' if self.symmetric else 'asym'} {self.strategy}"
         if self.strategy == "group":
             text += f"({self.group_size})"
         if self.dynamic:
@@ -121,7 +224,7 @@ class QuantizationArgs:
         """The recipe form (what :func:`parse_args` reads back to an equal value)."""
         out: dict[str, Any] = {
             "num_bits": self.num_bits,
-            "type": "int",
+            "type": self.type,
             "symmetric": self.symmetric,
             "strategy": self.strategy,
         }
@@ -144,23 +247,49 @@ class QuantizationScheme:
         targets: the layers it applies to (see :mod:`modfsm.modifiers.targets`).
         weights: how their weights are quantized (None: not at all).
         input_activations: how their inputs are quantized (None: not at all).
+        output_activations: how their outputs are quantized (None: not at all).
     """
 
     targets: tuple[str, ...]
     weights: QuantizationArgs | None = None
     input_activations: QuantizationArgs | None = None
+    output_activations: QuantizationArgs | None = None
 
     def describe(self) -> str:
-        """``W: int8 sym channel; A: int8 sym tensor`` style."""
+        """``weights int8 sym channel; inputs int8 sym tensor`` style (and ``; outputs ...``)."""
         weights = self.weights.describe() if self.weights else "float"
         inputs = self.input_activations.describe() if self.input_activations else "float"
-        return f"weights {weights}; inputs {inputs}"
+        text = f"weights {weights}; inputs {inputs}"
+        if self.output_activations is not None:
+            text += f"; outputs {self.output_activations.describe()}"
+        return text
+
+
+def _check_float(where: str, num_bits: int, symmetric: bool) -> None:
+    if num_bits != 8:
+        raise _fail(
+            f"{where}",
+            f"type 'float' is 8-bit float8_e4m3fn only, got num_bits {num_bits}; other float "
+            "widths (the reference's 4-bit NVFP4 and MXFP4) are not supported. To fix, use "
+            "num_bits: 8 with type: float, or type: int.",
+            num_bits,
+        )
+    if not symmetric:
+        raise _fail(
+            f"{where}",
+            "type 'float' is symmetric only (float8_e4m3fn has no zero point here). To fix, "
+            "use symmetric: true, or type: int for an asymmetric grid.",
+            symmetric,
+        )
 
 
 def _check_bool(where: str, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(
-            f"{where}.{key}", f"must be true or false, got {value!r}.", value, type_error=True
+            f"{where}.{key}",
+            f"must be true or false, got {value!r}. To fix, write true or false.",
+            value,
+            type_error=True,
         )
     return value
 
@@ -175,7 +304,11 @@ def _check_int(where: str, key: str, value: Any, low: int, high: int | None = No
         )
     if value < low or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise _fail(f"{where}.{key}", f"must be {bounds}, got {value}.", value)
+        raise _fail(
+            f"{where}.{key}",
+            f"must be {bounds}, got {value}. To fix, use a value in that range.",
+            value,
+        )
     return value
 
 
@@ -206,22 +339,96 @@ def _unknown_keys(where: str, given: Mapping[str, Any], known: tuple[str, ...]) 
         )
 
 
+def _parse_type(where: str, raw: Mapping[str, Any]) -> str:
+    kind = raw.get("type", "int")
+    if isinstance(kind, str) and kind.lower() in TYPES:
+        return kind.lower()
+    raise _fail(
+        f"{where}.type",
+        f"{kind!r} is not one of {', '.join(TYPES)}. To fix, write type: int, or type: float "
+        "for float8_e4m3fn.",
+        kind,
+    )
+
+
+def _parse_strategy(where: str, raw: Mapping[str, Any], *, activations: bool) -> str:
+    strategy = raw.get("strategy", "tensor")
+    choices = ACTIVATION_STRATEGIES if activations else STRATEGIES
+    if strategy in choices:
+        return str(strategy)
+    if activations and strategy in ("channel", "group"):
+        raise _fail(
+            f"{where}.strategy",
+            f"activations are quantized per token or per tensor, not per {strategy!r}. To "
+            "fix, use strategy: tensor (static or dynamic) or strategy: token with "
+            "dynamic: true.",
+            strategy,
+        )
+    if not activations and strategy == "token":
+        raise _fail(
+            f"{where}.strategy",
+            "strategy 'token' applies to activations; a weight has no tokens. To fix, use "
+            f"one of {', '.join(STRATEGIES)}.",
+            strategy,
+        )
+    unsupported = (
+        f" ({', '.join(_UNSUPPORTED_STRATEGIES)}: the reference's FP8_BLOCK, NVFP4 and "
+        "attention-head strategies, are not supported)"
+        if strategy in _UNSUPPORTED_STRATEGIES
+        else ""
+    )
+    raise _fail(
+        f"{where}.strategy",
+        f"{strategy!r} is not one of {', '.join(choices)}{unsupported}. To fix, use one of "
+        "those.",
+        strategy,
+    )
+
+
+def _parse_observer(where: str, raw: Mapping[str, Any]) -> str:
+    observer = raw.get("observer")
+    if observer is None:
+        return "minmax"
+    observer = _OBSERVER_ALIASES.get(observer, observer) if isinstance(observer, str) else observer
+    if observer in _UNSUPPORTED_OBSERVERS:
+        raise _fail(
+            f"{where}.observer",
+            f"{observer!r} is not one of {', '.join(OBSERVERS)}: the MSE observers (a grid "
+            "search over clipped ranges) are not supported. To fix, use one of "
+            f"{', '.join(OBSERVERS)} or static_minmax (= minmax).",
+            observer,
+        )
+    return _choice(where, "observer", observer, OBSERVERS)
+
+
 def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
     """Read one tensor's arguments from their recipe form (a mapping).
 
+    Args:
+        where: how messages name the arguments, e.g. ``config_groups.group_0.weights``.
+        raw: the mapping of arguments.
+        activations: True for input or output activations, False for weights.
+
     Raises:
-        ConfigError: an unknown key or a bad value; the message names ``where``.
+        ConfigError: an unknown key or a bad value; the message names ``where``,
+            the key and the value, and says how to fix it.
     """
     if not isinstance(raw, Mapping):
-        raise _fail(where, f"must be a mapping of arguments, got {raw!r}.", raw, type_error=True)
-    _unknown_keys(where, raw, _ARG_KEYS)
-    if raw.get("type", "int") != "int":
         raise _fail(
-            f"{where}.type", f"{raw['type']!r} is not supported; only 'int' is.", raw["type"]
+            where,
+            f"must be a mapping of arguments, got {raw!r}. To fix, write e.g. "
+            "{num_bits: 8, strategy: tensor}.",
+            raw,
+            type_error=True,
         )
+    _unknown_keys(where, raw, _ARG_KEYS)
+    kind = _parse_type(where, raw)
     num_bits = _check_int(where, "num_bits", raw.get("num_bits", 8), 2, 8)
     symmetric = _check_bool(where, "symmetric", raw.get("symmetric", True))
-    strategy = _choice(where, "strategy", raw.get("strategy", "tensor"), STRATEGIES)
+    if kind == "float":
+        _check_float(f"{where}.num_bits" if num_bits != 8 else f"{where}.symmetric",
+                     num_bits, symmetric)  # fmt: skip
+    strategy = _parse_strategy(where, raw, activations=activations)
     group_size = raw.get("group_size")
     if strategy == "group":
         if group_size is None:
@@ -243,23 +450,26 @@ def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
         raise _fail(
             f"{where}.dynamic",
             "weights are always quantized from their current values; dynamic applies to "
-            "input_activations. To fix, drop dynamic here.",
+            "input_activations and output_activations. To fix, drop dynamic here.",
             dynamic,
         )
-    if activations and strategy != "tensor":
+    if strategy == "token" and not dynamic:
         raise _fail(
             f"{where}.strategy",
-            f"input activations are quantized per tensor, not per {strategy!r}. To fix, use "
-            "strategy: tensor.",
+            "strategy 'token' is dynamic only (one scale per token, computed at run time); a "
+            "static scale per token cannot be calibrated. To fix, add dynamic: true, or use "
+            "strategy: tensor for a static scale.",
             strategy,
         )
-    observer = _choice(where, "observer", raw.get("observer", "minmax"), OBSERVERS)
+    observer = _parse_observer(where, raw)
     kwargs = raw.get("observer_kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise _fail(
-            f"{where}.observer_kwargs", f"must be a mapping, got {kwargs!r}.", kwargs,
+            f"{where}.observer_kwargs",
+            f"must be a mapping, got {kwargs!r}. To fix, write e.g. {{averaging_constant: 0.01}}.",
+            kwargs,
             type_error=True,
-        )  # fmt: skip
+        )
     _unknown_keys(f"{where}.observer_kwargs", kwargs, ("averaging_constant",))
     constant = kwargs.get("averaging_constant", 0.01)
     if (
@@ -269,9 +479,11 @@ def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
     ):
         raise _fail(
             f"{where}.observer_kwargs.averaging_constant",
-            f"must be a number in (0, 1], got {constant!r}.",
+            f"must be a number in (0, 1], got {constant!r}. To fix, write e.g. 0.01.",
             constant,
         )
+    if dynamic:  # no observer: the recipe's observer (if any) is ignored, as in the reference
+        observer, constant = "minmax", 0.01
     return QuantizationArgs(
         num_bits=num_bits,
         symmetric=symmetric,
@@ -280,6 +492,7 @@ def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
         dynamic=dynamic,
         observer=observer,
         averaging_constant=float(constant),
+        type=kind,
     )
 
 
@@ -292,8 +505,21 @@ PRESETS: Final[Mapping[str, tuple[QuantizationArgs, QuantizationArgs | None]]] =
     "W8A8": (_INT8_CHANNEL, _INT8_STATIC_INPUT),
     "W8A16": (_INT8_CHANNEL, None),
     "W4A16": (QuantizationArgs(num_bits=4, symmetric=True, strategy="group", group_size=128), None),
+    "W4A16_ASYM": (
+        QuantizationArgs(num_bits=4, symmetric=False, strategy="group", group_size=128),
+        None,
+    ),
+    "FP8": (
+        QuantizationArgs(type="float", strategy="tensor"),
+        QuantizationArgs(type="float", strategy="tensor", observer="minmax"),
+    ),
+    "FP8_DYNAMIC": (
+        QuantizationArgs(type="float", strategy="channel"),
+        QuantizationArgs(type="float", strategy="token", dynamic=True),
+    ),
 }
-"""Preset name -> (weight arguments, input-activation arguments or None)."""
+"""Preset name -> (weight arguments, input-activation arguments or None); see the module
+docstring's table for how each compares with the reference."""
 
 
 def preset(name: Any, targets: tuple[str, ...], group_size: int | None) -> QuantizationScheme:
@@ -314,10 +540,11 @@ def preset(name: Any, targets: tuple[str, ...], group_size: int | None) -> Quant
     weights, inputs = PRESETS[name.upper()]
     if group_size is not None:
         if weights.strategy != "group":
+            grouped = ", ".join(n for n, (w, _) in PRESETS.items() if w.strategy == "group")
             raise _fail(
                 "group_size",
                 f"preset {name!r} quantizes weights per {weights.strategy}, not in groups. To "
-                "fix, drop group_size or use W4A16.",
+                f"fix, drop group_size or use a grouped preset ({grouped}).",
                 group_size,
             )
         weights = attrs.evolve(weights, group_size=_check_int("", "group_size", group_size, 1))
@@ -325,7 +552,8 @@ def preset(name: Any, targets: tuple[str, ...], group_size: int | None) -> Quant
 
 
 def parse_config_groups(raw: Any) -> tuple[QuantizationScheme, ...]:
-    """Read ``config_groups`` (name -> {targets, weights, input_activations}).
+    """Read ``config_groups`` (name -> {targets, weights, input_activations,
+    output_activations}).
 
     Raises:
         ConfigError: a malformed group; the message names the group and key.
@@ -342,7 +570,13 @@ def parse_config_groups(raw: Any) -> tuple[QuantizationScheme, ...]:
     for name, group in raw.items():
         where = f"config_groups.{name}"
         if not isinstance(group, Mapping):
-            raise _fail(where, f"must be a mapping, got {group!r}.", group, type_error=True)
+            raise _fail(
+                where,
+                f"must be a mapping, got {group!r}. To fix, write e.g. {{targets: [Linear], "
+                "weights: {num_bits: 8}}.",
+                group,
+                type_error=True,
+            )
         _unknown_keys(where, group, _GROUP_KEYS)
         targets = group.get("targets")
         if isinstance(targets, str):
@@ -358,23 +592,26 @@ def parse_config_groups(raw: Any) -> tuple[QuantizationScheme, ...]:
                 "write e.g. targets: [Linear].",
                 targets,
             )
-        weights = group.get("weights")
-        inputs = group.get("input_activations")
-        if weights is None and inputs is None:
+        parts = {key: group.get(key) for key in _GROUP_KEYS[1:]}
+        if all(value is None for value in parts.values()):
             raise _fail(
                 where,
-                "quantizes nothing. To fix, give weights and/or input_activations.",
+                "quantizes nothing. To fix, give weights, input_activations and/or "
+                "output_activations.",
                 dict(group),
             )
+        parsed = {
+            key: None
+            if value is None
+            else parse_args(f"{where}.{key}", value, activations=key != "weights")
+            for key, value in parts.items()
+        }
         schemes.append(
             QuantizationScheme(
                 targets=tuple(targets),
-                weights=None
-                if weights is None
-                else parse_args(f"{where}.weights", weights, activations=False),
-                input_activations=None
-                if inputs is None
-                else parse_args(f"{where}.input_activations", inputs, activations=True),
+                weights=parsed["weights"],
+                input_activations=parsed["input_activations"],
+                output_activations=parsed["output_activations"],
             )
         )
     return tuple(schemes)

@@ -1,6 +1,8 @@
 """Fake quantization and observers, as small functions on tensors.
 
-Integers are signed: ``[qmin, qmax] = [-2**(b-1), 2**(b-1) - 1]``. A range
+Two grids: signed integers (``type: int``) and ``float8_e4m3fn`` (``type: float``).
+
+**Integers** are signed: ``[qmin, qmax] = [-2**(b-1), 2**(b-1) - 1]``. A range
 ``[lo, hi]`` is first widened to include 0, so that 0 (a pruned weight, a ReLU's
 zero) is always exactly representable. Then
 
@@ -14,25 +16,42 @@ torch's fused ``fake_quantize_per_*_affine`` ops, which the forward pass uses
 (and whose backward is the straight-through estimator, clipped to the range).
 So a value inside the range comes back within ``scale / 2`` of where it was.
 
-Weights are viewed as rows (:func:`rows`): one row for ``tensor``, one per
+**float8_e4m3fn** (1 sign, 4 exponent and 3 mantissa bits, no infinities; the
+largest magnitude is 448) is symmetric: ``scale = max(-lo, hi) / 448`` and the
+zero point is 0 (int32, as for integers). ``quantize(x)`` is
+``clamp(x / scale, -448, 448)`` cast to ``torch.float8_e4m3fn`` (torch's cast
+rounds to the nearest value, ties to even, and is available on the CPU: no
+emulation is needed) and ``dequantize(q) = q * scale`` in float32. A value
+within the range comes back within half a float8 step of where it was (a
+relative error of at most ``2**-4``, or ``2**-10 * scale`` near zero). A value
+on the grid (``dequantize(q)``) quantizes back to ``q`` exactly, so
+``fp8(w / scale) * scale == w`` bit for bit for a weight written on the grid.
+Fake quantization returns exactly ``dequantize(quantize(x))`` forward, and the
+clipped straight-through gradient backward (as for integers).
+
+Tensors are viewed as rows (:func:`rows`): one row for ``tensor``, one per
 output channel for ``channel``, one per group of ``group_size`` inputs of each
-output for ``group``; each row has its own scale and zero point.
+output for ``group``, one per token (a row of the tensor flattened to
+``(-1, last dimension)``) for ``token``; each row has its own scale and zero point.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import torch
 
-from modfsm.modifiers.quantization.args import QuantizationArgs
+from modfsm.modifiers.quantization.args import FLOAT8_MAX, QuantizationArgs
 
 __all__ = [
+    "FLOAT8",
     "Observer",
     "dequantize",
+    "dynamic_qparams",
     "fake_quantize",
+    "grid_step_bound",
     "qparams",
     "quantize",
     "rows",
@@ -40,11 +59,16 @@ __all__ = [
     "weight_qparams",
 ]
 
+FLOAT8: Final = torch.float8_e4m3fn
+"""The dtype of ``type: float`` values."""
+
 
 def rows(weight: torch.Tensor, args: QuantizationArgs) -> torch.Tensor:
     """``weight`` as a 2-D view with one row per scale (see the module docstring)."""
     if args.strategy == "tensor":
         return weight.reshape(1, -1)
+    if args.strategy == "token":
+        return weight.reshape(-1, weight.shape[-1])
     flat = weight.reshape(weight.shape[0], -1)
     if args.strategy == "channel":
         return flat
@@ -53,9 +77,12 @@ def rows(weight: torch.Tensor, args: QuantizationArgs) -> torch.Tensor:
 
 
 def scale_shape(weight: torch.Tensor, args: QuantizationArgs) -> tuple[int, ...]:
-    """How a weight's scales are shaped on export: (1,), (out, 1) or (out, groups)."""
+    """How a weight's scales are shaped on export: (1,), (out, 1) or (out, groups)
+    (``(tokens, 1)`` for a per-token activation)."""
     if args.strategy == "tensor":
         return (1,)
+    if args.strategy == "token":
+        return (weight.numel() // weight.shape[-1], 1)
     if args.strategy == "channel":
         return (weight.shape[0], 1)
     assert args.group_size is not None
@@ -65,7 +92,10 @@ def scale_shape(weight: torch.Tensor, args: QuantizationArgs) -> tuple[int, ...]
 def qparams(
     lo: torch.Tensor, hi: torch.Tensor, args: QuantizationArgs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale (float32) and zero point (int32) for the range ``[lo, hi]`` (elementwise)."""
+    """Scale (float32) and zero point (int32) for the range ``[lo, hi]`` (elementwise).
+
+    For ``float`` arguments (symmetric) ``qmax`` is 448: ``scale = max(-lo, hi) / 448``.
+    """
     lo = lo.float().clamp(max=0.0)
     hi = hi.float().clamp(min=0.0)
     if args.symmetric:
@@ -89,14 +119,39 @@ def weight_qparams(
     return qparams(lo, hi, args)
 
 
+def dynamic_qparams(
+    x: torch.Tensor, args: QuantizationArgs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of an activation's own values (``dynamic: true``).
+
+    ``tensor``: one (0-d) scale from the whole range; ``token``: one per row of
+    ``x`` flattened to ``(-1, last dimension)`` (1-D). No gradient flows to them.
+    """
+    if args.strategy == "tensor":
+        lo, hi = torch.aminmax(x.detach())
+        return qparams(lo, hi, args)
+    return weight_qparams(x, args)
+
+
+def grid_step_bound(scale: torch.Tensor, args: QuantizationArgs) -> float:
+    """Half the largest step of the grid with these scales: the rounding bound of a value
+    inside the range (``scale / 2`` for integers; for float8, whose steps are 32 units
+    of ``scale`` between 256 and 448, ``16 * scale``)."""
+    largest = float(scale.max())
+    return largest * 16 if args.is_float else largest / 2
+
+
 def fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, args: QuantizationArgs
 ) -> torch.Tensor:
     """Quantize and dequantize ``x`` (rows as :func:`rows` for more than one scale).
 
     Differentiable: the gradient passes unchanged where ``x`` lies inside the
-    representable range and is zero outside it (torch's fused fake-quant ops).
+    representable range and is zero outside it (torch's fused fake-quant ops for
+    integers; the same clipped straight-through estimator for float8).
     """
+    if args.is_float:
+        return _fake_float8(x, scale, args)
     if scale.numel() == 1:
         return torch.fake_quantize_per_tensor_affine(
             x, scale.reshape(()), zero_point.reshape(()), args.qmin, args.qmax
@@ -110,10 +165,35 @@ def _per_row(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, 1)
 
 
+def _to_float8(view: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``clamp(view / scale, -448, 448)`` cast to float8_e4m3fn (``view``: rows)."""
+    limit = float(FLOAT8_MAX)
+    return (view.float() / _per_row(scale.float())).clamp(-limit, limit).to(FLOAT8)
+
+
+def _fake_float8(x: torch.Tensor, scale: torch.Tensor, args: QuantizationArgs) -> torch.Tensor:
+    """Float8 fake quantization: ``dequantize(quantize(x))`` forward, exactly; the clipped
+    straight-through estimator backward."""
+    view = rows(x, args)
+    scaled = view.detach().float() / _per_row(scale.float())
+    limit = float(FLOAT8_MAX)
+    values = scaled.clamp(-limit, limit).to(FLOAT8).float() * _per_row(scale.float())
+    out = values.to(x.dtype)
+    if x.requires_grad:
+        # (view - view.detach()) is exactly 0 forward, so out keeps its value bit for bit
+        # (a -0.0 may become +0.0); backward it passes the gradient where x is in range.
+        inside = scaled.abs() <= limit
+        out = out + (view - view.detach()) * inside
+    return out.reshape(x.shape)
+
+
 def quantize(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, args: QuantizationArgs
 ) -> torch.Tensor:
-    """The integers (int8) that ``x`` quantizes to, shaped like ``x``."""
+    """The values ``x`` quantizes to, shaped like ``x``: int8 integers, or float8_e4m3fn
+    for ``float`` arguments (whose zero point is 0)."""
+    if args.is_float:
+        return _to_float8(rows(x.detach(), args), scale).reshape(x.shape)
     view = rows(x.detach(), args)
     inverse = torch.reciprocal(_per_row(scale))
     q = torch.round(view * inverse) + _per_row(zero_point)
@@ -123,7 +203,8 @@ def quantize(
 def dequantize(
     q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, args: QuantizationArgs
 ) -> torch.Tensor:
-    """The float values (float32) the integers ``q`` stand for, shaped like ``q``."""
+    """The float values (float32) the integers (or float8 values) ``q`` stand for, shaped
+    like ``q``: ``(q - zero_point) * scale``, exact for float8 (whose zero point is 0)."""
     view = rows(q, args).float()
     values = (view - _per_row(zero_point).float()) * _per_row(scale.float())
     return values.reshape(q.shape)
@@ -131,10 +212,11 @@ def dequantize(
 
 @attrs.define
 class Observer:
-    """Keeps the range of a layer's inputs for a static activation scale.
+    """Keeps the range of a layer's inputs (or outputs) for a static activation scale.
 
     ``minmax`` keeps the widest range seen; ``moving_average`` moves the range
-    toward each batch's by ``averaging_constant`` (the first batch sets it).
+    toward each batch's by ``averaging_constant`` (the first batch sets it);
+    ``memoryless_minmax`` keeps the last batch's range.
     """
 
     args: QuantizationArgs
@@ -149,7 +231,7 @@ class Observer:
     def update(self, x: torch.Tensor) -> None:
         """Take ``x``'s range into account."""
         lo, hi = torch.aminmax(x.detach().float())
-        if self.lo is None or self.hi is None:
+        if self.lo is None or self.hi is None or self.args.observer == "memoryless_minmax":
             self.lo, self.hi = lo, hi
         elif self.args.observer == "minmax":
             self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)

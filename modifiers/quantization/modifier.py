@@ -1,6 +1,10 @@
 """``QuantizationModifier``: quantization-aware training and one-shot calibration.
 
-Lifecycle (the modifier's window is ``[start, end)``):
+It runs :data:`~modfsm.engine.model.calibration_lifecycle.CALIBRATION_LIFECYCLE`:
+the default lifecycle (training events behave exactly as there) plus
+llm-compressor 0.13+'s calibration events, so it serves both uses.
+
+Quantization-aware training (the modifier's window is ``[start, end)``):
 
 * **initialize** resolves the target layers and checks the scheme fits them
   (group sizes divide the layers' inputs; a one-shot run has calibration data).
@@ -22,7 +26,26 @@ Lifecycle (the modifier's window is ``[start, end)``):
   records the integers, scales and zero points for :meth:`export`, and the
   engine removes the hooks.
 
-A run whose window never opened quantizes nothing and exports nothing.
+One-shot calibration (the one-shot pipeline's events, whatever ``start`` says):
+
+* **CALIBRATION_START** (``on_calibration_start``) attaches the fake
+  quantization (if the window has not already) and turns the observers on, in
+  ``train()`` and ``eval()`` mode alike: every calibration forward (under
+  ``no_grad``, whole model or layer by layer) updates the static activation
+  observers and is itself fake-quantized, so later layers see the quantized
+  outputs of earlier ones, as in the reference.
+* **SEQUENTIAL_EPOCH_END** (``on_sequential_epoch_end(modules=...)``) settles
+  the target layers inside ``modules``: their observers stop, so the pipeline's
+  pass that propagates that layer's outputs uses the final scales.
+* **CALIBRATION_END** (``on_calibration_end``) freezes, as finalize does in
+  training: activation scales fixed, weight scales computed, each weight written
+  on its grid, :meth:`export` and :attr:`report` filled. From then on the forward
+  uses the weights as they are (already on the grid) and the frozen activation
+  scales (dynamic ones are still computed per forward); finalize only removes the
+  hooks.
+
+A run whose window never opened (and that was never calibrated) quantizes nothing
+and exports nothing.
 """
 
 from __future__ import annotations
@@ -33,8 +56,16 @@ from typing import Any
 import attrs
 import torch
 
-from modfsm.engine import ConfigError, Event, IllegalTransitionError, Modifier, State
+from modfsm.engine import (
+    CALIBRATION_LIFECYCLE,
+    ConfigError,
+    Event,
+    IllegalTransitionError,
+    Modifier,
+    State,
+)
 from modfsm.modifiers.quantization.args import (
+    QuantizationArgs,
     QuantizationScheme,
     parse_config_groups,
     preset,
@@ -42,8 +73,9 @@ from modfsm.modifiers.quantization.args import (
 from modfsm.modifiers.quantization.fake import (
     Observer,
     dequantize,
+    dynamic_qparams,
     fake_quantize,
-    qparams,
+    grid_step_bound,
     quantize,
     scale_shape,
     weight_qparams,
@@ -89,6 +121,19 @@ def _check_optional_names(instance: Any, attribute: attrs.Attribute[Any], value:
         check_names(_OWNER, attribute.name, value)
 
 
+def _refuse_kv_cache_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        raise ConfigError(
+            f"{_OWNER}.kv_cache_scheme is not supported yet, got {value!r}: quantizing the "
+            "attention layers' keys and values (the KV cache) arrives with issue 22. To fix, "
+            "remove kv_cache_scheme (the KV cache then stays in float), or quantize the "
+            "k_proj/v_proj outputs with output_activations in config_groups meanwhile.",
+            owner=_OWNER,
+            field="kv_cache_scheme",
+            value=value,
+        )
+
+
 def _model_input(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """How a calibration batch is passed to the model: ``model(x)``, ``model(x)`` of
     ``(x, y)``, or ``model(**batch)`` of a mapping."""
@@ -104,9 +149,10 @@ class QuantizationModifier(Modifier):
     """Quantize weights (and, by the scheme, layer inputs) to integers.
 
     Recipe arguments: ``targets`` and ``scheme`` (a preset: ``W8A8``, ``W8A16``,
-    ``W4A16``; ``group_size`` changes a grouped preset's group), or
-    ``config_groups`` (see :mod:`modfsm.modifiers.quantization.args`); ``ignore``;
-    ``start``, ``end``.
+    ``W4A16``, ``W4A16_ASYM``, ``FP8``, ``FP8_DYNAMIC``; ``group_size`` changes a
+    grouped preset's group), or ``config_groups`` (see
+    :mod:`modfsm.modifiers.quantization.args`); ``ignore``; ``start``, ``end``;
+    ``kv_cache_scheme`` (refused until issue 22).
 
     Attributes:
         targets: the layers a ``scheme`` applies to (default ``Linear``); with
@@ -115,17 +161,24 @@ class QuantizationModifier(Modifier):
         scheme: a preset name.
         config_groups: explicit schemes by group name.
         group_size: the group width for a grouped preset.
+        kv_cache_scheme: accepted only as None: KV-cache quantization is not
+            implemented yet (a value is refused at construction).
     """
+
+    __lifecycle__ = CALIBRATION_LIFECYCLE
 
     targets: str | list[str] | None = attrs.field(default=None, validator=_check_optional_names)
     ignore: str | list[str] = attrs.field(factory=list, validator=check_target_names)
     scheme: str | None = attrs.field(default=None, validator=_check_scheme)
     config_groups: dict[str, Any] | None = None
     group_size: int | None = attrs.field(default=None, validator=_check_group_size)
+    kv_cache_scheme: Any = attrs.field(default=None, validator=_refuse_kv_cache_scheme)
     _schemes: tuple[QuantizationScheme, ...] = attrs.field(init=False, repr=False, default=())
     _plan: dict[str, QuantizationScheme] = attrs.field(init=False, repr=False, factory=dict)
     _layers: dict[str, torch.nn.Module] = attrs.field(init=False, repr=False, factory=dict)
     _observers: dict[str, Observer] = attrs.field(init=False, repr=False, factory=dict)
+    _output_observers: dict[str, Observer] = attrs.field(init=False, repr=False, factory=dict)
+    _settled: set[str] = attrs.field(init=False, repr=False, factory=set)
     _observing: bool = attrs.field(init=False, repr=False, default=False)
     _calibrating: bool = attrs.field(init=False, repr=False, default=False)
     _exported: dict[str, dict[str, Any]] | None = attrs.field(init=False, repr=False, default=None)
@@ -181,9 +234,10 @@ class QuantizationModifier(Modifier):
     def report(self) -> dict[str, dict[str, float]]:
         """Per layer, at finalize: the largest weight change to the grid, and its bound.
 
-        ``max_error`` is ``max |w - dequantize(quantize(w))|``; ``bound`` is the
-        largest ``scale / 2`` of the layer (the rounding bound); ``relative_error``
-        is ``||w - dq|| / ||w||``.
+        ``max_error`` is ``max |w - dequantize(quantize(w))|``; ``bound`` is half
+        the layer's largest grid step (the rounding bound: the largest ``scale / 2``
+        for integers, ``16 * scale`` for float8); ``relative_error`` is
+        ``||w - dq|| / ||w||``.
         """
         return {name: dict(values) for name, values in self._report.items()}
 
@@ -191,10 +245,7 @@ class QuantizationModifier(Modifier):
 
     def on_initialize(self, state: State, **kwargs: Any) -> bool:
         self._bind(state)
-        static = any(
-            s.input_activations is not None and not s.input_activations.dynamic
-            for s in self._plan.values()
-        )
+        static = bool(self._observers or self._output_observers)
         if self.start == -1 and static and state.data.calib is None:
             raise ConfigError(
                 f"{self.lifecycle_label}: a one-shot run (start: -1) with static activation "
@@ -219,9 +270,37 @@ class QuantizationModifier(Modifier):
         self._observing = False
 
     def on_finalize(self, state: State, **kwargs: Any) -> bool:
-        if self.started:
+        if self.started and self._exported is None:  # not frozen at CALIBRATION_END already
             self._freeze()
         return True
+
+    # --- one-shot calibration hooks (CALIBRATION_LIFECYCLE) ---------------------------------
+
+    def on_calibration_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Attach the fake quantization (unless the window did) and observe every forward."""
+        if not self.started:
+            self._attach()
+        self._exported = None
+        self._report = {}
+        self._settled = set()
+        self._observing = True
+        self._calibrating = True
+
+    def on_sequential_epoch_end(
+        self,
+        state: State,
+        event: Event,
+        modules: Iterable[torch.nn.Module] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Stop the observers of the target layers inside ``modules`` (one pipeline layer)."""
+        inside = {id(sub) for module in modules or () for sub in module.modules()}
+        self._settled.update(name for name, layer in self._layers.items() if id(layer) in inside)
+
+    def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        """Freeze: activation scales fixed, weights written on their grid, export filled."""
+        self._calibrating = False
+        self._freeze()
 
     # --- calibration and export ---------------------------------------------------------------
 
@@ -247,18 +326,21 @@ class QuantizationModifier(Modifier):
         return seen
 
     def export(self) -> dict[str, dict[str, Any]]:
-        """The quantized model: per layer, the integer weight and its scale and zero point.
+        """The quantized model: per layer, the quantized weight and its scale and zero point.
 
-        Each entry has ``weight`` (int8, the layer's shape), ``weight_scale``
+        Each entry has ``weight`` (the layer's shape: int8 integers, or
+        ``torch.float8_e4m3fn`` values for ``type: float``), ``weight_scale``
         (float32; shape ``(1,)``, ``(out, 1)`` or ``(out, groups)`` by strategy),
-        ``weight_zero_point`` (int32, same shape), ``input_scale`` /
-        ``input_zero_point`` (static activation quantization only) and
-        ``scheme`` (the arguments, as recipe values). ``dequantize(weight)``
-        equals the layer's weight after finalize, exactly.
+        ``weight_zero_point`` (int32, same shape; 0 for float8), ``input_scale`` /
+        ``input_zero_point`` and ``output_scale`` / ``output_zero_point`` (static
+        activation quantization only; shape ``(1,)``) and ``scheme`` (the
+        arguments, as recipe values). ``dequantize(weight)`` equals the layer's
+        weight after finalize (or after ``CALIBRATION_END``), exactly.
 
         Raises:
-            IllegalTransitionError: the modifier is not finalized yet, or its window
-                never opened (nothing was quantized).
+            IllegalTransitionError: the modifier is neither calibrated
+                (``CALIBRATION_END``) nor finalized yet, or its window never opened
+                (nothing was quantized).
         """
         if self._exported is None:
             reason = "it is not finalized yet" if not self.finalized else "its window never opened"
@@ -280,17 +362,25 @@ class QuantizationModifier(Modifier):
     # --- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        saved: dict[str, Any] = {
             "observing": self._observing,
             "observers": {name: obs.state_dict() for name, obs in self._observers.items()},
         }
+        if self._output_observers:  # only with static output activations
+            saved["output_observers"] = {
+                name: obs.state_dict() for name, obs in self._output_observers.items()
+            }
+        return saved
 
     def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
         if self.initialized:
             self._bind(state)
         problem = ""
-        if set(state_dict) != {"observing", "observers"}:
-            problem = f"its keys are {sorted(map(str, state_dict))}, expected observers, observing"
+        keys = {"observing", "observers"} | ({"output_observers"} if self._output_observers else set())
+        if set(state_dict) != keys:
+            problem = (
+                f"its keys are {sorted(map(str, state_dict))}, expected {', '.join(sorted(keys))}"
+            )
         elif not isinstance(state_dict["observing"], bool):
             problem = f"observing is {state_dict['observing']!r}, not true or false"
         elif state_dict["observing"] != (
@@ -301,7 +391,7 @@ class QuantizationModifier(Modifier):
                 f"'{self.lifecycle_state}' (it observes exactly while its window is open, "
                 "unless start is -1)"
             )
-        elif not isinstance(state_dict["observers"], Mapping):
+        elif not all(isinstance(state_dict[key], Mapping) for key in keys - {"observing"}):
             problem = "observers is not a dict of layer name to observer state"
         if problem:
             raise ConfigError(
@@ -311,25 +401,31 @@ class QuantizationModifier(Modifier):
                 field="state_dict",
                 value=None,
             )
-        observers = state_dict["observers"]
-        unknown = sorted(map(str, set(observers) - set(self._observers)))
-        missing = sorted(set(self._observers) - set(observers))
-        if unknown or missing:
-            problem = (
-                f"saved observers {unknown} are not target layers of this model"
-                if unknown
-                else f"the observers of target layers {missing} are not saved"
-            )
-            raise ConfigError(
-                f"{self.lifecycle_label}.load_state_dict: {problem} "
-                f"({sorted(self._observers)}). To fix, resume with the same model and recipe.",
-                owner=_OWNER,
-                field="observers",
-                value=unknown or missing,
-            )
-        for name, saved in observers.items():
-            # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
-            self._observers[name].load_state_dict(saved, weight_of(self._layers[name]).device)
+        kept = {"observers": self._observers}
+        if self._output_observers:
+            kept["output_observers"] = self._output_observers
+        for key, mine in kept.items():
+            observers = state_dict[key]
+            unknown = sorted(map(str, set(observers) - set(mine)))
+            missing = sorted(set(mine) - set(observers))
+            if unknown or missing:
+                which = "observers" if key == "observers" else "output observers"
+                problem = (
+                    f"saved {which} {unknown} are not target layers of this model"
+                    if unknown
+                    else f"the {which} of target layers {missing} are not saved"
+                )
+                raise ConfigError(
+                    f"{self.lifecycle_label}.load_state_dict: {problem} "
+                    f"({sorted(mine)}). To fix, resume with the same model and recipe.",
+                    owner=_OWNER,
+                    field=key,
+                    value=unknown or missing,
+                )
+        for key, mine in kept.items():
+            for name, saved in state_dict[key].items():
+                # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
+                mine[name].load_state_dict(saved, weight_of(self._layers[name]).device)
         self._observing = state_dict["observing"]
         if self.started and not self.finalized:
             self._attach()
@@ -384,6 +480,11 @@ class QuantizationModifier(Modifier):
             for name, scheme in plan.items()
             if scheme.input_activations is not None and not scheme.input_activations.dynamic
         }
+        self._output_observers = {
+            name: Observer(scheme.output_activations)
+            for name, scheme in plan.items()
+            if scheme.output_activations is not None and not scheme.output_activations.dynamic
+        }
 
     def _attach(self) -> None:
         for name, layer in self._layers.items():
@@ -392,41 +493,62 @@ class QuantizationModifier(Modifier):
             )
 
     def _quantized_forward(self, name: str, scheme: QuantizationScheme) -> Callable[..., Any]:
-        """The layer's forward while quantizing: fake-quantized weight and input.
+        """The layer's forward while quantizing: fake-quantized weight, input and output.
 
         The fake-quantized weight shadows the parameter for this call only (an
         instance attribute, removed in ``finally`` even if the forward raises).
+        Once frozen (:meth:`_freeze`) the weight is on its grid and is used as it is.
         """
-        weights, inputs = scheme.weights, scheme.input_activations
-        observer = self._observers.get(name)
+        weights = scheme.weights
+        inputs, outputs = scheme.input_activations, scheme.output_activations
+        observer, output_observer = self._observers.get(name), self._output_observers.get(name)
 
         def forward(
             module: torch.nn.Module, original: Callable[..., Any], *args: Any, **kwargs: Any
         ) -> Any:
-            if weights is not None:
+            shadow = weights is not None and self._exported is None
+            if shadow:
+                assert weights is not None
                 weight = module._parameters["weight"]
                 assert weight is not None
                 scale, zero_point = weight_qparams(weight, weights)
                 module.__dict__["weight"] = fake_quantize(weight, scale, zero_point, weights)
             try:
                 if inputs is not None:
-                    x = args[0]
-                    if observer is None:  # dynamic: this batch's own range
-                        lo, hi = torch.aminmax(x.detach())
-                        scale, zero_point = qparams(lo, hi, inputs)
-                    else:
-                        if (self._observing and (module.training or self._calibrating)) or not (
-                            observer.observed
-                        ):
-                            observer.update(x)
-                        scale, zero_point = observer.qparams()
-                    args = (fake_quantize(x, scale, zero_point, inputs), *args[1:])
-                return original(*args, **kwargs)
+                    x = self._activation(name, module, args[0], inputs, observer)
+                    args = (x, *args[1:])
+                out = original(*args, **kwargs)
+                if outputs is not None:
+                    out = self._activation(name, module, out, outputs, output_observer)
+                return out
             finally:
-                if weights is not None:
+                if shadow:
                     module.__dict__.pop("weight", None)
 
         return forward
+
+    def _activation(
+        self,
+        name: str,
+        module: torch.nn.Module,
+        x: torch.Tensor,
+        args: QuantizationArgs,
+        observer: Observer | None,
+    ) -> torch.Tensor:
+        """``x`` (a layer's input or output) fake-quantized: dynamic from its own values, or
+        static from ``observer``, updated first while observing (in ``train()`` mode, or
+        calibrating) unless the layer is settled, and always when it has seen nothing."""
+        if observer is None:  # dynamic: this batch's own range (per tensor or per token)
+            scale, zero_point = dynamic_qparams(x, args)
+        else:
+            if (
+                self._observing
+                and name not in self._settled
+                and (module.training or self._calibrating)
+            ) or not observer.observed:
+                observer.update(x)
+            scale, zero_point = observer.qparams()
+        return fake_quantize(x, scale, zero_point, args)
 
     def _freeze(self) -> None:
         exported: dict[str, dict[str, Any]] = {}
@@ -445,7 +567,7 @@ class QuantizationModifier(Modifier):
                     norm = float(weight.norm())
                     report[name] = {
                         "max_error": float(error.max()),
-                        "bound": float(scale.max()) / 2,
+                        "bound": grid_step_bound(scale, args),
                         "relative_error": float((weight - snapped).norm()) / norm if norm else 0.0,
                     }
                     weight.copy_(snapped)
@@ -455,13 +577,15 @@ class QuantizationModifier(Modifier):
                         weight_scale=scale.reshape(shape),
                         weight_zero_point=zero_point.reshape(shape),
                     )
-                observer = self._observers.get(name)
-                if observer is not None and observer.observed:
-                    input_scale, input_zero_point = observer.qparams()
-                    entry.update(
-                        input_scale=input_scale.reshape(1),
-                        input_zero_point=input_zero_point.reshape(1),
-                    )
+                for prefix, observers in (
+                    ("input", self._observers),
+                    ("output", self._output_observers),
+                ):
+                    observer = observers.get(name)
+                    if observer is not None and observer.observed:
+                        static_scale, static_zero_point = observer.qparams()
+                        entry[f"{prefix}_scale"] = static_scale.reshape(1)
+                        entry[f"{prefix}_zero_point"] = static_zero_point.reshape(1)
                 exported[name] = entry
         self._observing = False
         self._exported = exported
@@ -469,9 +593,12 @@ class QuantizationModifier(Modifier):
 
 
 def _scheme_values(scheme: QuantizationScheme) -> dict[str, Any]:
-    return {
+    values: dict[str, Any] = {
         "weights": None if scheme.weights is None else scheme.weights.to_dict(),
         "input_activations": None
         if scheme.input_activations is None
         else scheme.input_activations.to_dict(),
     }
+    if scheme.output_activations is not None:
+        values["output_activations"] = scheme.output_activations.to_dict()
+    return values

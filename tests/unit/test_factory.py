@@ -721,3 +721,16 @@ def test_import_modifiers_of_one_class_registers_only_it_and_names_a_missing_one
     )
     with pytest.raises(ConfigTypeError, match=r"usermods:attrs is not a class"):
         factory.import_modifiers("usermods", only="attrs")
+
+
+def test_a_class_declared_through_the_entry_point_group_is_drawn_by_its_name(
+    factory: type[ModifierFactory], site: Path
+) -> None:
+    from modfsm.engine.tools.diagrams import draw, render
+
+    module(site, "ep_drawn", CONCRETE.format("DrawnModifier"))
+    declare(site, "ep-drawn-dist", {"drawn": "ep_drawn:DrawnModifier"})
+    factory.refresh()
+    drawing = draw("DrawnModifier")
+    assert drawing.title == "DrawnModifier lifecycle; * = defined by DrawnModifier: on_initialize"
+    assert "initialized --> started" in render(drawing, "mermaid").decode()

@@ -76,7 +76,11 @@ def test_config_groups_read_the_reference_shape() -> None:
         ({"g": {"targets": "Linear", "weigths": {}}}, r"'weigths' -> 'weights'"),
         ({"g": {"targets": "Linear", "weights": {"num_bits": 9}}}, "between 2 and 8, got 9"),
         ({"g": {"targets": "Linear", "weights": {"num_bits": 8.0}}}, "must be a whole number"),
-        ({"g": {"targets": "Linear", "weights": {"type": "float"}}}, "only 'int' is"),
+        # type: float is float8_e4m3fn since issue 21 (it was refused before): other widths are
+        (
+            {"g": {"targets": "Linear", "weights": {"type": "float", "num_bits": 4}}},
+            "8-bit float8_e4m3fn only, got num_bits 4",
+        ),
         ({"g": {"targets": "Linear", "weights": {"strategy": "block"}}}, "not one of tensor"),
         ({"g": {"targets": "Linear", "weights": {"strategy": "group"}}}, "needs a group_size"),
         ({"g": {"targets": "Linear", "weights": {"group_size": 8}}}, "applies to strategy"),
