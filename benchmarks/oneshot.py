@@ -77,7 +77,8 @@ def _targets(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
             if isinstance(m, torch.nn.Linear) and n != "lm_head"]  # fmt: skip
 
 
-def _rtn(model: torch.nn.Module, raw: dict[str, Any]) -> None:
+def rtn(model: torch.nn.Module, raw: dict[str, Any]) -> None:
+    """Round every target weight to its nearest grid point (``raw``: weight arguments)."""
     from modfsm.modifiers.quantization.args import parse_args
     from modfsm.modifiers.solvers import round_to_nearest
 
@@ -86,7 +87,8 @@ def _rtn(model: torch.nn.Module, raw: dict[str, Any]) -> None:
         layer.weight.data.copy_(round_to_nearest(layer.weight.data, args)[0])
 
 
-def _magnitude(model: torch.nn.Module, structure: str) -> None:
+def magnitude_prune(model: torch.nn.Module, structure: str) -> None:
+    """Zero the smallest half of every target weight (per group of 4 for ``2:4``)."""
     for _, layer in _targets(model):
         weight = layer.weight.data
         if structure == "2:4":
@@ -121,12 +123,12 @@ def _quality(settings: causal_lm.LMSettings, cache: Path | None, calib: int, eva
                 r.sparsity for r in result.layers if r.name != "lm_head"
             )
     baselines: tuple[tuple[str, Callable[[torch.nn.Module], None]], ...] = (
-        ("rtn_w4a16_g128", lambda m: _rtn(m, {"num_bits": 4, "symmetric": True,
+        ("rtn_w4a16_g128", lambda m: rtn(m, {"num_bits": 4, "symmetric": True,
                                               "strategy": "group", "group_size": 128})),
-        ("rtn_w4_channel", lambda m: _rtn(m, {"num_bits": 4, "symmetric": True,
+        ("rtn_w4_channel", lambda m: rtn(m, {"num_bits": 4, "symmetric": True,
                                               "strategy": "channel"})),
-        ("magnitude_50", lambda m: _magnitude(m, "0:0")),
-        ("magnitude_2of4", lambda m: _magnitude(m, "2:4")),
+        ("magnitude_50", lambda m: magnitude_prune(m, "0:0")),
+        ("magnitude_2of4", lambda m: magnitude_prune(m, "2:4")),
     )  # fmt: skip
     for name, apply in baselines:
         model = fresh()

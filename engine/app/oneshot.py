@@ -42,7 +42,7 @@ import torch
 from modfsm.engine.app import causal_lm, paths
 from modfsm.engine.app.pipeline import PIPELINES, Pipeline, run_pipeline
 from modfsm.engine.config.recipe import Recipe
-from modfsm.engine.kernel.errors import ConfigError
+from modfsm.engine.kernel.errors import ConfigError, IllegalTransitionError
 from modfsm.engine.loop.session import Session
 
 __all__ = [
@@ -206,7 +206,7 @@ def _exports(session: Session) -> dict[str, dict[str, Any]]:
             continue
         try:
             entries = export()
-        except (RuntimeError, ValueError):  # nothing quantized (its window never opened)
+        except IllegalTransitionError:  # nothing quantized: it never calibrated
             continue
         for name, entry in entries.items():
             merged[name] = {**merged.get(name, {}), **entry}
@@ -281,6 +281,8 @@ def write_compressed(
     metadata = {"format": FORMAT, "layers": json.dumps(layers, sort_keys=True)}
     parent = folder.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         save_file(tensors, str(staging / "model.safetensors"), metadata=metadata)
         config = getattr(model, "config", None)
@@ -288,8 +290,10 @@ def write_compressed(
             config.to_json_file(str(staging / "config.json"))
         (staging / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
         for path in staging.iterdir():
+            path.chmod(0o666 & ~umask)  # as a plain open() would have made it
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        staging.chmod(0o777 & ~umask)
         os.rename(staging, folder)  # fails rather than replace a folder made meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

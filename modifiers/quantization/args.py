@@ -277,8 +277,9 @@ def _check_float(where: str, num_bits: int, symmetric: bool) -> None:
     if not symmetric:
         raise _fail(
             f"{where}",
-            "type 'float' is symmetric only (float8_e4m3fn has no zero point here). To fix, "
-            "use symmetric: true, or type: int for an asymmetric grid.",
+            f"type 'float' is symmetric only (float8_e4m3fn has no zero point here), got "
+            f"symmetric={symmetric}. To fix, use symmetric: true, or type: int for an "
+            "asymmetric grid.",
             symmetric,
         )
 
@@ -379,8 +380,7 @@ def _parse_strategy(where: str, raw: Mapping[str, Any], *, activations: bool) ->
     )
     raise _fail(
         f"{where}.strategy",
-        f"{strategy!r} is not one of {', '.join(choices)}{unsupported}. To fix, use one of "
-        "those.",
+        f"{strategy!r} is not one of {', '.join(choices)}{unsupported}. To fix, use one of those.",
         strategy,
     )
 
@@ -389,7 +389,8 @@ def _parse_observer(where: str, raw: Mapping[str, Any]) -> str:
     observer = raw.get("observer")
     if observer is None:
         return "minmax"
-    observer = _OBSERVER_ALIASES.get(observer, observer) if isinstance(observer, str) else observer
+    if isinstance(observer, str):  # the reference's registry names, in any case
+        observer = _OBSERVER_ALIASES.get(observer.lower(), observer.lower())
     if observer in _UNSUPPORTED_OBSERVERS:
         raise _fail(
             f"{where}.observer",
@@ -543,8 +544,9 @@ def preset(name: Any, targets: tuple[str, ...], group_size: int | None) -> Quant
             grouped = ", ".join(n for n, (w, _) in PRESETS.items() if w.strategy == "group")
             raise _fail(
                 "group_size",
-                f"preset {name!r} quantizes weights per {weights.strategy}, not in groups. To "
-                f"fix, drop group_size or use a grouped preset ({grouped}).",
+                f"preset {name!r} quantizes weights per {weights.strategy}, not in groups, so "
+                f"group_size {group_size!r} does not apply. To fix, drop group_size or use a "
+                f"grouped preset ({grouped}).",
                 group_size,
             )
         weights = attrs.evolve(weights, group_size=_check_int("", "group_size", group_size, 1))
@@ -615,3 +617,53 @@ def parse_config_groups(raw: Any) -> tuple[QuantizationScheme, ...]:
             )
         )
     return tuple(schemes)
+
+
+def parse_schemes(
+    owner: str,
+    scheme: str | Mapping[str, Any] | None,
+    config_groups: Any,
+    targets: str | list[str] | tuple[str, ...] | None,
+    *,
+    group_size: int | None = None,
+    example: str = "W8A8",
+) -> tuple[QuantizationScheme, ...]:
+    """A quantizing modifier's schemes, from exactly one of ``scheme`` and ``config_groups``.
+
+    ``scheme`` is a preset name (for ``targets``, default ``Linear``; ``group_size``
+    changes a grouped preset's group) or a mapping of preset names to their targets;
+    ``config_groups`` names its targets per group (see :func:`parse_config_groups`).
+
+    Raises:
+        ConfigError: both or neither given, or ``targets``/``group_size`` where the
+            schemes name their own (the message names the field and the fix).
+    """
+
+    def refuse(field: str, value: Any, message: str) -> ConfigError:
+        return ConfigError(f"{owner}{message}", owner=owner, field=field, value=value)
+
+    if (scheme is None) == (config_groups is None):
+        raise refuse("scheme", scheme, f" needs exactly one of scheme and config_groups, got "
+                     f"{'both' if scheme is not None else 'neither'}. To fix, write e.g. "
+                     f"scheme: {example} (with targets: Linear), or config_groups.")  # fmt: skip
+    if scheme is None:
+        if targets is not None:
+            raise refuse("targets", targets, f": with config_groups, each group names its "
+                         f"targets; the modifier's targets={targets!r} would be ignored. To "
+                         "fix, move the targets into the config groups.")  # fmt: skip
+        if group_size is not None:
+            raise refuse("group_size", group_size, ": group_size applies to a scheme preset; "
+                         "with config_groups set group_size inside the weights' arguments. To "
+                         "fix, move it there.")  # fmt: skip
+        return parse_config_groups(config_groups)
+    if isinstance(scheme, str):
+        names = targets if targets is not None else "Linear"
+        return (preset(scheme, (names,) if isinstance(names, str) else tuple(names), group_size),)
+    if targets is not None:
+        raise refuse("targets", targets, f": scheme {dict(scheme)!r} names the targets of each "
+                     f"preset; targets={targets!r} would be ignored. To fix, drop targets or "
+                     "write scheme as a preset name.")  # fmt: skip
+    return tuple(
+        preset(name, (t,) if isinstance(t, str) else tuple(t), group_size)
+        for name, t in scheme.items()
+    )

@@ -15,6 +15,8 @@ zero) is always exactly representable. Then
 torch's fused ``fake_quantize_per_*_affine`` ops, which the forward pass uses
 (and whose backward is the straight-through estimator, clipped to the range).
 So a value inside the range comes back within ``scale / 2`` of where it was.
+(The reference divides a symmetric range by ``(qmax - qmin) / 2``, 127.5 for
+int8, not by ``qmax``: modfsm's integer scales are that much larger.)
 
 **float8_e4m3fn** (1 sign, 4 exponent and 3 mantissa bits, no infinities; the
 largest magnitude is 448) is symmetric: ``scale = max(-lo, hi) / 448`` and the
@@ -119,9 +121,7 @@ def weight_qparams(
     return qparams(lo, hi, args)
 
 
-def dynamic_qparams(
-    x: torch.Tensor, args: QuantizationArgs
-) -> tuple[torch.Tensor, torch.Tensor]:
+def dynamic_qparams(x: torch.Tensor, args: QuantizationArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of an activation's own values (``dynamic: true``).
 
     ``tensor``: one (0-d) scale from the whole range; ``token``: one per row of

@@ -9,8 +9,8 @@ Quantization-aware training (the modifier's window is ``[start, end)``):
 * **initialize** resolves the target layers and checks the scheme fits them
   (group sizes divide the layers' inputs; a one-shot run has calibration data).
 * **start** attaches the fake quantization to every target layer: a
-  ``forward_wrap`` hook (:mod:`modfsm.engine.runtime.hooks`) quantizes the layer's input (when
-  the scheme quantizes activations) and puts a fake-quantized view of the
+  ``forward_wrap`` hook (:mod:`modfsm.engine.runtime.hooks`) quantizes the layer's input
+  and output (when the scheme quantizes them) and puts a fake-quantized view of the
   weight in the layer's place for that one call, taking it away again when
   the call returns or raises. Parameters,
   ``state_dict`` keys and the optimizer are untouched; gradients reach the
@@ -22,9 +22,9 @@ Quantization-aware training (the modifier's window is ``[start, end)``):
   ``train()`` mode; evaluation uses the current scales).
 * **end** freezes the activation scales; the fake quantization stays on.
 * **finalize** freezes the weight scales from the final weights, replaces each
-  weight by its dequantized value (so it lies exactly on the integer grid),
-  records the integers, scales and zero points for :meth:`export`, and the
-  engine removes the hooks.
+  weight by its dequantized value (so it lies exactly on its grid, integer or
+  float8), records the quantized values, scales and zero points for
+  :meth:`export`, and the engine removes the hooks.
 
 One-shot calibration (the one-shot pipeline's events, whatever ``start`` says):
 
@@ -35,14 +35,21 @@ One-shot calibration (the one-shot pipeline's events, whatever ``start`` says):
   observers and is itself fake-quantized, so later layers see the quantized
   outputs of earlier ones, as in the reference.
 * **SEQUENTIAL_EPOCH_END** (``on_sequential_epoch_end(modules=...)``) settles
-  the target layers inside ``modules``: their observers stop, so the pipeline's
-  pass that propagates that layer's outputs uses the final scales.
+  the target layers inside ``modules``: their observers stop and their weights are
+  written on their grid (scales computed then), so the pipeline's pass that
+  propagates that layer's outputs to the next one sees the quantized weights even
+  with the modifiers' hooks off (as the reference's frozen layer does).
 * **CALIBRATION_END** (``on_calibration_end``) freezes, as finalize does in
   training: activation scales fixed, weight scales computed, each weight written
   on its grid, :meth:`export` and :attr:`report` filled. From then on the forward
-  uses the weights as they are (already on the grid) and the frozen activation
-  scales (dynamic ones are still computed per forward); finalize only removes the
-  hooks.
+  uses the frozen weight scales (a weight on its grid fake-quantizes to itself,
+  exactly) and the frozen activation scales (dynamic ones are still computed per
+  forward); finalize writes the weights on the same grid again (they are unchanged
+  unless trained since) and the engine removes the hooks.
+
+The checkpoint (:meth:`state_dict`) keeps what calibration decided (whether it is
+calibrating, the settled layers, the frozen weight scales and the report), so a
+resumed one-shot run exports what the uninterrupted one does.
 
 A run whose window never opened (and that was never calibrated) quantizes nothing
 and exports nothing.
@@ -67,8 +74,7 @@ from modfsm.engine import (
 from modfsm.modifiers.quantization.args import (
     QuantizationArgs,
     QuantizationScheme,
-    parse_config_groups,
-    preset,
+    parse_schemes,
 )
 from modfsm.modifiers.quantization.fake import (
     Observer,
@@ -181,42 +187,16 @@ class QuantizationModifier(Modifier):
     _settled: set[str] = attrs.field(init=False, repr=False, factory=set)
     _observing: bool = attrs.field(init=False, repr=False, default=False)
     _calibrating: bool = attrs.field(init=False, repr=False, default=False)
+    _weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
     _exported: dict[str, dict[str, Any]] | None = attrs.field(init=False, repr=False, default=None)
     _report: dict[str, dict[str, float]] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        if (self.scheme is None) == (self.config_groups is None):
-            raise ConfigError(
-                f"{_OWNER} needs exactly one of scheme and config_groups, got "
-                f"{'both' if self.scheme is not None else 'neither'}. To fix, write e.g. "
-                "scheme: W8A8 (with targets: Linear), or config_groups.",
-                owner=_OWNER,
-                field="scheme",
-                value=self.scheme,
-            )
-        if self.config_groups is not None:
-            if self.targets is not None:
-                raise ConfigError(
-                    f"{_OWNER}: with config_groups, each group names its targets; the "
-                    f"modifier's targets={self.targets!r} would be ignored. To fix, move the "
-                    "targets into the config groups.",
-                    owner=_OWNER,
-                    field="targets",
-                    value=self.targets,
-                )
-            if self.group_size is not None:
-                raise ConfigError(
-                    f"{_OWNER}: group_size applies to a scheme preset; with config_groups set "
-                    "group_size inside the weights' arguments. To fix, move it there.",
-                    owner=_OWNER,
-                    field="group_size",
-                    value=self.group_size,
-                )
-            self._schemes = parse_config_groups(self.config_groups)
-        else:
-            targets = self.targets if self.targets is not None else "Linear"
-            names = (targets,) if isinstance(targets, str) else tuple(targets)
-            self._schemes = (preset(self.scheme, names, self.group_size),)
+        self._schemes = parse_schemes(
+            _OWNER, self.scheme, self.config_groups, self.targets, group_size=self.group_size
+        )
 
     # --- views ------------------------------------------------------------------------------
 
@@ -270,8 +250,8 @@ class QuantizationModifier(Modifier):
         self._observing = False
 
     def on_finalize(self, state: State, **kwargs: Any) -> bool:
-        if self.started and self._exported is None:  # not frozen at CALIBRATION_END already
-            self._freeze()
+        if self.started:
+            self._freeze()  # after CALIBRATION_END: the same scales, the weights unchanged
         return True
 
     # --- one-shot calibration hooks (CALIBRATION_LIFECYCLE) ---------------------------------
@@ -280,8 +260,7 @@ class QuantizationModifier(Modifier):
         """Attach the fake quantization (unless the window did) and observe every forward."""
         if not self.started:
             self._attach()
-        self._exported = None
-        self._report = {}
+        self._weight_qparams, self._exported, self._report = {}, None, {}
         self._settled = set()
         self._observing = True
         self._calibrating = True
@@ -293,14 +272,21 @@ class QuantizationModifier(Modifier):
         modules: Iterable[torch.nn.Module] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Stop the observers of the target layers inside ``modules`` (one pipeline layer)."""
+        """While calibrating, settle the target layers inside ``modules`` (one pipeline
+        layer): their observers stop, and their weights are written on their grid."""
+        if not self._calibrating:
+            return
         inside = {id(sub) for module in modules or () for sub in module.modules()}
-        self._settled.update(name for name, layer in self._layers.items() if id(layer) in inside)
+        names = [name for name, layer in self._layers.items() if id(layer) in inside]
+        self._settled.update(names)
+        self._write_on_grid(names)
 
     def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
-        """Freeze: activation scales fixed, weights written on their grid, export filled."""
+        """Freeze: activation scales fixed, weights written on their grid, export filled
+        (nothing when the modifier never started: nothing was attached)."""
         self._calibrating = False
-        self._freeze()
+        if self.started:
+            self._freeze()
 
     # --- calibration and export ---------------------------------------------------------------
 
@@ -310,7 +296,7 @@ class QuantizationModifier(Modifier):
         Returns:
             the number of batches seen.
         """
-        was_training = model.training
+        was_training, was_calibrating = model.training, self._calibrating
         model.eval()
         self._calibrating = True
         seen = 0
@@ -321,7 +307,7 @@ class QuantizationModifier(Modifier):
                     model(*args, **kwargs)
                     seen += 1
         finally:
-            self._calibrating = False
+            self._calibrating = was_calibrating
             model.train(was_training)
         return seen
 
@@ -370,20 +356,50 @@ class QuantizationModifier(Modifier):
             saved["output_observers"] = {
                 name: obs.state_dict() for name, obs in self._output_observers.items()
             }
+        if self._calibrating or self._settled or self._exported is not None:
+            saved["calibration"] = {
+                "calibrating": self._calibrating,
+                "settled": sorted(self._settled),
+                "frozen": self._exported is not None,
+                "weight_qparams": {
+                    name: {"scale": scale.clone(), "zero_point": zero_point.clone()}
+                    for name, (scale, zero_point) in self._weight_qparams.items()
+                },
+                "report": self.report,
+            }
         return saved
 
     def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
         if self.initialized:
             self._bind(state)
+        keys = {"observing", "observers"}
+        if self._output_observers:
+            keys.add("output_observers")
+        calibration = _read_calibration(state_dict.get("calibration"), self._layers)
+        calibrating = isinstance(calibration, _Calibration) and calibration.calibrating
+        if isinstance(calibration, _Calibration) and calibration.frozen:
+            unsaved = sorted(
+                name
+                for name, scheme in self._plan.items()
+                if scheme.weights is not None and name not in calibration.weight_qparams
+            )
+            if unsaved:
+                calibration = (
+                    f"calibration is frozen but the weight scales of {unsaved} are not saved"
+                )
         problem = ""
-        keys = {"observing", "observers"} | ({"output_observers"} if self._output_observers else set())
-        if set(state_dict) != keys:
+        if set(state_dict) - {"calibration"} != keys or isinstance(calibration, str):
             problem = (
-                f"its keys are {sorted(map(str, state_dict))}, expected {', '.join(sorted(keys))}"
+                calibration
+                if isinstance(calibration, str)
+                else f"its keys are {sorted(map(str, state_dict))}, expected "
+                f"{', '.join(sorted(keys))}"
             )
         elif not isinstance(state_dict["observing"], bool):
             problem = f"observing is {state_dict['observing']!r}, not true or false"
-        elif state_dict["observing"] != (
+        elif calibrating and not state_dict["observing"]:
+            problem = "observing is False, but the modifier is calibrating (it observes then)"
+        elif not calibrating and state_dict["observing"] != (
             self.started and not self.ended and not self.finalized and self.start != -1
         ):
             problem = (
@@ -427,6 +443,18 @@ class QuantizationModifier(Modifier):
                 # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
                 mine[name].load_state_dict(saved, weight_of(self._layers[name]).device)
         self._observing = state_dict["observing"]
+        self._calibrating, self._settled = calibrating, set()
+        self._weight_qparams, self._exported, self._report = {}, None, {}
+        if isinstance(calibration, _Calibration):
+            self._settled = set(calibration.settled)
+            self._report = calibration.report
+            self._weight_qparams = {
+                name: (scale.to(device), zero_point.to(device))
+                for name, (scale, zero_point) in calibration.weight_qparams.items()
+                for device in (weight_of(self._layers[name]).device,)
+            }
+            if calibration.frozen:
+                self._exported = self._export_entries()
         if self.started and not self.finalized:
             self._attach()
 
@@ -497,7 +525,8 @@ class QuantizationModifier(Modifier):
 
         The fake-quantized weight shadows the parameter for this call only (an
         instance attribute, removed in ``finally`` even if the forward raises).
-        Once frozen (:meth:`_freeze`) the weight is on its grid and is used as it is.
+        Once frozen (:meth:`_freeze`) the weight's frozen scales are used: a weight on
+        its grid is fake-quantized to itself, exactly.
         """
         weights = scheme.weights
         inputs, outputs = scheme.input_activations, scheme.output_activations
@@ -506,12 +535,11 @@ class QuantizationModifier(Modifier):
         def forward(
             module: torch.nn.Module, original: Callable[..., Any], *args: Any, **kwargs: Any
         ) -> Any:
-            shadow = weights is not None and self._exported is None
-            if shadow:
-                assert weights is not None
+            if weights is not None:
                 weight = module._parameters["weight"]
                 assert weight is not None
-                scale, zero_point = weight_qparams(weight, weights)
+                frozen = self._weight_qparams.get(name)
+                scale, zero_point = weight_qparams(weight, weights) if frozen is None else frozen
                 module.__dict__["weight"] = fake_quantize(weight, scale, zero_point, weights)
             try:
                 if inputs is not None:
@@ -522,7 +550,7 @@ class QuantizationModifier(Modifier):
                     out = self._activation(name, module, out, outputs, output_observer)
                 return out
             finally:
-                if shadow:
+                if weights is not None:
                     module.__dict__.pop("weight", None)
 
         return forward
@@ -551,29 +579,54 @@ class QuantizationModifier(Modifier):
         return fake_quantize(x, scale, zero_point, args)
 
     def _freeze(self) -> None:
+        """Fix the scales and write every weight on its grid; fill :meth:`export`."""
+        self._write_on_grid(self._layers)
+        self._observing = False
+        self._exported = self._export_entries()
+
+    def _write_on_grid(self, names: Iterable[str]) -> None:
+        """Write the weights of the layers ``names`` on their grid.
+
+        A layer's weight scales are computed once, the first time (a sequential
+        epoch's end, ``CALIBRATION_END`` or finalize), with its :attr:`report`; a
+        later call keeps them and writes the weight on the same grid again (a weight
+        already on it is unchanged, bit for bit; one trained since moves back onto it).
+        """
+        with torch.no_grad():
+            for name in names:
+                args = self._plan[name].weights
+                if args is None:
+                    continue
+                weight = weight_of(self._layers[name])
+                fresh = name not in self._weight_qparams
+                if fresh:
+                    self._weight_qparams[name] = weight_qparams(weight, args)
+                scale, zero_point = self._weight_qparams[name]
+                q = quantize(weight, scale, zero_point, args)
+                snapped = dequantize(q, scale, zero_point, args).to(weight.dtype)
+                if fresh:
+                    norm = float(weight.norm())
+                    self._report[name] = {
+                        "max_error": float((weight - snapped).abs().max()),
+                        "bound": grid_step_bound(scale, args),
+                        "relative_error": float((weight - snapped).norm()) / norm if norm else 0.0,
+                    }
+                weight.copy_(snapped)
+
+    def _export_entries(self) -> dict[str, dict[str, Any]]:
+        """What :meth:`export` returns, from the weights (on their grid) and frozen scales."""
         exported: dict[str, dict[str, Any]] = {}
-        report: dict[str, dict[str, float]] = {}
         with torch.no_grad():
             for name, layer in self._layers.items():
                 scheme = self._plan[name]
                 entry: dict[str, Any] = {"scheme": _scheme_values(scheme)}
-                if scheme.weights is not None:
+                args = scheme.weights
+                if args is not None:
                     weight = weight_of(layer)
-                    args = scheme.weights
-                    scale, zero_point = weight_qparams(weight, args)
-                    q = quantize(weight, scale, zero_point, args)
-                    snapped = dequantize(q, scale, zero_point, args).to(weight.dtype)
-                    error = (weight - snapped).abs()
-                    norm = float(weight.norm())
-                    report[name] = {
-                        "max_error": float(error.max()),
-                        "bound": grid_step_bound(scale, args),
-                        "relative_error": float((weight - snapped).norm()) / norm if norm else 0.0,
-                    }
-                    weight.copy_(snapped)
+                    scale, zero_point = self._weight_qparams[name]
                     shape = scale_shape(weight, args)
                     entry.update(
-                        weight=q,
+                        weight=quantize(weight, scale, zero_point, args),
                         weight_scale=scale.reshape(shape),
                         weight_zero_point=zero_point.reshape(shape),
                     )
@@ -587,9 +640,7 @@ class QuantizationModifier(Modifier):
                         entry[f"{prefix}_scale"] = static_scale.reshape(1)
                         entry[f"{prefix}_zero_point"] = static_zero_point.reshape(1)
                 exported[name] = entry
-        self._observing = False
-        self._exported = exported
-        self._report = report
+        return exported
 
 
 def _scheme_values(scheme: QuantizationScheme) -> dict[str, Any]:
@@ -602,3 +653,55 @@ def _scheme_values(scheme: QuantizationScheme) -> dict[str, Any]:
     if scheme.output_activations is not None:
         values["output_activations"] = scheme.output_activations.to_dict()
     return values
+
+
+@attrs.frozen
+class _Calibration:
+    """The calibration part of a saved state (``state_dict()["calibration"]``)."""
+
+    calibrating: bool
+    settled: tuple[str, ...]
+    frozen: bool
+    weight_qparams: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    report: dict[str, dict[str, float]]
+
+
+def _read_calibration(saved: Any, layers: Mapping[str, Any]) -> _Calibration | str | None:
+    """The saved calibration state, None if none was saved, or what is wrong with it."""
+    if saved is None:
+        return None
+    keys = ("calibrating", "frozen", "report", "settled", "weight_qparams")
+    if not isinstance(saved, Mapping) or sorted(map(str, saved)) != list(keys):
+        return f"calibration is not a dict of {', '.join(keys)}"
+    if not isinstance(saved["calibrating"], bool) or not isinstance(saved["frozen"], bool):
+        return "calibration.calibrating and calibration.frozen must be true or false"
+    settled, qparams, report = saved["settled"], saved["weight_qparams"], saved["report"]
+    if not isinstance(settled, list | tuple) or not set(settled) <= set(layers):
+        return f"calibration.settled names layers that are not targets: {settled!r}"
+    if (
+        not isinstance(qparams, Mapping)
+        or not set(qparams) <= set(layers)
+        or not all(
+            isinstance(pair, Mapping)
+            and set(pair) == {"scale", "zero_point"}
+            and all(isinstance(value, torch.Tensor) for value in pair.values())
+            for pair in qparams.values()
+        )
+    ):
+        return "calibration.weight_qparams is not a dict of target layer -> {scale, zero_point}"
+    if not isinstance(report, Mapping) or not all(
+        isinstance(values, Mapping) for values in report.values()
+    ):
+        return "calibration.report is not a dict of layer -> errors"
+    return _Calibration(
+        calibrating=saved["calibrating"],
+        settled=tuple(settled),
+        frozen=saved["frozen"],
+        weight_qparams={
+            name: (pair["scale"], pair["zero_point"]) for name, pair in qparams.items()
+        },
+        report={
+            str(name): {str(key): float(value) for key, value in values.items()}
+            for name, values in report.items()
+        },
+    )

@@ -15,9 +15,15 @@ import torch
 
 from modfsm.engine import Modifier
 from modfsm.engine.tools.testing import ModifierContract, strategies
+from modfsm.engine.tools.testing._hypothesis import st
+from modfsm.engine.tools.testing.scenario import Schedule, Stream
 from modfsm.modifiers.distillation import OutputDistillationModifier
-from modfsm.modifiers.pruning import ConstantPruningModifier, MagnitudePruningModifier
-from modfsm.modifiers.quantization import QuantizationModifier
+from modfsm.modifiers.pruning import (
+    ConstantPruningModifier,
+    MagnitudePruningModifier,
+    SparseGPTModifier,
+)
+from modfsm.modifiers.quantization import GPTQModifier, QuantizationModifier
 from tests.doubles import tiny_llama
 
 
@@ -123,3 +129,69 @@ class TestPruningOnATransformersModelContract(ModifierContract):
         return {"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.long)}
 
     holds_after_end = True
+
+
+# --- one-shot modifiers (CALIBRATION_LIFECYCLE) ---------------------------------------------
+
+_STEP = ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step", "batch_end")
+
+
+@st.composite
+def calibrating_streams(draw: st.DrawFn) -> Stream:
+    """Loops that calibrate: training batches, then a calibration epoch (one or two
+    ``sequential_epoch_end``, each after a forward pass), more batches, maybe another
+    calibration epoch. The kit's own streams calibrate in few examples."""
+    calls: list[str] = []
+    for epoch in range(draw(st.integers(1, 2), label="calibration epochs")):
+        calls += list(_STEP) * draw(st.integers(0, 2), label=f"batches before epoch {epoch}")
+        ends = draw(st.integers(1, 2), label=f"sequential_epoch_end in epoch {epoch}")
+        calls += ["calibration_epoch_start", *["sequential_epoch_end"] * ends]
+        calls.append("calibration_epoch_end")
+    calls += list(_STEP) * draw(st.integers(0, 2), label="batches after")
+    return Stream.from_calls(calls)
+
+
+class _OneShotContract(ModifierContract):
+    """A one-shot modifier compresses inside its calibration: ``CALIBRATION_START`` marks it
+    started and ``CALIBRATION_END`` ended, whatever ``start``/``end`` say. A training window
+    (``start``/``end`` set) could mark it ended before a later calibration, which it still
+    acts on, so the schedule is left unset: the calibration is the window."""
+
+    schedules = st.just(Schedule(None, None))
+    streams = st.one_of(calibrating_streams(), strategies.event_streams())
+
+
+class TestGPTQContract(_OneShotContract):
+    """Int8 weights per channel (the default model's layers are 8 and 16 wide)."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return GPTQModifier(scheme="W8A16", start=start, end=end)
+
+
+class TestSparseGPTContract(_OneShotContract):
+    """Half of every Linear layer's weights pruned, unstructured."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return SparseGPTModifier(sparsity=0.5, start=start, end=end)
+
+
+class TestSparseGPTOnATransformersModelContract(_OneShotContract):
+    """2:4 inside the decoder layers of a Llama called with a padded batch."""
+
+    max_examples = 8
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return SparseGPTModifier(
+            sparsity=0.5, mask_structure="2:4", targets="re:model.layers.\\d+$", start=start,
+            end=end,
+        )  # fmt: skip
+
+    def make_model(self) -> torch.nn.Module:
+        model: torch.nn.Module = tiny_llama()
+        return model
+
+    def make_batch(self, index: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(index))
+        mask = torch.ones(2, 5, dtype=torch.long)
+        mask[1, :2] = 0  # the second sequence is padded on the left
+        return {"input_ids": ids, "attention_mask": mask}

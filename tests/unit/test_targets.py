@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modfsm.engine import ConfigError, ConfigTypeError
-from modfsm.modifiers.targets import check_names, layers, resolve
+from modfsm.modifiers.targets import check_names, layers, matches_any, resolve, select_modules
 
 
 class Net(torch.nn.Module):
@@ -66,3 +66,44 @@ def test_a_bad_regex_is_caught_when_checked() -> None:
 
 def test_a_single_name_becomes_a_list() -> None:
     assert check_names("T", "targets", "Linear") == ["Linear"]
+
+
+@pytest.mark.parametrize(
+    ("target", "chosen"),
+    [
+        ("__ALL_PRUNABLE__", ["encoder.0", "conv", "head"]),  # llm-compressor: Linear, Conv1-3d
+        ("__ALL_QUANTIZABLE__", ["encoder.0", "head"]),  # llm-compressor: Linear, Conv2d, Conv3d
+    ],
+)
+def test_the_reference_special_targets_select_their_layer_types(
+    target: str, chosen: list[str]
+) -> None:
+    assert list(resolve("T", Net(), [target], [])) == chosen
+
+
+def test_ignoring_everything_with_a_special_target_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="removes every target layer"):
+        resolve("T", Net(), ["Linear"], ["__ALL_PRUNABLE__"])
+
+
+def test_select_modules_reads_the_same_entries_over_every_module() -> None:
+    net = Net()
+    assert list(select_modules("T", net, ["Sequential"])) == ["encoder"]
+    chosen = list(select_modules("T", net, ["re:enc.*", "norm"]))
+    assert chosen == ["encoder", "encoder.0", "encoder.1", "norm"]
+    assert list(select_modules("T", net, ["__ALL_PRUNABLE__"])) == ["encoder.0", "conv", "head"]
+    assert list(select_modules("T", net, ["re:.*"])) == [n for n, _ in net.named_modules() if n]
+
+
+def test_a_module_target_that_matches_nothing_lists_the_module_types() -> None:
+    with pytest.raises(
+        ConfigError, match=r"'dec' matches no module.*types are: Conv1d, LayerNorm, Linear, ReLU"
+    ):
+        select_modules("T", Net(), ["dec"])
+
+
+def test_matches_any_reads_an_ignore_list_for_one_module() -> None:
+    net = Net()
+    assert matches_any(["re:.*head"], "head", net.head)
+    assert matches_any(["Conv1d"], "conv", net.conv)
+    assert not matches_any(["Linear", "norm"], "conv", net.conv)
