@@ -351,8 +351,7 @@ def _load_model(
                                           settings=config.lm_settings)  # fmt: skip
         seq_len = config.seq_len or built.settings.seq_len
         layers = built.config.num_hidden_layers
-        what = (f"the built-in LM (Llama, {layers} layers, {built.parameters:,} parameters, "
-                f"held-out perplexity {built.perplexity:.3f} after training)")  # fmt: skip
+        what = f"the built-in LM (Llama, {layers} layers, {built.parameters:,} parameters)"
         return built.model, None, what, built.corpus, seq_len
     local = causal_lm.load_local_lm(config.model)
     corpus = causal_lm.load_corpus(config.lm_settings)

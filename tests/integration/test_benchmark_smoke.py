@@ -156,3 +156,17 @@ def test_the_anchor_says_how_to_install_llm_compressor_when_it_is_missing(
         pytest.skip("llmcompressor is installed here: the anchor would run")
     assert llmc_anchor.main(["--repeats", "1", "--steps", "1"]) == 2
     assert "make bench-llmc" in capsys.readouterr().err
+
+
+def test_quick_one_shot_benchmark_reports_every_method_and_layer(tmp_path: Path) -> None:
+    from benchmarks import oneshot
+
+    target = tmp_path / "oneshot.json"
+    assert oneshot.main(["--quick", "--json", str(target), "--cache-dir", str(tmp_path)]) == 0
+    figures = json.loads(target.read_text(encoding="utf-8"))
+    assert set(figures["quality"]) >= {
+        "float", "gptq_w4a16_g128", "rtn_w4a16_g128", "gptq_w4_channel", "rtn_w4_channel",
+        "sparsegpt_50", "magnitude_50", "sparsegpt_2of4", "magnitude_2of4",
+    }  # fmt: skip
+    assert figures["quality"]["sparsegpt_2of4_sparsity"] == 0.5
+    assert all(row["modfsm_s"] > 0 and row["plain_s"] > 0 for row in figures["cost"])
