@@ -231,3 +231,20 @@ def test_hypothesis_own_report_is_shown_only_when_pytest_is_verbose(
         contract_for(ForgetsCount).check_resume()
     assert str(verbose.value) == str(quiet.value)  # the same headline and shrunk loop
     assert any("Draw 1 (schedule)" in note for note in verbose.value.__notes__)
+
+
+def test_a_one_shot_modifier_acting_after_its_calibration_is_caught() -> None:
+    from modfsm.engine.tools.testing import strategies
+    from tests.contract.broken.acts_after_calibration import ActsAfterCalibration
+
+    contract = Contract(
+        make_modifier=lambda start, end: ActsAfterCalibration(start=start, end=end),
+        streams=strategies.calibration_streams(),
+        settings=REPRODUCIBLE,
+        max_examples=60,
+    )
+    with pytest.raises(ContractViolation, match="after the window closed") as caught:
+        contract.check_untouched_outside_window()
+    lines = caught.value.scenario
+    assert "  calibration_epoch_end step 0 batch 0" in lines  # shrinking at the end: allowed
+    assert any(line.endswith("<- here") and "optim_post_step" in line for line in lines)

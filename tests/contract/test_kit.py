@@ -211,3 +211,75 @@ def test_the_kit_without_hypothesis_names_the_extra_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'modfsm[test]'" in done.stdout, done.stdout + done.stderr
+
+
+@given(stream=ms.calibration_streams())
+def test_one_shot_streams_follow_the_step_grammar_with_both_pipelines(stream: Stream) -> None:
+    model = StepGrammarModel(stream.batches_per_step)
+    for call, position in zip(stream.calls, stream.positions, strict=True):
+        assert model.position == position
+        model.apply(call, False)
+    assert model.position == "idle"
+    assert stream.calls.count("calibration_epoch_start") >= 1
+    assert stream.calls.count("calibration_epoch_start") == stream.calls.count(
+        "calibration_epoch_end"
+    )
+
+
+def test_one_shot_streams_draw_the_pipeline_asked_for() -> None:
+    from hypothesis import find
+
+    basic = find(ms.calibration_streams(pipeline="basic"), lambda found: True)
+    assert "sequential_epoch_end" not in basic.calls
+    layered = find(ms.calibration_streams(pipeline="sequential", max_layers=3),
+                   lambda found: found.calls.count("sequential_epoch_end") == 3)  # fmt: skip
+    assert layered.calls == ("calibration_epoch_start", *["sequential_epoch_end"] * 3,
+                             "calibration_epoch_end")  # fmt: skip
+    with pytest.raises(ValueError, match="pipeline must be one of"):
+        find(ms.calibration_streams(pipeline="fast"), lambda found: True)
+
+
+def test_the_loop_runs_calibration_data_and_passes_the_block_that_ended() -> None:
+    from modfsm.engine import CALIBRATION_LIFECYCLE
+    from modfsm.engine.tools.testing.loop import LoopParts, Run
+
+    @attrs.define(eq=False)
+    class Seen(Modifier):
+        __lifecycle__ = CALIBRATION_LIFECYCLE
+        log: list[Any] = attrs.field(factory=list)
+
+        def on_initialize(self, state: State, **kwargs: Any) -> bool:
+            return True
+
+        def on_sequential_epoch_end(self, state: State, event: Event, **kwargs: Any) -> None:
+            self.log.append(("layer", kwargs.get("modules")))
+
+        def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
+            self.log.append(("end", None))
+
+    forwards: list[bool] = []
+
+    def make_model() -> torch.nn.Module:
+        model = torch.nn.Linear(3, 2)
+        model.register_forward_pre_hook(lambda m, args: forwards.append(m.training))
+        return model
+
+    parts = LoopParts(
+        make_model=make_model,
+        make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        make_batch=lambda index: torch.ones(2, 3),
+        loss=lambda output: output.sum(),
+        make_calib_data=lambda: None,
+        make_teacher_model=lambda: None,
+    )
+    modifier = Seen()
+    stream = Stream.from_calls(["calibration_epoch_start", "sequential_epoch_end",
+                                "calibration_epoch_end"])  # fmt: skip
+    run = Run(parts, stream, modifier)
+    run.initialize()
+    for index in range(len(stream)):
+        run.call(index)
+    assert modifier.log == [("layer", [run.model]), ("end", None)]
+    assert forwards == [False, False]  # a forward in eval mode before each of the two
+    run.finalize()
+    run.close()

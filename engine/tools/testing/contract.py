@@ -395,6 +395,7 @@ class Contract:
         with self._runs(report, "outside the window", run, shadow):
             for position in range(len(report.stream) + 2):
                 was_ended = modifier.started and modifier.ended
+                known = len(run.spy.calls) if run.spy is not None else 0
                 self._step(run, position)
                 if 0 < position <= len(report.stream):
                     shadow.call(position - 1)
@@ -402,8 +403,10 @@ class Contract:
                     if not self.changes_model_before_start:
                         _same_model(run, shadow, probe, position, "before the window opened")
                 elif modifier.ended:
-                    if not was_ended:
-                        shadow.copy_training_state(run)  # the window closed here
+                    if not was_ended or _acted(run, known):
+                        # the window closed here, or the declared table runs a hook after it
+                        # (the calibration lifecycle's calibration events): resynchronize
+                        shadow.copy_training_state(run)
                     elif not self.holds_after_end:
                         _same_model(run, shadow, probe, position, "after the window closed")
 
@@ -517,6 +520,19 @@ def _show_hypothesis_report() -> bool:
     plugin = sys.modules.get("modfsm.engine.tools.testing.plugin")
     verbosity = getattr(plugin, "PYTEST_VERBOSITY", [0])[0] if plugin is not None else 0
     return verbosity > 0 or hypothesis.settings().verbosity >= hypothesis.Verbosity.verbose
+
+
+_PRELUDES: Final = frozenset({"on_event", "on_initialize", "on_finalize", "release_hooks"})
+
+
+def _acted(run: Run, known: int) -> bool:
+    """Whether a lifecycle call after the first ``known`` ran a hook beyond its prelude (and
+    the torch-hook release of finalize): one the declared table lets act on the model."""
+    if run.spy is None:
+        return False
+    hooks = {hook.name for call in run.spy.calls[known:] for hook in call.hooks}
+    guards = set(type(run.modifier).__compiled_lifecycle__.declaration.guards)
+    return bool(hooks - _PRELUDES - guards)
 
 
 def _same_model(run: Run, shadow: Run, probe: torch.Tensor, position: int, when: str) -> None:

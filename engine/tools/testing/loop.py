@@ -10,7 +10,10 @@ and the torch work a real loop does around it::
     partial_step          session.optim_pre_step(partial=True); optimizer.step()
     optim_post_step       session.optim_post_step(); optimizer.zero_grad()
     batch_end             optimizer.zero_grad() if the due step was skipped; session.batch_end()
-    sequential_epoch_end  a forward pass in eval mode without gradients; the event
+    sequential_epoch_end  a forward pass in eval mode without gradients; the event, with
+                          ``modules=[model]`` (the whole model as the block that ended)
+    calibration_epoch_end a forward pass in eval mode without gradients (the basic
+                          pipeline's calibration data); the event
     other calls           the event
 
 A run *without* a modifier (``session=None``) does the same torch work and no
@@ -154,7 +157,7 @@ class Run:
             if session is not None:
                 session.batch_end()
         else:
-            if name == "sequential_epoch_end":
+            if name in ("sequential_epoch_end", "calibration_epoch_end"):
                 was_training = model.training
                 model.eval()
                 with torch.no_grad():
@@ -163,7 +166,9 @@ class Run:
                     )
                 model.train(was_training)
             if session is not None:
-                session.event(LOOP_CALLS[name][0])
+                # a one-block pipeline: the whole model is the block that ended
+                extra = {"modules": [model]} if name == "sequential_epoch_end" else {}
+                session.event(LOOP_CALLS[name][0], **extra)
 
     def finalize(self) -> None:
         """Finalize the session."""

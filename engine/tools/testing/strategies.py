@@ -29,6 +29,8 @@ from modfsm.engine.tools.testing._hypothesis import st
 from modfsm.engine.tools.testing.scenario import Schedule, Stream, StreamRecorder
 
 __all__ = [
+    "PIPELINES",
+    "calibration_streams",
     "contract_schedules",
     "event_streams",
     "event_types",
@@ -203,6 +205,50 @@ def event_streams(
             if call == "batch_end":
                 break
     return recorder.stream()
+
+
+PIPELINES: Final = ("basic", "sequential")
+"""The calibration pipelines :func:`calibration_streams` draws (as ``modfsm oneshot`` runs them)."""
+
+_STEP: Final = ("batch_start", "loss_calculated", "optim_pre_step", "optim_post_step", "batch_end")
+
+
+@st.composite
+def calibration_streams(
+    draw: st.DrawFn,
+    *,
+    pipeline: str | None = None,
+    max_layers: int = 3,
+    max_epochs: int = 2,
+    max_batches: int = 2,
+) -> Stream:
+    """One-shot scenarios: calibration epochs, with training batches around them.
+
+    Each calibration epoch is ``calibration_epoch_start``, then for the *sequential*
+    pipeline one ``sequential_epoch_end`` per layer block (1 to ``max_layers``; the loop
+    runs a forward pass before each and passes ``modules=[model]``), for the *basic*
+    one none, then ``calibration_epoch_end``. Up to ``max_batches`` training steps come
+    before each epoch and after the last (0 most often when shrunk): a one-shot
+    modifier must also stand a training loop around its calibration.
+
+    Args:
+        pipeline: ``basic`` or ``sequential`` (default: either, per epoch).
+        max_layers: the most sequential epochs in one calibration epoch.
+        max_epochs: the most calibration epochs.
+        max_batches: the most training steps between them.
+    """
+    if pipeline is not None and pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+    calls: list[str] = []
+    for epoch in range(draw(st.integers(1, max_epochs), label="calibration epochs")):
+        calls += list(_STEP) * draw(st.integers(0, max_batches), label=f"steps before {epoch}")
+        chosen = pipeline or draw(st.sampled_from(PIPELINES), label=f"pipeline {epoch}")
+        layers = draw(st.integers(1, max_layers), label=f"layers {epoch}") if (
+            chosen == "sequential") else 0  # fmt: skip
+        calls += ["calibration_epoch_start", *["sequential_epoch_end"] * layers,
+                  "calibration_epoch_end"]  # fmt: skip
+    calls += list(_STEP) * draw(st.integers(0, max_batches), label="steps after")
+    return Stream.from_calls(calls)
 
 
 def _pick(options: list[tuple[str, int]], ticket: int) -> str:
