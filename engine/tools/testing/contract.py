@@ -528,7 +528,7 @@ _PRELUDES: Final = frozenset({"on_event", "on_initialize", "on_finalize", "relea
 def _acted(run: Run, known: int) -> bool:
     """Whether a lifecycle call after the first ``known`` ran a hook beyond its prelude (and
     the torch-hook release of finalize): one the declared table lets act on the model."""
-    if run.spy is None:
+    if run.spy is None or run.modifier is None:
         return False
     hooks = {hook.name for call in run.spy.calls[known:] for hook in call.hooks}
     guards = set(type(run.modifier).__compiled_lifecycle__.declaration.guards)

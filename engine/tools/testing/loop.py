@@ -167,7 +167,8 @@ class Run:
                 model.train(was_training)
             if session is not None:
                 # a one-block pipeline: the whole model is the block that ended
-                extra = {"modules": [model]} if name == "sequential_epoch_end" else {}
+                extra: dict[str, Any] = {"modules": [model]} if (
+                    name == "sequential_epoch_end") else {}  # fmt: skip
                 session.event(LOOP_CALLS[name][0], **extra)
 
     def finalize(self) -> None:
