@@ -4,10 +4,11 @@ The run loads the model (the built-in byte-level Llama of
 :mod:`~modfsm.engine.app.causal_lm`, trained once and cached, or ``--model PATH``, a local
 transformers folder), measures its held-out perplexity, builds the recipe's modifiers in
 a :class:`~modfsm.engine.loop.session.Session`, calibrates them on windows of the training
-text through a calibration pipeline (:mod:`~modfsm.engine.app.pipeline`), finalizes, and
-measures the perplexity again. It reports each layer's sparsity and bit width and the
-compressed size, and with ``--output DIR`` writes the model (:func:`write_compressed`) and
-the recipe it applied.
+text through a calibration pipeline (:mod:`~modfsm.engine.app.pipeline`), measures the
+perplexity again (before finalize, while activations are still fake-quantized, so a
+scheme's activation quantization counts), and finalizes. It reports each layer's sparsity
+and bit width and the compressed size, and with ``--output DIR`` writes the model
+(:func:`write_compressed`) and the recipe it applied.
 
 Every option, the recipe (every unsupported modifier type or argument, listed at once)
 and the output folder are checked before any work; a bad one is a
@@ -387,8 +388,10 @@ def oneshot(config: OneshotConfig, *, progress: bool = False) -> OneshotResult:
         run_pipeline(session, model, calibration, pipeline, bar)
     finally:
         bar("", 0, 0)
-    session.finalize()
+    # measured before finalize: the modifiers' fake quantization of activations (static
+    # or dynamic scales) is still on the model, as a quantized runtime would apply it
     after = causal_lm.perplexity(model, heldout)
+    session.finalize()
     exports = _exports(session)
     written: tuple[Path, ...] = ()
     compressed_bytes = float_bytes
