@@ -187,13 +187,12 @@ def _load_recipe(raw: Any) -> tuple[Recipe, str]:
         text = default_recipe_text()
         return Recipe.load(text), text
     if isinstance(raw, Path):
+        recipe = Recipe.load(raw)  # bounded: refuses a file too large or not a regular file
         try:
-            text = raw.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(f"{_OWNER}: cannot read the recipe {str(raw)!r}: "
-                              f"{error.strerror}. To fix, check the path.", owner=_OWNER,
-                              field="recipe", value=str(raw)) from None  # fmt: skip
-        return Recipe.load(raw), text
+            text = raw.read_text(encoding="utf-8")  # what was just read, as written
+        except (OSError, UnicodeDecodeError):  # changed meanwhile: write what was loaded
+            text = recipe.to_yaml()
+        return recipe, text
     recipe = raw if isinstance(raw, Recipe) else Recipe.load(raw)
     return recipe, recipe.to_yaml()
 

@@ -4,7 +4,9 @@ message, no traceback, and nothing changed on disk that the command line did not
 :func:`invoke` runs :func:`modfsm.engine.app.cli.main` in this process (fast enough for
 thousands of inputs), with stdout and stderr captured. ``modfsm run``'s training loop is
 replaced by one that only counts (:func:`no_training`): an input that passes every check
-must not cost seconds of training here; what it costs to train is tested elsewhere.
+must not cost seconds of training here; what it costs to train is tested elsewhere. So is
+``modfsm oneshot``'s model loading (it may train the built-in LM): an input that passes
+every check stops there with exit 2 and :data:`LOADED` (``Outcome.loaded``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from unittest import mock
 
 import attrs
 
-from modfsm.engine.app import cli, runner
+from modfsm.engine.app import cli, oneshot, runner
+from modfsm.engine.kernel.errors import ConfigError
 
 EXAMPLES = int(os.environ.get("MODFSM_FUZZ_EXAMPLES", "0")) or (
     1000 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 400
@@ -39,6 +42,16 @@ class Outcome:
     out: str
     err: str
     trained: bool
+    loaded: bool = False
+
+
+LOADED = "fuzz: every check passed; the model would load here. To fix, nothing."
+"""What ``modfsm oneshot`` says where it would load (and maybe train) its model."""
+
+
+def _no_model(*args: Any, **kwargs: Any) -> Any:
+    _no_model.called = True  # type: ignore[attr-defined]  # a flag on the stub itself
+    raise ConfigError(LOADED, owner="fuzz", field="model", value=None)
 
 
 def _no_training(*args: Any, **kwargs: Any) -> float:
@@ -51,8 +64,10 @@ def invoke(argv: list[str], surface: str) -> Outcome:
     COUNTED[surface] = COUNTED.get(surface, 0) + 1
     out, err = io.StringIO(), io.StringIO()
     _no_training.called = False  # type: ignore[attr-defined]
+    _no_model.called = False  # type: ignore[attr-defined]
     with (
         mock.patch.object(runner, "_train", _no_training),
+        mock.patch.object(oneshot, "_load_model", _no_model),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
@@ -60,7 +75,8 @@ def invoke(argv: list[str], surface: str) -> Outcome:
             code = cli.main(argv)
         except SystemExit as exit_:  # argparse's usage errors
             code = int(exit_.code or 0)
-    return Outcome(code, out.getvalue(), err.getvalue(), _no_training.called)  # type: ignore[attr-defined]
+    return Outcome(code, out.getvalue(), err.getvalue(), _no_training.called,  # type: ignore[attr-defined]
+                   _no_model.called)  # type: ignore[attr-defined]  # fmt: skip
 
 
 def assert_refused(outcome: Outcome, argv: list[str]) -> None:

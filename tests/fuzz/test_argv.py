@@ -17,7 +17,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.oracle import EXAMPLES, assert_one_message, invoke, snapshot
+from tests.fuzz.oracle import EXAMPLES, LOADED, assert_one_message, invoke, snapshot
 from tests.fuzz.strategies import HOSTILE_NUMBERS, HOSTILE_TEXT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +44,11 @@ DEMO = _option(["--steps", "--seed", "--out", "--nope"], ["--quiet"])
 DIAGRAM = _option(["--format", "-f", "--output", "-o", "--trace", "--steps"],
                   ["--illegal", "--no-self-loops"])  # fmt: skip
 VERIFY = _option(["--machine", "--write-models"], ["--all"])
+ONESHOT = _option(
+    ["--model", "--calib", "--seq-len", "--pipeline", "--output", "-o", "--trace", "--seed",
+     "--eval", "--import", "--bogus"],
+    ["-q", "--quiet", "--nope"],
+)  # fmt: skip
 TARGETS = st.one_of(
     st.sampled_from(["lifecycle", "calibration", "stage", "session", "MagnitudePruningModifier",
                      "QuantizationModifier", "Modifier", "NoSuchModifier", "recipe.yaml",
@@ -54,7 +59,8 @@ TARGETS = st.one_of(
 
 @st.composite
 def command_lines(draw: st.DrawFn) -> list[str]:
-    command = draw(st.sampled_from(["run", "demo", "diagram", "trace", "verify", "other"]))
+    command = draw(st.sampled_from(["run", "demo", "diagram", "trace", "verify", "oneshot",
+                                    "other"]))  # fmt: skip
     options: list[str] = []
     count = draw(st.integers(0, 4))
     if command == "run":
@@ -64,6 +70,12 @@ def command_lines(draw: st.DrawFn) -> list[str]:
             options += draw(RUN)
         # a run that passes every check only initializes and finalizes here (see oracle)
         return ["run", *options]
+    if command == "oneshot":  # one that passes every check stops before the model loads
+        if draw(st.booleans()):
+            options.append(draw(st.one_of(PATHS, HOSTILE_TEXT)))
+        for _ in range(count):
+            options += draw(ONESHOT)
+        return ["oneshot", *options]
     if command == "demo":
         for _ in range(count):
             options += draw(DEMO)
@@ -123,3 +135,5 @@ def test_any_command_line_ends_in_a_documented_way(argv: list[str]) -> None:
             assert_one_message(outcome.err, where)
             assert snapshot(root) == before, where
             assert not outcome.trained, where
+            if outcome.loaded:  # modfsm oneshot passed every check: nothing was written
+                assert LOADED in outcome.err, where

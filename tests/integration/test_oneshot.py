@@ -172,8 +172,9 @@ def test_the_command_compresses_a_local_model_folder_and_writes_model_recipe_and
         (["BAD", "--model", "MODEL"], "NoSuchModifier"),
         (["--model", "MODEL", "--calib", "0"], "argument --calib: expected a number >= 1"),
         (["--model", "MODEL", "--pipeline", "fast"], "argument --pipeline: invalid choice"),
+        (["/dev/zero", "--model", "MODEL"], "the file is larger than 1,048,576 bytes"),
     ],
-    ids=["missing-model", "output-exists", "unknown-modifier", "calib-0", "pipeline"],
+    ids=["missing-model", "output-exists", "unknown-modifier", "calib-0", "pipeline", "endless"],
 )
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(
     argv: list[str], message: str, tmp_path: Path
