@@ -8,9 +8,9 @@ none (basic), ``CALIBRATION_END``, ``finalize``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import torch
@@ -24,74 +24,19 @@ from modfsm.modifiers.quantization import GPTQModifier
 from modfsm.modifiers.quantization.args import QuantizationArgs
 from modfsm.modifiers.quantization.fake import dequantize, quantize
 from modfsm.modifiers.solvers import CalibrationError, round_to_nearest
+from tests.one_shot_support import (
+    Flow,
+    batches,
+    calibrate,
+    linears,
+    start,
+    tiny_llama,
+    torch_hooks,
+)
 
 transformers = pytest.importorskip("transformers")
 
 RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
-Batch = dict[str, torch.Tensor]
-Flow = Literal["basic", "sequential"]
-
-
-def tiny_llama(seed: int = 0) -> Any:
-    """A 2-layer Llama, 64 wide (its layers have 64 or 128 inputs), 64 tokens."""
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def batches(count: int = 3, padded: int = 0) -> list[Batch]:
-    """``count`` batches of 4 sequences of 12 tokens; the last ``padded`` positions of the
-    first sequence are padding."""
-    generator = torch.Generator().manual_seed(5)
-    out = []
-    for _ in range(count):
-        mask = torch.ones(4, 12, dtype=torch.long)
-        if padded:
-            mask[0, -padded:] = 0
-        out.append(
-            {
-                "input_ids": torch.randint(0, 64, (4, 12), generator=generator),
-                "attention_mask": mask,
-            }
-        )
-    return out
-
-
-def start(model: torch.nn.Module, *modifiers: Any, trace: bool = False) -> Session:
-    session = Session()
-    session.initialize(model=model, recipe=list(modifiers), trace=trace)
-    return session
-
-
-def calibrate(session: Session, model: Any, data: Sequence[Batch], flow: Flow = "basic") -> None:
-    """Send the calibration events around forward passes, as a pipeline does."""
-    with torch.no_grad():
-        session.event(EventType.CALIBRATION_START)
-        if flow == "basic":
-            for batch in data:
-                model(**batch)
-        else:  # each decoder layer is compressed when its block ends
-            for layer in model.model.layers:
-                for batch in data:
-                    model(**batch)
-                session.event(EventType.SEQUENTIAL_EPOCH_END, modules=[layer])
-        session.event(EventType.CALIBRATION_END)
-
-
-def linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-
-
-def pre_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
 # --- the calibration lifecycle --------------------------------------------------------------
@@ -161,7 +106,7 @@ def test_a_compressed_layer_is_not_compressed_again() -> None:
     report = modifier.report()
     with torch.no_grad():  # a second calibration, and a block end for a compressed layer
         session.event(EventType.CALIBRATION_START)
-        assert pre_hooks(model) == 2  # the padding watch only: no layer is waiting
+        assert torch_hooks(model) == 2  # the padding watch only: no layer is waiting
         for batch in batches(2):
             model(**batch)
         session.event(EventType.SEQUENTIAL_EPOCH_END, modules=[model.model.layers[0]])
@@ -173,15 +118,15 @@ def test_a_compressed_layer_is_not_compressed_again() -> None:
 
 def test_the_calibration_hooks_are_gone_after_calibration_end_and_after_finalize() -> None:
     model = tiny_llama()
-    assert pre_hooks(model) == 0
+    assert torch_hooks(model) == 0
     modifier = GPTQModifier(scheme="W8A16", ignore=["lm_head"])
     session = start(model, modifier)
     session.event(EventType.CALIBRATION_START)
-    assert pre_hooks(model) == 14 + 2  # one per target layer, and the padding watch
+    assert torch_hooks(model) == 14 + 2  # one per target layer, and the padding watch
     with torch.no_grad():
         model(**batches(1)[0])
     session.event(EventType.CALIBRATION_END)
-    assert pre_hooks(model) == 0
+    assert torch_hooks(model) == 0
     session.finalize()
 
     # A session refuses finalize while calibrating; the modifier alone accepts it.
@@ -190,9 +135,9 @@ def test_the_calibration_hooks_are_gone_after_calibration_end_and_after_finalize
     state = State(model=interrupted)
     other.initialize(state)
     other.update_event(state, Event(EventType.CALIBRATION_START))
-    assert pre_hooks(interrupted) == 16
+    assert torch_hooks(interrupted) == 16
     other.finalize(state)  # without CALIBRATION_END
-    assert pre_hooks(interrupted) == 0
+    assert torch_hooks(interrupted) == 0
 
 
 def test_a_session_with_gptq_replays_against_the_declared_tables() -> None:

@@ -8,80 +8,31 @@ the ``Linear`` layers inside them when their block ends (``SEQUENTIAL_EPOCH_END`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import torch
 
 from modfsm.engine import ConfigError, EventType
 from modfsm.engine.config.recipe import Recipe
-from modfsm.engine.loop.session import Session
 from modfsm.engine.tools.replay import verify
 from modfsm.modifiers.pruning import MagnitudePruningModifier, SparseGPTModifier
 from modfsm.modifiers.pruning.masks import unstructured_mask
+from tests.one_shot_support import (
+    Flow,
+    batches,
+    calibrate,
+    linears,
+    start,
+    tiny_llama,
+    torch_hooks,
+)
 
 transformers = pytest.importorskip("transformers")
 
 RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 DECODER_LAYERS = "re:model.layers.\\d+$"
-Batch = dict[str, torch.Tensor]
-Flow = Literal["basic", "sequential"]
-
-
-def tiny_llama(seed: int = 0) -> Any:
-    """A 2-layer Llama, 64 wide (its layers have 64 or 128 inputs), 64 tokens."""
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def batches(count: int = 3) -> list[Batch]:
-    generator = torch.Generator().manual_seed(5)
-    return [
-        {
-            "input_ids": torch.randint(0, 64, (4, 12), generator=generator),
-            "attention_mask": torch.ones(4, 12, dtype=torch.long),
-        }
-        for _ in range(count)
-    ]
-
-
-def start(model: torch.nn.Module, *modifiers: Any, trace: bool = False) -> Session:
-    session = Session()
-    session.initialize(model=model, recipe=list(modifiers), trace=trace)
-    return session
-
-
-def calibrate(session: Session, model: Any, data: Sequence[Batch], flow: Flow = "basic") -> None:
-    with torch.no_grad():
-        session.event(EventType.CALIBRATION_START)
-        if flow == "basic":
-            for batch in data:
-                model(**batch)
-        else:
-            for layer in model.model.layers:
-                for batch in data:
-                    model(**batch)
-                session.event(EventType.SEQUENTIAL_EPOCH_END, modules=[layer])
-        session.event(EventType.CALIBRATION_END)
-
-
-def linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-
-
-def hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
 # --- what it prunes ------------------------------------------------------------------------
@@ -154,7 +105,7 @@ def test_the_sequential_flow_prunes_a_block_when_it_ends_and_never_twice() -> No
         session.event(EventType.SEQUENTIAL_EPOCH_END, modules=[first])  # again: nothing
         session.event(EventType.SEQUENTIAL_EPOCH_END, modules=[second])
         session.event(EventType.CALIBRATION_END)
-    assert hooks(model) == 0
+    assert torch_hooks(model) == 0
     session.finalize()
     assert all(torch.equal(linears(model)[n].weight, w) for n, w in pruned.items())
     assert len(modifier.compressed) == 14
@@ -163,15 +114,15 @@ def test_the_sequential_flow_prunes_a_block_when_it_ends_and_never_twice() -> No
 def test_hooks_are_attached_for_calibration_only() -> None:
     model = tiny_llama()
     session = start(model, SparseGPTModifier(sparsity=0.5, targets=[DECODER_LAYERS]))
-    assert hooks(model) == 0
+    assert torch_hooks(model) == 0
     session.event(EventType.CALIBRATION_START)
-    assert hooks(model) == 14 + 2
+    assert torch_hooks(model) == 14 + 2
     with torch.no_grad():
         model(**batches(1)[0])
     session.event(EventType.CALIBRATION_END)
-    assert hooks(model) == 0
+    assert torch_hooks(model) == 0
     session.finalize()
-    assert hooks(model) == 0
+    assert torch_hooks(model) == 0
 
 
 def test_a_session_with_sparsegpt_replays_against_the_declared_tables() -> None:
