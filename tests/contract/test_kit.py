@@ -229,12 +229,16 @@ def test_one_shot_streams_follow_the_step_grammar_with_both_pipelines(stream: St
 def test_one_shot_streams_draw_the_pipeline_asked_for() -> None:
     from hypothesis import find
 
-    basic = find(ms.calibration_streams(pipeline="basic"), lambda found: True)
-    assert "sequential_epoch_end" not in basic.calls
-    layered = find(ms.calibration_streams(pipeline="sequential", max_layers=3),
+    one = {"max_epochs": 1, "max_batches": 0}  # one calibration epoch, no training steps
+    basic = find(ms.calibration_streams(pipeline="basic", **one), lambda found: True)
+    assert basic.calls == ("calibration_epoch_start", "calibration_epoch_end")
+    layered = find(ms.calibration_streams(pipeline="sequential", max_layers=3, **one),
                    lambda found: found.calls.count("sequential_epoch_end") == 3)  # fmt: skip
     assert layered.calls == ("calibration_epoch_start", *["sequential_epoch_end"] * 3,
                              "calibration_epoch_end")  # fmt: skip
+    mixed = find(ms.calibration_streams(pipeline="basic", max_epochs=2),
+                 lambda found: found.calls.count("calibration_epoch_start") == 2)  # fmt: skip
+    assert "sequential_epoch_end" not in mixed.calls
     with pytest.raises(ValueError, match="pipeline must be one of"):
         find(ms.calibration_streams(pipeline="fast"), lambda found: True)
 
