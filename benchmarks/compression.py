@@ -2,8 +2,8 @@
 
 Both variants train :class:`modfsm.engine.app.digits.DigitsMLP` on the digits with the same
 batches, Adam and the default recipe of ``modfsm run`` (gradual magnitude
-pruning to 75% over steps [150, 350), masks held afterwards, W8A8 fake
-quantization from step 450):
+pruning to 75% over steps [150, 350), masks held afterwards, int8 fake
+quantization from step 450: weights per channel, inputs with one static scale):
 
 * ``modfsm`` — a :class:`~modfsm.engine.loop.session.Session` with the recipe's modifiers,
   the optimizer wrapped, the five calls of every step;
@@ -50,7 +50,7 @@ from modfsm.engine.config.recipe import Recipe
 from modfsm.engine.loop.session import Session
 from modfsm.engine.model.events import Event, EventType
 from modfsm.modifiers.pruning.masks import cubic_sparsity, unstructured_mask
-from modfsm.modifiers.quantization.args import preset
+from modfsm.modifiers.quantization.args import parse_config_groups
 from modfsm.modifiers.quantization.fake import (
     Observer,
     dequantize,
@@ -129,7 +129,7 @@ def run_by_hand(steps: int, seed: int, clock: list[float]) -> str:
     layers = [model.fc1, model.fc2, model.fc3]
     start, end, update = pruning["start"], pruning["end"], pruning["update"]
     initial, final = pruning.get("init_sparsity", 0.0), pruning["final_sparsity"]
-    scheme = preset(quantization["scheme"], ("Linear",), None)
+    (scheme,) = parse_config_groups(quantization["config_groups"])
     weights_args, inputs_args = scheme.weights, scheme.input_activations
     assert weights_args is not None
     assert inputs_args is not None

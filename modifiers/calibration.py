@@ -61,8 +61,8 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
 import attrs
 import torch
@@ -78,7 +78,13 @@ if TYPE_CHECKING:
     from modfsm.engine.kernel.declaration import Declaration
     from modfsm.engine.runtime.hooks import Handle
 
-__all__ = ["OneShotCompressionBase", "check_dampening_frac", "layers_inside", "refuse_unless"]
+__all__ = [
+    "CalibrationBase",
+    "OneShotCompressionBase",
+    "check_dampening_frac",
+    "layers_inside",
+    "refuse_unless",
+]
 
 _LOG: Final = logging.getLogger("modfsm")
 _ACCUMULATE: Final = torch.float32
@@ -138,7 +144,112 @@ def check_dampening_frac(owner: str, field: str, value: Any) -> None:
 
 
 @attrs.define(eq=False)
-class OneShotCompressionBase(Modifier):
+class CalibrationBase(Modifier):
+    """What the one-shot modifiers share: the calibration lifecycle, per-layer hooks that
+    collect inputs while calibrating (padding left out), and the refusal of a bad state.
+
+    Subclasses keep their hooks in ``_handles`` (by name) and call :meth:`_stop_hooks`
+    when calibration ends; :meth:`_collect_inputs` and :meth:`_watch_padding` register
+    through the modifier (``register_hook``), so finalize releases whatever is left.
+    """
+
+    __lifecycle__: ClassVar[Declaration] = CALIBRATION_LIFECYCLE
+
+    _handles: dict[str, Handle] = attrs.field(init=False, factory=dict, repr=False)
+    _padding_handles: list[Handle] = attrs.field(init=False, factory=list, repr=False)
+    _padding: torch.Tensor | None = attrs.field(init=False, default=None, repr=False)
+    _calibrating: bool = attrs.field(init=False, default=False, repr=False)
+
+    @property
+    def calibrating(self) -> bool:
+        """True between ``CALIBRATION_START`` and ``CALIBRATION_END`` (hooks attached)."""
+        return self._calibrating
+
+    def _model(self, state: State) -> torch.nn.Module:
+        model = state.model
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                f"{self.lifecycle_label} needs a torch model: state.model is "
+                f"{type(model).__name__}. To fix, pass model=... to Session.initialize.",
+                owner=type(self).__name__,
+                field="model",
+                value=None,
+            )
+        return model
+
+    def _refuse_state(self, problem: str) -> NoReturn:
+        raise ConfigError(
+            f"{self.lifecycle_label}.load_state_dict: {problem}. To fix, resume with the state "
+            "this modifier saved, on the same model and recipe.",
+            owner=type(self).__name__,
+            field="state_dict",
+            value=None,
+        )
+
+    def _collect_inputs(
+        self, layer: torch.nn.Module, update: Callable[[torch.Tensor], None]
+    ) -> Handle:
+        """A forward pre-hook on ``layer`` that passes its input to ``update``, less the
+        positions the model's current ``attention_mask`` marks as padding (see
+        :meth:`_watch_padding`)."""
+
+        def collect(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            inputs = args[0] if args else kwargs.get("input")
+            if not isinstance(inputs, torch.Tensor):
+                return
+            padding = self._padding
+            if padding is not None and tuple(inputs.shape[:-1]) == tuple(padding.shape):
+                inputs = inputs[padding.to(inputs.device) != 0]
+            update(inputs)
+
+        return self.register_hook(layer, collect, "forward_pre", with_kwargs=True)
+
+    def _watch_padding(self, model: torch.nn.Module) -> None:
+        """Hooks on the model that keep the ``attention_mask`` of its current call."""
+
+        def before(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            mask = kwargs.get("attention_mask")
+            keep = isinstance(mask, torch.Tensor) and mask.dim() == 2
+            self._padding = mask.detach() if keep else None  # type: ignore[union-attr]  # a tensor when keep
+
+        def after(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._padding = None
+
+        # gate=False: the mask must follow every call, even while hooks are disabled
+        self._padding_handles = [
+            self.register_hook(model, before, "forward_pre", gate=False, with_kwargs=True),
+            self.register_hook(model, after, "forward", gate=False, always_call=True),
+        ]
+
+    def _drop_hook(self, name: str) -> None:
+        """Remove the collecting hook of ``name`` (if any)."""
+        handle = self._handles.pop(name, None)
+        if handle is not None:
+            self.remove_hooks([handle])
+
+    def _stop_hooks(self) -> None:
+        """Remove every collecting hook and the padding watch; calibration is over."""
+        self.remove_hooks([*self._handles.values(), *self._padding_handles])
+        self._handles, self._padding_handles, self._padding = {}, [], None
+        self._calibrating = False
+
+    def _warn_unfinished(self, what: str, left: list[str], total: int) -> None:
+        """At finalize: warn that ``left`` (of ``total`` ``what``) were never done."""
+        if left:
+            _LOG.warning(
+                "%s: finalized with %d of %d %s not done (%s): calibration did not run them "
+                "to CALIBRATION_END. To fix, send CALIBRATION_START, run the calibration data "
+                "through the model, then CALIBRATION_END before finalize.",
+                self.lifecycle_label,
+                len(left),
+                total,
+                what,
+                ", ".join(left[:8]) + (", ..." if len(left) > 8 else ""),
+            )
+
+
+@attrs.define(eq=False)
+class OneShotCompressionBase(CalibrationBase):
     """Collects each target layer's Hessian during calibration and compresses the layer.
 
     Subclasses say which layers are targets (:meth:`_resolve`), how one is
@@ -147,15 +258,9 @@ class OneShotCompressionBase(Modifier):
     See the module docstring for the lifecycle.
     """
 
-    __lifecycle__: ClassVar[Declaration] = CALIBRATION_LIFECYCLE
-
     _layers: dict[str, torch.nn.Linear] = attrs.field(init=False, factory=dict, repr=False)
     _accumulators: dict[str, HessianAccumulator] = attrs.field(init=False, factory=dict, repr=False)
-    _handles: dict[str, Handle] = attrs.field(init=False, factory=dict, repr=False)
-    _padding_handles: list[Handle] = attrs.field(init=False, factory=list, repr=False)
-    _padding: torch.Tensor | None = attrs.field(init=False, default=None, repr=False)
     _records: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict, repr=False)
-    _calibrating: bool = attrs.field(init=False, default=False, repr=False)
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -190,11 +295,6 @@ class OneShotCompressionBase(Modifier):
     def compressed(self) -> list[str]:
         """The target layers compressed so far, in model order."""
         return [name for name in self._layers if name in self._records]
-
-    @property
-    def calibrating(self) -> bool:
-        """True between ``CALIBRATION_START`` and ``CALIBRATION_END`` (hooks attached)."""
-        return self._calibrating
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per compressed layer, in model order: what was done, its loss and time.
@@ -265,16 +365,7 @@ class OneShotCompressionBase(Modifier):
     def on_finalize(self, state: State, **kwargs: Any) -> bool:
         self._stop_calibrating()
         left = [name for name in self._layers if name not in self._records]
-        if left:
-            _LOG.warning(
-                "%s: finalized with %d of %d target layers not compressed (%s): calibration "
-                "did not run them to CALIBRATION_END. To fix, send CALIBRATION_START, run the "
-                "calibration data through the model, then CALIBRATION_END before finalize.",
-                self.lifecycle_label,
-                len(left),
-                len(self._layers),
-                ", ".join(left[:8]) + (", ..." if len(left) > 8 else ""),
-            )
+        self._warn_unfinished("target layers", left, len(self._layers))
         return True
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -339,18 +430,6 @@ class OneShotCompressionBase(Modifier):
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _model(self, state: State) -> torch.nn.Module:
-        model = state.model
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(
-                f"{self.lifecycle_label} needs a torch model: state.model is "
-                f"{type(model).__name__}. To fix, pass model=... to Session.initialize.",
-                owner=type(self).__name__,
-                field="model",
-                value=None,
-            )
-        return model
-
     def _check_layers(
         self, model: torch.nn.Module, found: Mapping[str, torch.nn.Module]
     ) -> dict[str, torch.nn.Linear]:
@@ -390,41 +469,11 @@ class OneShotCompressionBase(Modifier):
         self._handles[name] = self._register_collector(name, layer)
 
     def _register_collector(self, name: str, layer: torch.nn.Linear) -> Handle:
-        accumulator = self._accumulators[name]
-
-        def collect(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            inputs = args[0] if args else kwargs.get("input")
-            if not isinstance(inputs, torch.Tensor):
-                return
-            padding = self._padding
-            if padding is not None and tuple(inputs.shape[:-1]) == tuple(padding.shape):
-                inputs = inputs[padding.to(inputs.device) != 0]
-            accumulator.update(inputs)
-
-        return self.register_hook(layer, collect, "forward_pre", with_kwargs=True)
-
-    def _watch_padding(self, model: torch.nn.Module) -> None:
-        """Hooks on the model that keep the ``attention_mask`` of its current call."""
-
-        def before(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            mask = kwargs.get("attention_mask")
-            keep = isinstance(mask, torch.Tensor) and mask.dim() == 2
-            self._padding = mask.detach() if keep else None  # type: ignore[union-attr]  # a tensor when keep
-
-        def after(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            self._padding = None
-
-        # gate=False: the mask must follow every call, even while hooks are disabled
-        self._padding_handles = [
-            self.register_hook(model, before, "forward_pre", gate=False, with_kwargs=True),
-            self.register_hook(model, after, "forward", gate=False, always_call=True),
-        ]
+        return self._collect_inputs(layer, self._accumulators[name].update)
 
     def _stop_calibrating(self) -> None:
-        self.remove_hooks([*self._handles.values(), *self._padding_handles])
-        self._handles, self._padding_handles, self._padding = {}, [], None
+        self._stop_hooks()
         self._accumulators = {}
-        self._calibrating = False
 
     def _compress_layer(self, name: str) -> None:
         """Solve layer ``name`` from its accumulator; record it; drop the accumulator and hook."""
@@ -448,9 +497,7 @@ class OneShotCompressionBase(Modifier):
         record["samples"] = accumulator.count
         self._records[name] = record
         del self._accumulators[name]
-        handle = self._handles.pop(name, None)
-        if handle is not None:
-            self.remove_hooks([handle])
+        self._drop_hook(name)
         _LOG.info(
             "%s: compressed %s from %d input vectors in %.3f s (loss %.4g)",
             self.lifecycle_label,
@@ -458,13 +505,4 @@ class OneShotCompressionBase(Modifier):
             accumulator.count,
             record["seconds"],
             record.get("loss", float("nan")),
-        )
-
-    def _refuse_state(self, problem: str) -> None:
-        raise ConfigError(
-            f"{self.lifecycle_label}.load_state_dict: {problem}. To fix, resume with the state "
-            "this modifier saved, on the same model and recipe.",
-            owner=type(self).__name__,
-            field="state_dict",
-            value=None,
         )

@@ -73,7 +73,7 @@ def _add_run(commands: Any) -> None:
         "run",
         help="train and compress the built-in digits MLP with a recipe, then print a summary",
         description="Train the built-in MLP on scikit-learn's 8x8 digits with a recipe (default: "
-        "gradual magnitude pruning to 75%, then W8A8 quantization-aware training) and print "
+        "gradual magnitude pruning to 75%, then int8 quantization-aware training) and print "
         "each modifier's window and state, sparsity per layer, quantization error and "
         "accuracy. Recipe windows are in optimizer steps. Sample recipes: docs/recipes/. "
         "Exit 2 with one message for a bad option, recipe or checkpoint.",

@@ -17,8 +17,13 @@ and the output folder are checked before any work; a bad one is a
 The written model: ``model.safetensors`` holds every parameter the recipe left in float
 under its own name, and for each quantized layer ``<layer>.weight_packed`` (the integer
 weight: two 4-bit values per byte, or one per byte up to 8 bits), ``<layer>.weight_scale``
-and ``<layer>.weight_zero_point`` (and ``input_scale``/``input_zero_point`` for static
-activations); its metadata holds each quantized layer's arguments. ``config.json`` is the
+and ``<layer>.weight_zero_point`` (and ``input_scale``/``input_zero_point``, ``output_*``,
+for static activations). FP4 layers (NVFP4): ``weight_packed`` holds 4-bit E2M1 codes two
+to a byte, ``weight_scale`` the float8_e4m3fn group scales, ``weight_global_scale`` (and
+``input_global_scale`` for NVFP4 inputs), no zero point; float8 weights are stored as their
+bytes. A quantized KV cache adds ``<attention>.k_scale`` and ``v_scale`` (the names vLLM
+reads). The metadata holds each quantized layer's arguments (and the KV cache's).
+``config.json`` is the
 model's configuration and ``recipe.yaml`` the recipe. :func:`read_compressed` reads it
 back into float weights, which equal the compressed model's exactly. The folder is written
 next to its destination and renamed into place, and an existing one is never replaced.
@@ -64,6 +69,7 @@ DEFAULT_RECIPE: Final = "oneshot_gptq_w4a16.yaml"
 _OWNER: Final = "modfsm oneshot"
 _MAX_CALIBRATION: Final = 4096
 _MAX_SEQ_LEN: Final = 4096
+_KV_KEYS: Final = ("k_scale", "v_scale", "k_zero_point", "v_zero_point")
 
 
 @attrs.frozen
@@ -146,11 +152,22 @@ class LayerRow:
     bits: int | None
     group_size: int | None
     strategy: str | None
+    kind: str = "int"
+    """The weights' values: ``int``, ``float8`` or ``fp4`` (emulated in float32)."""
+    inputs: str = ""
+    """How the layer's inputs are quantized (``int8 token``, ...); "" in float."""
 
     @property
     def sparsity(self) -> float:
         """The fraction of its weights that are exactly zero."""
         return self.zeros / self.parameters if self.parameters else 0.0
+
+    @property
+    def weights(self) -> str:
+        """The weights' format in a word: ``int4``, ``fp8``, ``fp4*`` (emulated), or ``-``."""
+        if self.bits is None:
+            return "-"
+        return {"float8": "fp8", "fp4": "fp4*"}.get(self.kind, f"int{self.bits}")
 
 
 @attrs.frozen
@@ -170,6 +187,8 @@ class OneshotResult:
     compressed_bytes: int
     seconds: float
     written: tuple[Path, ...]
+    kv_cache: str = ""
+    """The KV cache's quantization (``fp8 sym tensor keys and values, ...``); "" without."""
 
 
 def default_recipe_text() -> str:
@@ -218,7 +237,8 @@ def _layer_rows(model: torch.nn.Module, exports: Mapping[str, Mapping[str, Any]]
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        weights = (exports.get(name, {}).get("scheme") or {}).get("weights") or {}
+        scheme = exports.get(name, {}).get("scheme") or {}
+        weights = scheme.get("weights") or {}
         rows.append(LayerRow(
             name=name,
             parameters=module.weight.numel(),
@@ -226,13 +246,64 @@ def _layer_rows(model: torch.nn.Module, exports: Mapping[str, Mapping[str, Any]]
             bits=weights.get("num_bits"),
             group_size=weights.get("group_size"),
             strategy=weights.get("strategy"),
+            kind=_kind(weights),
+            inputs=_describe_inputs(scheme.get("input_activations")),
         ))  # fmt: skip
     return rows
 
 
-def _pack(q: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """Signed integers of ``bits`` as bytes: two per byte up to 4 bits, else one; and the
-    offset added to make them unsigned (``2 ** (bits - 1)``)."""
+def _kind(args: Mapping[str, Any]) -> str:
+    if args.get("type") != "float":
+        return "int"
+    return "fp4" if args.get("num_bits") == 4 else "float8"
+
+
+def _describe_inputs(args: Mapping[str, Any] | None) -> str:
+    """``int8 token`` (dynamic), ``fp8 tensor static``, ``fp4 local``; "" for float inputs."""
+    if not args:
+        return ""
+    kind = {"int": f"int{args.get('num_bits')}", "float8": "fp8", "fp4": "fp4"}[_kind(args)]
+    dynamic = args.get("dynamic")
+    how = "local" if dynamic == "local" else "" if dynamic else "static"
+    return " ".join(part for part in (kind, str(args.get("strategy", "tensor")), how) if part)
+
+
+def _kv_cache_line(exports: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the summary says of a quantized KV cache ("" when none is)."""
+    layers = [entry for entry in exports.values() if "k_scale" in entry]
+    if not layers:
+        return ""
+    args = (layers[0].get("scheme") or {}).get("kv_cache") or {}
+    kind = "fp8" if args.get("type") == "float" else f"int{args.get('num_bits', 8)}"
+    per = "per head" if args.get("strategy") == "attn_head" else "per tensor"
+    return (
+        f"{kind} keys and values, static scales {per}, k_scale/v_scale on {len(layers)} "
+        "attention layers"
+    )
+
+
+def _pack(q: torch.Tensor, bits: int, kind: str = "int") -> tuple[torch.Tensor, int]:
+    """A quantized weight as bytes, and the offset added to make integers unsigned.
+
+    ``kind`` ``int``: signed integers of ``bits``, two per byte up to 4 bits, else one,
+    offset by ``2 ** (bits - 1)``. ``float8``: the float8_e4m3fn bytes. ``fp4``: FP4 E2M1
+    values (float32 on the grid) as 4-bit codes (bit 3 the sign, bits 0-2 the index of
+    the magnitude in 0, 0.5, 1, 1.5, 2, 3, 4, 6), two per byte, the first value in the low
+    nibble: compressed-tensors' packing of NVFP4. (Offset 0 for both floats.)
+    """
+    if kind == "float8":
+        return q.contiguous().view(torch.uint8).flatten(), 0
+    if kind == "fp4":  # (the engine imports no modifier: the grid is written out here)
+        grid = torch.tensor((0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), device=q.device)
+        values = q.detach().to(torch.float32).flatten()
+        hits = values.abs().reshape(-1, 1) == grid
+        if not bool(hits.any(dim=1).all()):
+            raise ValueError("_pack: an FP4 weight holds a value off the E2M1 grid")
+        codes = hits.to(torch.uint8).argmax(dim=1).to(torch.uint8)
+        codes |= torch.signbit(values).to(torch.uint8) << 3
+        if codes.numel() % 2:
+            codes = torch.cat([codes, codes.new_zeros(1)])
+        return codes[0::2] | (codes[1::2] << 4), 0
     offset = 2 ** (bits - 1)
     unsigned = (q.to(torch.int32) + offset).to(torch.uint8).flatten()
     if bits > 4:
@@ -242,8 +313,19 @@ def _pack(q: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     return unsigned[0::2] | (unsigned[1::2] << 4), offset
 
 
-def _unpack(packed: torch.Tensor, bits: int, offset: int, shape: Sequence[int]) -> torch.Tensor:
+def _unpack(
+    packed: torch.Tensor, bits: int, offset: int, shape: Sequence[int], kind: str = "int"
+) -> torch.Tensor:
+    """What :func:`_pack` packed, shaped ``shape``: int32 integers, or float32 values for
+    ``float8`` and ``fp4``."""
     count = math.prod(shape)
+    if kind == "float8":
+        return packed[:count].view(torch.float8_e4m3fn).to(torch.float32).reshape(tuple(shape))
+    if kind == "fp4":
+        grid = torch.tensor((0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), device=packed.device)
+        codes = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[:count]
+        magnitude = grid[(codes & 0x7).long()]
+        return torch.where((codes & 0x8) != 0, -magnitude, magnitude).reshape(tuple(shape))
     if bits > 4:
         values = packed.to(torch.int32)
     else:
@@ -261,24 +343,38 @@ def write_compressed(
 
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
+    kv_cache: dict[str, Any] = {}
     for name, parameter in model.state_dict().items():
         layer = name.rsplit(".", 1)[0]
         if name.endswith(".weight") and layer in exports and "weight" in exports[layer]:
             continue  # stored packed below
         tensors[name] = parameter.detach().contiguous().clone()
     for layer, entry in exports.items():
-        if "weight" not in entry:
+        if "weight" not in entry:  # an attention layer's KV-cache scales (the names vLLM reads)
+            found = {
+                key: entry[key] for key in _KV_KEYS if isinstance(entry.get(key), torch.Tensor)
+            }
+            for key, value in found.items():
+                tensors[f"{layer}.{key}"] = value.detach().contiguous().clone()
+            if found:
+                kv_cache[layer] = (entry.get("scheme") or {}).get("kv_cache")
             continue
         args = (entry.get("scheme") or {}).get("weights") or {}
         bits = int(args.get("num_bits", 8))
-        packed, offset = _pack(entry["weight"], bits)
+        kind = _kind(args)
+        packed, offset = _pack(entry["weight"], bits, kind)
         tensors[f"{layer}.weight_packed"] = packed.contiguous()
-        for key in ("weight_scale", "weight_zero_point", "input_scale", "input_zero_point"):
+        keys = ("weight_scale", "weight_global_scale", "input_scale", "input_global_scale",
+                "input_zero_point", "output_scale", "output_zero_point") + (
+                () if kind == "fp4" else ("weight_zero_point",))  # fmt: skip
+        for key in keys:  # an FP4 zero point is always 0: not stored
             if isinstance(entry.get(key), torch.Tensor):
                 tensors[f"{layer}.{key}"] = entry[key].detach().contiguous().clone()
         layers[layer] = {"shape": list(entry["weight"].shape), "bits": bits, "offset": offset,
-                         "scheme": entry.get("scheme")}  # fmt: skip
+                         "kind": kind, "scheme": entry.get("scheme")}  # fmt: skip
     metadata = {"format": FORMAT, "layers": json.dumps(layers, sort_keys=True)}
+    if kv_cache:
+        metadata["kv_cache"] = json.dumps(kv_cache, sort_keys=True)
     parent = folder.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
     umask = os.umask(0)
@@ -303,7 +399,9 @@ def write_compressed(
 
 def read_compressed(folder: Path) -> dict[str, torch.Tensor]:
     """The float weights of a model :func:`write_compressed` wrote (quantized layers
-    dequantized: ``(q - zero_point) * scale`` per row or group of their grid).
+    dequantized: ``(q - zero_point) * scale`` per row or group of their grid; FP4
+    ``q * (weight_scale / weight_global_scale)`` per group, in float32 as
+    :func:`~modfsm.modifiers.quantization.fake.dequantize` computes it).
 
     Raises:
         ConfigError: the folder holds no such model, or one it did not write.
@@ -328,9 +426,15 @@ def read_compressed(folder: Path) -> dict[str, torch.Tensor]:
     weights = {k: v for k, v in tensors.items()
                if not k.endswith(("_packed", "_scale", "_zero_point"))}  # fmt: skip
     for layer, info in layers.items():
-        q = _unpack(tensors[f"{layer}.weight_packed"], info["bits"], info["offset"], info["shape"])
+        kind = info.get("kind", "int")
+        q = _unpack(tensors[f"{layer}.weight_packed"], info["bits"], info["offset"],
+                    info["shape"], kind)  # fmt: skip
         scale = tensors[f"{layer}.weight_scale"].to(torch.float32)
-        zero = tensors[f"{layer}.weight_zero_point"].to(torch.float32)
+        if kind == "fp4":  # the effective scale s / g, and no zero point
+            scale = scale / tensors[f"{layer}.weight_global_scale"].to(torch.float32)
+            zero = torch.zeros_like(scale)
+        else:
+            zero = tensors[f"{layer}.weight_zero_point"].to(torch.float32)
         rows = q.reshape(scale.shape[0], -1) if scale.numel() > 1 else q.reshape(1, -1)
         groups = scale.reshape(rows.shape[0], -1)
         width = rows.shape[1] // groups.shape[1]
@@ -414,6 +518,7 @@ def oneshot(config: OneshotConfig, *, progress: bool = False) -> OneshotResult:
         compressed_bytes=compressed_bytes,
         seconds=time.perf_counter() - started,
         written=written,
+        kv_cache=_kv_cache_line(exports),
     )  # fmt: skip
 
 
@@ -424,13 +529,16 @@ def _estimated_bytes(model: torch.nn.Module, exports: Mapping[str, Mapping[str, 
         layer = name.rsplit(".", 1)[0]
         entry = exports.get(layer, {})
         if name.endswith(".weight") and "weight" in entry:
-            bits = int(((entry.get("scheme") or {}).get("weights") or {}).get("num_bits", 8))
+            args = (entry.get("scheme") or {}).get("weights") or {}
+            bits = int(args.get("num_bits", 8))
+            fp4 = args.get("type") == "float" and bits == 4  # its zero points are not stored
             per_byte = 2 if bits <= 4 else 1
             total += math.ceil(parameter.numel() / per_byte)
             total += sum(
                 v.numel() * v.element_size()
                 for k, v in entry.items()
-                if k.endswith(("_scale", "_zero_point")) and isinstance(v, torch.Tensor)
+                if isinstance(v, torch.Tensor)
+                and (k.endswith("_scale") or (k.endswith("_zero_point") and not fp4))
             )
         else:
             total += parameter.numel() * parameter.element_size()
@@ -468,19 +576,25 @@ def format_summary(result: OneshotResult) -> str:
         f"perplexity (held-out): {result.perplexity_before:.3f} before, "
         f"{result.perplexity_after:.3f} after ({change:+.2f}%)",
         "",
-        f"{'layer':<44} {'sparsity':>8}  {'bits':>4}  {'group':>5}",
+        f"{'layer':<44} {'sparsity':>8}  {'weights':>7}  {'group':>7}  inputs",
     ]
     for row in result.layers:
-        bits = "-" if row.bits is None else str(row.bits)
         group = ("-" if row.bits is None else
                  str(row.group_size) if row.group_size else str(row.strategy or "-"))  # fmt: skip
-        lines.append(f"{row.name:<44} {row.sparsity:>8.1%}  {bits:>4}  {group:>5}")
+        lines.append(f"{row.name:<44} {row.sparsity:>8.1%}  {row.weights:>7}  {group:>7}  "
+                     f"{row.inputs or '-'}")  # fmt: skip
     ratio = result.float_bytes / result.compressed_bytes if result.compressed_bytes else 0.0
-    lines += [
-        "",
+    lines.append("")
+    if any(row.kind == "fp4" for row in result.layers):
+        lines.append(f"* fp4: FP4 E2M1 values emulated exactly in float32 (torch "
+                     f"{torch.__version__} on the CPU cannot compute in float4); stored packed "
+                     "two to a byte")  # fmt: skip
+    if result.kv_cache:
+        lines.append(f"kv cache: {result.kv_cache}")
+    lines.append(
         f"size: {result.float_bytes / 1e6:.2f} MB in float -> {result.compressed_bytes / 1e6:.2f} "
-        f"MB compressed ({ratio:.2f}x)",
-    ]
+        f"MB compressed ({ratio:.2f}x)"
+    )
     if result.written:
         lines.append("wrote " + ", ".join(str(path) for path in result.written))
     return "\n".join(lines)

@@ -22,6 +22,12 @@ the session's trace:
   before it, as the GPTQ and SparseGPT papers do, and only one layer's activations are
   held at a time besides the captured hidden states.
 
+A recipe of several stages calibrates in one pass: every stage receives every event, in
+recipe order, so at a layer's ``SEQUENTIAL_EPOCH_END`` a first stage's ``SparseGPTModifier``
+prunes it before a second stage's ``GPTQModifier`` quantizes it. llm-compressor 0.14's
+``oneshot`` does the same (its pipeline sends the events to all the recipe's modifiers);
+its opt-in ``independent`` pipeline, one pass per modifier, is not implemented here.
+
 The decoder layers are found by :func:`decoder_layers`: ``model.model.layers`` (the Llama
 family and most transformers causal LMs), else the longest ``ModuleList`` of the model.
 Calls are made under ``torch.no_grad()`` with the model in eval mode.

@@ -21,21 +21,32 @@ Arguments of one tensor (:class:`QuantizationArgs`, the reference's
 =================== ==========================================================================
 key                 meaning
 =================== ==========================================================================
-``num_bits``        ``type: int``: 2 to 8 (signed integers). ``type: float``: 8 only.
-``type``            ``int`` (default) or ``float``: IEEE-like ``float8_e4m3fn`` (4 exponent
-                    bits, 3 mantissa bits, no infinities, largest magnitude 448). Other float
-                    widths (the reference's 4-bit ``NVFP4``/``MXFP4``) are refused.
+``num_bits``        ``type: int``: 2 to 8 (signed integers). ``type: float``: 8, or 4 with
+                    ``strategy: tensor_group``.
+``type``            ``int`` (default) or ``float``: 8 bits are IEEE-like ``float8_e4m3fn``
+                    (4 exponent bits, 3 mantissa bits, no infinities, largest magnitude
+                    448); 4 bits are FP4 E2M1 (2 exponent bits, 1 mantissa bit: 0, ±0.5,
+                    ±1, ±1.5, ±2, ±3, ±4, ±6), emulated exactly in float32 (see
+                    :mod:`~modfsm.modifiers.quantization.fake`). Other float widths, and
+                    the reference's ``MXFP4`` (power-of-two group scales), are refused.
 ``symmetric``       zero point fixed at 0 (default) or fitted to the range (``int`` only:
                     a ``float`` grid is symmetric).
 ``strategy``        weights: one scale per ``tensor`` (default), per output ``channel``, or per
                     ``group`` of ``group_size`` inputs of each output. Activations: ``tensor``
                     or ``token`` (one scale per token: per row of the input flattened to
                     ``(-1, last dimension)``; ``dynamic: true`` only, as in the reference).
-                    ``block``, ``tensor_group`` and ``attn_head`` are refused.
-``group_size``      the group's width (``strategy: group`` only).
+                    Both: ``tensor_group`` (4-bit ``float`` only, the reference's NVFP4): a
+                    float8_e4m3fn scale per ``group`` of ``group_size`` values along the last
+                    dimension, under one float32 global scale per tensor.
+                    ``block`` and ``attn_head`` are refused.
+``group_size``      the group's width (``strategy: group`` or ``tensor_group`` only).
 ``dynamic``         activations only: ``true`` computes the scale from each forward's own
                     values (no observer, no calibration); ``false`` (default) uses a static
-                    scale kept by an observer during calibration or training.
+                    scale kept by an observer during calibration or training; ``local``
+                    (``strategy: tensor_group`` only, the reference's ``DynamicType.LOCAL``)
+                    computes the group scales per forward under a static global scale, kept
+                    by the observer (:attr:`QuantizationArgs.local`). A ``tensor_group``
+                    activation is ``local`` or ``true``: its group scales are never static.
 ``observer``        how a static activation range is kept (see below); ignored with
                     ``dynamic: true`` and for weights, which always use their current range
                     (the reference's weight observers are memoryless too).
@@ -60,8 +71,7 @@ unless said; "static ``minmax``" inputs need calibration (or training) data:
 =============== ================================ ========================================
 preset          weights                          input activations
 =============== ================================ ========================================
-``W8A8``        int8, per channel                int8, per tensor, static,
-                                                 ``moving_average`` (0.01) [#w8a8]_
+``W8A8``        int8, per channel                int8, per token, dynamic
 ``W8A16``       int8, per channel [#w8a16]_      float
 ``W4A16``       int4, groups of 128              float
 ``W4A16_ASYM``  int4 asymmetric, groups of 128   float
@@ -69,19 +79,28 @@ preset          weights                          input activations
                                                  ``minmax`` (the reference's
                                                  ``static_minmax``)
 ``FP8_DYNAMIC`` float8_e4m3fn, per channel       float8_e4m3fn, per token, dynamic
+``NVFP4A16``    FP4 E2M1, ``tensor_group`` of 16 float
+``NVFP4``       FP4 E2M1, ``tensor_group`` of 16 FP4 E2M1, ``tensor_group`` of 16,
+                                                 ``dynamic: local``, global scale
+                                                 ``minmax`` (``static_minmax``)
 =============== ================================ ========================================
 
-.. [#w8a8] **Departure**: the reference's ``W8A8`` quantizes inputs to int8 *per token,
-   dynamically*. modfsm's ``W8A8`` keeps its earlier definition (a static per-tensor input
-   scale), which its quantization-aware training demo depends on; write the reference's
-   with ``config_groups`` (``input_activations: {num_bits: 8, strategy: token, dynamic:
-   true}``).
-.. [#w8a16] **Departure**: llm-compressor 0.14's ``W8A16`` uses groups of 128 (its
-   ``WnA16`` template); earlier compressed-tensors releases, and modfsm, use one scale
-   per output channel.
+The ``NVFP4`` presets' group scales are float8_e4m3fn and their global scale float32
+(``448 * 6 / amax``, the tensor's largest magnitude; for ``NVFP4`` inputs the largest seen
+during calibration). **Departure:** the reference gives fused layers (``q_proj``/``k_proj``/
+``v_proj``, ``gate_proj``/``up_proj``) one shared weight global scale for its inference
+kernels; modfsm computes one per layer. The reference's other presets (``MXFP4``,
+``MXFP8``, ``FP8_BLOCK``, ``W4A8`` ...) are not named by its recipes here and are refused.
+
+.. [#w8a16] As in the compressed-tensors releases of llm-compressor 0.6.0 (one scale per
+   output channel). **Departure** from 0.14, whose ``W8A16`` uses groups of 128 (its
+   ``WnA16`` template) and lets a layer's last group be shorter; modfsm's groups must
+   divide a layer's input width. Write 0.14's with ``config_groups`` (``weights:
+   {num_bits: 8, strategy: group, group_size: 128}``).
 
 ``group_size`` on the modifier changes the group of a grouped preset (``W4A16``,
-``W4A16_ASYM``).
+``W4A16_ASYM``); the ``NVFP4`` presets' groups of 16 are the format's and refuse it
+(write other widths with ``config_groups``).
 """
 
 from __future__ import annotations
@@ -93,16 +112,20 @@ from typing import Any, Final
 import attrs
 
 from modfsm.engine.kernel.errors import ConfigError, ConfigTypeError
+from modfsm.modifiers.targets import check_names
 
 __all__ = [
     "ACTIVATION_STRATEGIES",
+    "FLOAT4_MAX",
     "FLOAT8_MAX",
     "OBSERVERS",
     "PRESETS",
     "STRATEGIES",
+    "TENSOR_GROUP",
     "TYPES",
     "QuantizationArgs",
     "QuantizationScheme",
+    "check_scheme_value",
     "parse_args",
     "parse_config_groups",
     "preset",
@@ -110,12 +133,18 @@ __all__ = [
 
 TYPES: Final = ("int", "float")
 STRATEGIES: Final = ("tensor", "channel", "group")
-"""The strategies of weights (and of any tensor quantized as rows of a weight)."""
+"""The strategies of integer and float8 weights (and of any tensor quantized as rows of a
+weight)."""
 ACTIVATION_STRATEGIES: Final = ("tensor", "token")
-"""The strategies of input and output activations."""
+"""The strategies of integer and float8 input and output activations."""
+TENSOR_GROUP: Final = "tensor_group"
+"""The strategy of 4-bit floats (weights and activations): float8 group scales under a
+float32 global scale per tensor (the reference's NVFP4)."""
 OBSERVERS: Final = ("minmax", "moving_average", "memoryless_minmax")
 FLOAT8_MAX: Final = 448
 """The largest magnitude of ``float8_e4m3fn`` (``torch.finfo(torch.float8_e4m3fn).max``)."""
+FLOAT4_MAX: Final = 6
+"""The largest magnitude of FP4 E2M1 (``float4_e2m1fn``)."""
 
 _OBSERVER_ALIASES: Final[Mapping[str, str]] = {"static_minmax": "minmax"}
 _UNSUPPORTED_OBSERVERS: Final = (
@@ -125,7 +154,7 @@ _UNSUPPORTED_OBSERVERS: Final = (
     "nvfp4_expanded_mse",
     "nvfp4_expanded_imatrix",
 )
-_UNSUPPORTED_STRATEGIES: Final = ("block", "tensor_group", "attn_head")
+_UNSUPPORTED_STRATEGIES: Final = ("block", "attn_head")
 _ARG_KEYS: Final = (
     "num_bits",
     "type",
@@ -150,14 +179,17 @@ class QuantizationArgs:
 
     Attributes:
         num_bits: bits per value: 2 to 8 for ``int`` (signed integers in
-            ``[-2**(num_bits-1), 2**(num_bits-1) - 1]``), 8 for ``float``.
+            ``[-2**(num_bits-1), 2**(num_bits-1) - 1]``), 8 for ``float``
+            (float8_e4m3fn), or 4 for ``float`` with ``tensor_group`` (FP4 E2M1).
         symmetric: zero point fixed at 0 (True) or fitted to the range (False;
             ``int`` only).
         strategy: one scale per ``tensor``, per output ``channel``, per ``group``
             of ``group_size`` inputs of each output (weights), or per ``token``
             (activations, dynamic only: one scale per row of the tensor
-            flattened to ``(-1, last dimension)``).
-        group_size: the group's width (``strategy == "group"`` only).
+            flattened to ``(-1, last dimension)``), or ``tensor_group`` (4-bit
+            ``float`` only: a float8 scale per group of ``group_size`` values along
+            the last dimension, under a float32 global scale per tensor).
+        group_size: the group's width (``group`` and ``tensor_group`` only).
         dynamic: activations only: scale each forward from its own values instead
             of a static scale from an observer.
         observer: how a static activation range is kept: ``minmax`` (the widest
@@ -165,11 +197,18 @@ class QuantizationArgs:
             batch's range) or ``memoryless_minmax`` (the last batch's range).
             Weights always use their current range.
         averaging_constant: the moving average's weight of a new batch, in (0, 1].
-        type: ``int``, or ``float`` for ``float8_e4m3fn`` (8 bits, symmetric).
+        type: ``int``, or ``float`` for ``float8_e4m3fn`` (8 bits) or FP4 E2M1
+            (4 bits), both symmetric.
+        local: ``tensor_group`` activations only (the recipe's ``dynamic: local``):
+            the group scales are computed per forward and the global scale is static,
+            from the observer's range. ``dynamic`` is then False: the observer and
+            the calibration a static scale needs apply to the global scale.
 
     Raises:
-        ConfigError: ``type`` is not ``int`` or ``float``, or a ``float`` is not
-            8-bit and symmetric (the other fields are checked by :func:`parse_args`).
+        ConfigError: ``type`` is not ``int`` or ``float``, a ``float`` is not
+            symmetric, 8-bit, or 4-bit with ``tensor_group``, ``tensor_group``
+            lacks a ``group_size``, or ``local`` is set without ``tensor_group``
+            or with ``dynamic`` (the other fields are checked by :func:`parse_args`).
     """
 
     num_bits: int = 8
@@ -180,6 +219,7 @@ class QuantizationArgs:
     observer: str = "minmax"
     averaging_constant: float = 0.01
     type: str = "int"
+    local: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.type not in TYPES:
@@ -188,36 +228,59 @@ class QuantizationArgs:
                 f"{self.type!r} is not one of {', '.join(TYPES)}. To fix, use one of those.",
                 self.type,
             )
-        if self.type == "float":
-            _check_float("type", self.num_bits, self.symmetric)
+        _check_grid("QuantizationArgs", self.type, self.num_bits, self.symmetric, self.strategy)
+        if self.strategy == TENSOR_GROUP and self.group_size is None:
+            raise _fail(
+                "QuantizationArgs.group_size",
+                "strategy 'tensor_group' needs a group_size. To fix, add e.g. group_size=16.",
+                None,
+            )
+        if self.local and (self.strategy != TENSOR_GROUP or self.dynamic):
+            raise _fail(
+                "QuantizationArgs.local",
+                f"local (a static global scale over dynamic group scales) needs strategy "
+                f"'tensor_group' and dynamic=False, got strategy {self.strategy!r} and "
+                f"dynamic={self.dynamic}. To fix, drop local or use strategy='tensor_group'.",
+                self.local,
+            )
 
     @property
     def is_float(self) -> bool:
-        """True for ``float8_e4m3fn``, False for integers."""
+        """True for ``float8_e4m3fn`` and FP4 E2M1, False for integers."""
         return self.type == "float"
 
     @property
+    def is_fp4(self) -> bool:
+        """True for FP4 E2M1 (4-bit ``float``, strategy ``tensor_group``)."""
+        return self.type == "float" and self.num_bits == 4
+
+    @property
     def qmin(self) -> int:
-        """The smallest value of the grid (``-FLOAT8_MAX`` for ``float``)."""
+        """The smallest value of the grid (``-FLOAT8_MAX`` for float8, ``-FLOAT4_MAX`` for
+        FP4)."""
         if self.is_float:
-            return -FLOAT8_MAX
+            return -self.qmax
         return -(1 << (self.num_bits - 1))
 
     @property
     def qmax(self) -> int:
-        """The largest value of the grid (``FLOAT8_MAX`` for ``float``)."""
+        """The largest value of the grid (``FLOAT8_MAX`` for float8, ``FLOAT4_MAX`` for
+        FP4)."""
         if self.is_float:
-            return FLOAT8_MAX
+            return FLOAT4_MAX if self.num_bits == 4 else FLOAT8_MAX
         return (1 << (self.num_bits - 1)) - 1
 
     def describe(self) -> str:
-        """A short human description, e.g. ``int8 sym channel`` or ``fp8 sym token dynamic``."""
-        kind = "fp8" if self.is_float else f"int{self.num_bits}"
+        """A short human description, e.g. ``int8 sym channel``, ``fp8 sym token dynamic``
+        or ``fp4 sym tensor_group(16) dynamic local``."""
+        kind = f"fp{self.num_bits}" if self.is_float else f"int{self.num_bits}"
         text = f"{kind} {'sym' if self.symmetric else 'asym'} {self.strategy}"
-        if self.strategy == "group":
+        if self.strategy in ("group", TENSOR_GROUP):
             text += f"({self.group_size})"
         if self.dynamic:
             text += " dynamic"
+        if self.local:
+            text += " dynamic local"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +296,8 @@ class QuantizationArgs:
         if self.dynamic:
             out["dynamic"] = True
         else:
+            if self.local:
+                out["dynamic"] = "local"
             out["observer"] = self.observer
             if self.observer == "moving_average":
                 out["observer_kwargs"] = {"averaging_constant": self.averaging_constant}
@@ -265,21 +330,51 @@ class QuantizationScheme:
         return text
 
 
-def _check_float(where: str, num_bits: int, symmetric: bool) -> None:
-    if num_bits != 8:
+def _check_grid(where: str, kind: str, num_bits: int, symmetric: bool, strategy: str) -> None:
+    """Refuse a grid modfsm does not implement: ``where`` prefixes the field named."""
+    if kind != "float":
+        if strategy == TENSOR_GROUP:
+            raise _fail(
+                f"{where}.strategy",
+                f"strategy 'tensor_group' (float8 group scales under a global scale, the "
+                f"reference's NVFP4) is for type: float with num_bits: 4, got type {kind!r}. "
+                "To fix, use type: float with num_bits: 4, or strategy: group for integer "
+                "groups.",
+                strategy,
+            )
+        return
+    if num_bits == 4 and strategy != TENSOR_GROUP:
         raise _fail(
-            f"{where}",
-            f"type 'float' is 8-bit float8_e4m3fn only, got num_bits {num_bits}; other float "
-            "widths (the reference's 4-bit NVFP4 and MXFP4) are not supported. To fix, use "
-            "num_bits: 8 with type: float, or type: int.",
+            f"{where}.num_bits",
+            f"type 'float' with strategy {strategy!r} is 8-bit float8_e4m3fn only, got "
+            "num_bits 4: 4-bit floats (FP4 E2M1, the reference's NVFP4) are grouped under "
+            "a global scale. To fix, use num_bits: 8, or strategy: tensor_group with "
+            "group_size: 16 for FP4, or type: int.",
             num_bits,
+        )
+    if num_bits not in (4, 8):
+        raise _fail(
+            f"{where}.num_bits",
+            f"type 'float' is 8-bit float8_e4m3fn only, got num_bits {num_bits} (or 4-bit "
+            "FP4 E2M1 with strategy: tensor_group); other float widths (the reference's "
+            "MXFP6 and the like) are not supported. To fix, use num_bits: 8 (or 4 with "
+            "strategy: tensor_group) with type: float, or type: int.",
+            num_bits,
+        )
+    if num_bits == 8 and strategy == TENSOR_GROUP:
+        raise _fail(
+            f"{where}.strategy",
+            "strategy 'tensor_group' (float8 group scales under a global scale, the "
+            "reference's NVFP4) is for 4-bit FP4 E2M1 values, got num_bits 8. To fix, use "
+            "num_bits: 4, or strategy: group, channel or tensor for float8_e4m3fn.",
+            strategy,
         )
     if not symmetric:
         raise _fail(
-            f"{where}",
-            f"type 'float' is symmetric only (float8_e4m3fn has no zero point here), got "
-            f"symmetric={symmetric}. To fix, use symmetric: true, or type: int for an "
-            "asymmetric grid.",
+            f"{where}.symmetric",
+            f"type 'float' is symmetric only (float8_e4m3fn and FP4 E2M1 have no zero point "
+            f"here), got symmetric={symmetric}. To fix, use symmetric: true, or type: int "
+            "for an asymmetric grid.",
             symmetric,
         )
 
@@ -347,22 +442,22 @@ def _parse_type(where: str, raw: Mapping[str, Any]) -> str:
     raise _fail(
         f"{where}.type",
         f"{kind!r} is not one of {', '.join(TYPES)}. To fix, write type: int, or type: float "
-        "for float8_e4m3fn.",
+        "for float8_e4m3fn (or FP4 E2M1 with num_bits: 4).",
         kind,
     )
 
 
 def _parse_strategy(where: str, raw: Mapping[str, Any], *, activations: bool) -> str:
     strategy = raw.get("strategy", "tensor")
-    choices = ACTIVATION_STRATEGIES if activations else STRATEGIES
+    choices = (*(ACTIVATION_STRATEGIES if activations else STRATEGIES), TENSOR_GROUP)
     if strategy in choices:
         return str(strategy)
     if activations and strategy in ("channel", "group"):
         raise _fail(
             f"{where}.strategy",
-            f"activations are quantized per token or per tensor, not per {strategy!r}. To "
-            "fix, use strategy: tensor (static or dynamic) or strategy: token with "
-            "dynamic: true.",
+            f"activations are quantized per token or per tensor, not per {strategy!r} (or, "
+            "as 4-bit floats, in groups with strategy: tensor_group). To fix, use strategy: "
+            "tensor (static or dynamic) or strategy: token with dynamic: true.",
             strategy,
         )
     if not activations and strategy == "token":
@@ -373,7 +468,7 @@ def _parse_strategy(where: str, raw: Mapping[str, Any], *, activations: bool) ->
             strategy,
         )
     unsupported = (
-        f" ({', '.join(_UNSUPPORTED_STRATEGIES)}: the reference's FP8_BLOCK, NVFP4 and "
+        f" ({', '.join(_UNSUPPORTED_STRATEGIES)}: the reference's FP8_BLOCK and "
         "attention-head strategies, are not supported)"
         if strategy in _UNSUPPORTED_STRATEGIES
         else ""
@@ -426,27 +521,53 @@ def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
     kind = _parse_type(where, raw)
     num_bits = _check_int(where, "num_bits", raw.get("num_bits", 8), 2, 8)
     symmetric = _check_bool(where, "symmetric", raw.get("symmetric", True))
-    if kind == "float":
-        _check_float(f"{where}.num_bits" if num_bits != 8 else f"{where}.symmetric",
-                     num_bits, symmetric)  # fmt: skip
     strategy = _parse_strategy(where, raw, activations=activations)
+    _check_grid(where, kind, num_bits, symmetric, strategy)
     group_size = raw.get("group_size")
-    if strategy == "group":
+    if strategy in ("group", TENSOR_GROUP):
         if group_size is None:
             raise _fail(
                 f"{where}.group_size",
-                "strategy 'group' needs a group_size. To fix, add e.g. group_size: 32.",
+                f"strategy {strategy!r} needs a group_size. To fix, add e.g. group_size: "
+                f"{16 if strategy == TENSOR_GROUP else 32}.",
                 None,
             )
         group_size = _check_int(where, "group_size", group_size, 1)
     elif group_size is not None:
         raise _fail(
             f"{where}.group_size",
-            f"group_size applies to strategy 'group', not {strategy!r}. To fix, drop "
-            "group_size or use strategy: group.",
+            f"group_size applies to strategy 'group' (or 'tensor_group'), not {strategy!r}. "
+            "To fix, drop group_size or use strategy: group.",
             group_size,
         )
-    dynamic = _check_bool(where, "dynamic", raw.get("dynamic", False))
+    raw_dynamic = raw.get("dynamic", False)
+    local = isinstance(raw_dynamic, str) and raw_dynamic.lower() == "local"
+    if local and not activations:
+        raise _fail(
+            f"{where}.dynamic",
+            f"{raw_dynamic!r} (dynamic group scales under a static global scale) applies to "
+            "input_activations and output_activations with strategy: tensor_group; weights "
+            "are always quantized from their current values. To fix, drop dynamic here.",
+            raw_dynamic,
+        )
+    if local and strategy != TENSOR_GROUP:
+        raise _fail(
+            f"{where}.dynamic",
+            f"must be true or false, or 'local' with strategy: tensor_group; got "
+            f"{raw_dynamic!r} with strategy {strategy!r}. To fix, write true or false, or "
+            "use strategy: tensor_group (type: float, num_bits: 4) with dynamic: local.",
+            raw_dynamic,
+        )
+    dynamic = False if local else _check_bool(where, "dynamic", raw_dynamic)
+    if activations and strategy == TENSOR_GROUP and not (local or dynamic):
+        raise _fail(
+            f"{where}.dynamic",
+            "strategy 'tensor_group' activations take their group scales from each "
+            "forward's values; static group scales are not supported, got dynamic: false. "
+            "To fix, use dynamic: local (a calibrated global scale, as the reference's "
+            "NVFP4) or dynamic: true.",
+            raw_dynamic,
+        )
     if dynamic and not activations:
         raise _fail(
             f"{where}.dynamic",
@@ -494,17 +615,16 @@ def parse_args(where: str, raw: Any, *, activations: bool) -> QuantizationArgs:
         observer=observer,
         averaging_constant=float(constant),
         type=kind,
+        local=local,
     )
 
 
-_INT8_CHANNEL: Final = QuantizationArgs(num_bits=8, symmetric=True, strategy="channel")
-_INT8_STATIC_INPUT: Final = QuantizationArgs(
-    num_bits=8, symmetric=True, strategy="tensor", observer="moving_average"
-)
-
 PRESETS: Final[Mapping[str, tuple[QuantizationArgs, QuantizationArgs | None]]] = {
-    "W8A8": (_INT8_CHANNEL, _INT8_STATIC_INPUT),
-    "W8A16": (_INT8_CHANNEL, None),
+    "W8A8": (
+        QuantizationArgs(num_bits=8, symmetric=True, strategy="channel"),
+        QuantizationArgs(num_bits=8, symmetric=True, strategy="token", dynamic=True),
+    ),
+    "W8A16": (QuantizationArgs(num_bits=8, symmetric=True, strategy="channel"), None),
     "W4A16": (QuantizationArgs(num_bits=4, symmetric=True, strategy="group", group_size=128), None),
     "W4A16_ASYM": (
         QuantizationArgs(num_bits=4, symmetric=False, strategy="group", group_size=128),
@@ -517,6 +637,21 @@ PRESETS: Final[Mapping[str, tuple[QuantizationArgs, QuantizationArgs | None]]] =
     "FP8_DYNAMIC": (
         QuantizationArgs(type="float", strategy="channel"),
         QuantizationArgs(type="float", strategy="token", dynamic=True),
+    ),
+    "NVFP4A16": (
+        QuantizationArgs(num_bits=4, type="float", strategy=TENSOR_GROUP, group_size=16),
+        None,
+    ),
+    "NVFP4": (
+        QuantizationArgs(num_bits=4, type="float", strategy=TENSOR_GROUP, group_size=16),
+        QuantizationArgs(
+            num_bits=4,
+            type="float",
+            strategy=TENSOR_GROUP,
+            group_size=16,
+            local=True,
+            observer="minmax",
+        ),
     ),
 }
 """Preset name -> (weight arguments, input-activation arguments or None); see the module
@@ -540,6 +675,15 @@ def preset(name: Any, targets: tuple[str, ...], group_size: int | None) -> Quant
         )
     weights, inputs = PRESETS[name.upper()]
     if group_size is not None:
+        if weights.strategy == TENSOR_GROUP:
+            raise _fail(
+                "group_size",
+                f"preset {name!r} has FP4 groups of {weights.group_size}, the NVFP4 format's "
+                f"(what its kernels read), so group_size {group_size!r} does not apply. To "
+                "fix, drop group_size, or write config_groups with strategy: tensor_group and "
+                "your group_size.",
+                group_size,
+            )
         if weights.strategy != "group":
             grouped = ", ".join(n for n, (w, _) in PRESETS.items() if w.strategy == "group")
             raise _fail(
@@ -617,6 +761,28 @@ def parse_config_groups(raw: Any) -> tuple[QuantizationScheme, ...]:
             )
         )
     return tuple(schemes)
+
+
+def check_scheme_value(owner: str, example: str, value: Any) -> None:
+    """A one-shot modifier's ``scheme``: None, a preset name, or preset name -> targets.
+
+    Raises:
+        ConfigError: anything else (or bad targets), naming ``owner.scheme`` and the fix.
+    """
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
+        for name, targets in value.items():
+            check_names(owner, f"scheme.{name}", targets)
+        return
+    raise ConfigError(
+        f"{owner}.scheme must be a preset name such as {example!r}, or a mapping of preset "
+        f"name to targets such as {{{example}: [Linear]}}, got {value!r}. To fix, write one "
+        "of those, or describe the scheme with config_groups.",
+        owner=owner,
+        field="scheme",
+        value=value,
+    )
 
 
 def parse_schemes(

@@ -26,12 +26,18 @@ Arguments, against llm-compressor 0.14:
 * ``targets`` (default ``Linear``), ``ignore``, and exactly one of ``scheme``
   (a preset name, or a mapping of preset name to targets, ``{W4A16: [Linear],
   W8A16: [re:.*down_proj]}``) and ``config_groups`` (see
-  :mod:`modfsm.modifiers.quantization.args`). Weights only: a scheme that
-  quantizes input activations (``W8A8``) is refused at construction, naming
-  the fix (a weight-only scheme here, and ``QuantizationModifier`` with an
-  activation-only config group for the inputs). GPTQ rewrites the weights, so
-  composing it with ``QuantizationModifier``'s weight fake quantization
-  would quantize them twice.
+  :mod:`modfsm.modifiers.quantization.args`). GPTQ solves the weights; a scheme's
+  input and output activations (``W8A8``: int8 per token, dynamic) are quantized in
+  the forward pass by an
+  :class:`~modfsm.modifiers.quantization.activations.ActivationQuantizer`, as
+  llm-compressor's ``GPTQModifier`` applies the whole scheme: dynamic scales from
+  each forward, static ones observed from ``CALIBRATION_START`` until the layer's
+  block ends (or ``CALIBRATION_END``) and exported as ``input_scale`` /
+  ``output_scale``. The Hessian is collected from each layer's input as the
+  previous layer produced it (before the layer's own input quantization). The
+  activation quantization stays on until finalize, like ``QuantizationModifier``'s.
+  A group with activations but no weights is refused (nothing for GPTQ to solve;
+  the fix names ``QuantizationModifier``).
 * ``block_size`` (128), ``dampening_frac`` (0.01).
 * ``actorder``: ``"static"`` by default, as 0.14 (its ``Sentinel("static")``);
   ``"weight"`` is the same, ``"group"``/``"dynamic"`` form the groups in
@@ -49,10 +55,14 @@ Arguments, against llm-compressor 0.14:
   ``batched_quantization`` (speed only), ``offload_hessians: false``,
   ``weight_observer`` / ``observer: {weights: ...}`` naming a min-max observer
   (weights are read whole), ``bypass_divisibility_checks: false``.
-* Refused unless at their default: ``offload_hessians: true``, a
-  ``kv_cache_scheme``, ``input_observer``/``output_observer`` (no activation
-  quantization), another weight observer (``mse``), ``bypass_divisibility_checks:
-  true``.
+* ``kv_cache_scheme``: the attention layers' keys (after the rotary embedding) and
+  values quantized as a KV cache stores them, scales calibrated from
+  ``CALIBRATION_START`` and exported as ``<attention>.k_scale``/``v_scale``
+  (:mod:`modfsm.modifiers.quantization.kv_cache`, as ``QuantizationModifier``).
+* Refused unless at their default: ``offload_hessians: true``,
+  ``input_observer``/``output_observer`` (name the observer in the scheme's activation
+  arguments instead), another weight observer (``mse``),
+  ``bypass_divisibility_checks: true``.
 
 A Hessian that cannot be factorized raises
 :class:`~modfsm.modifiers.solvers.HessianNotPositiveDefiniteError` naming the
@@ -63,25 +73,29 @@ round-to-nearest with a warning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 import torch
 
-from modfsm.engine import ConfigError, IllegalTransitionError
+from modfsm.engine import ConfigError, Event, IllegalTransitionError, State
 from modfsm.engine.kernel.validate import check_int
 from modfsm.modifiers.calibration import (
     OneShotCompressionBase,
     check_dampening_frac,
     refuse_unless,
 )
+from modfsm.modifiers.quantization import layer_schemes
+from modfsm.modifiers.quantization.activations import ActivationQuantizer
 from modfsm.modifiers.quantization.args import (
     QuantizationArgs,
     QuantizationScheme,
+    check_scheme_value,
     parse_schemes,
 )
 from modfsm.modifiers.quantization.fake import dequantize, quantize
+from modfsm.modifiers.quantization.kv_cache import KVCacheQuantizer, parse_kv_cache_scheme
 from modfsm.modifiers.solvers import ACTORDERS, gptq_quantize
 from modfsm.modifiers.targets import (
     as_names,
@@ -106,20 +120,12 @@ def _check_optional_names(instance: Any, attribute: attrs.Attribute[Any], value:
 
 
 def _check_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or isinstance(value, str):
-        return
-    if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
-        for name, targets in value.items():
-            check_names(_OWNER, f"scheme.{name}", targets)
-        return
-    raise ConfigError(
-        f"{_OWNER}.scheme must be a preset name such as 'W4A16', or a mapping of preset name "
-        f"to targets such as {{W4A16: [Linear]}}, got {value!r}. To fix, write one of those, "
-        "or describe the scheme with config_groups.",
-        owner=_OWNER,
-        field="scheme",
-        value=value,
-    )
+    check_scheme_value(_OWNER, "W4A16", value)
+
+
+def _check_kv_cache_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        parse_kv_cache_scheme(_OWNER, value)
 
 
 def _check_block_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -208,7 +214,7 @@ class GPTQModifier(OneShotCompressionBase):
         default=None, validator=_check_optional_names
     )
     batched_quantization: str | int | None = attrs.field(default="auto", validator=_check_batched)
-    kv_cache_scheme: dict[str, Any] | None = None
+    kv_cache_scheme: Any = attrs.field(default=None, validator=_check_kv_cache_scheme)
     weight_observer: str | None = None
     input_observer: str | None = None
     output_observer: str | None = None
@@ -216,24 +222,19 @@ class GPTQModifier(OneShotCompressionBase):
     bypass_divisibility_checks: bool = False
     _schemes: tuple[QuantizationScheme, ...] = attrs.field(init=False, repr=False, default=())
     _plan: dict[str, QuantizationArgs] = attrs.field(init=False, repr=False, factory=dict)
+    _sides: dict[str, tuple[QuantizationArgs | None, QuantizationArgs | None]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+    _activations: ActivationQuantizer | None = attrs.field(init=False, repr=False, default=None)
+    _wrapped: bool = attrs.field(init=False, repr=False, default=False)
+    _kv: KVCacheQuantizer | None = attrs.field(init=False, repr=False, default=None)
+    _annotated: dict[str, QuantizationScheme] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._refuse_unsupported()
         self._schemes = self._parse_schemes()
         for position, scheme in enumerate(self._schemes):
             where = f"scheme group {position} ({', '.join(scheme.targets)})"
-            activations = scheme.input_activations or getattr(scheme, "output_activations", None)
-            if activations is not None:
-                raise ConfigError(
-                    f"{_OWNER}: {where} quantizes activations ({scheme.describe()}); GPTQ "
-                    "quantizes weights only. "
-                    "To fix, use a weight-only scheme here (W4A16, W8A16, or config_groups "
-                    "with weights only), and add a QuantizationModifier with a config group "
-                    "of input_activations only for the inputs.",
-                    owner=_OWNER,
-                    field="scheme" if self.scheme is not None else "config_groups",
-                    value=scheme.describe(),
-                )
             if scheme.weights is None:
                 raise ConfigError(
                     f"{_OWNER}: {where} quantizes no weights, so GPTQ has nothing to do. To "
@@ -266,6 +267,12 @@ class GPTQModifier(OneShotCompressionBase):
         return dict(self._plan)
 
     @property
+    def activations(self) -> ActivationQuantizer | None:
+        """The activation quantization of the target layers (None: weights only, or not
+        initialized)."""
+        return self._activations
+
+    @property
     def order(self) -> str | None:
         """What ``actorder`` means: None, ``"weight"`` or ``"group"``."""
         value = self.actorder
@@ -281,8 +288,9 @@ class GPTQModifier(OneShotCompressionBase):
         Each entry has ``weight`` (int8, the layer's shape), ``weight_scale``
         (float32; ``(1,)``, ``(out, 1)`` or ``(out, groups)``), ``weight_zero_point``
         (int32, same shape), ``weight_g_idx`` (int32, one group per input column;
-        with ``actorder`` ``group`` and grouped weights only) and ``scheme`` (the
-        arguments, as recipe values; ``input_activations`` is None).
+        with ``actorder`` ``group`` and grouped weights only), ``input_scale`` /
+        ``input_zero_point`` (and ``output_*``) for static activation scales, and
+        ``scheme`` (the arguments, as recipe values).
         ``dequantize(weight)`` (its columns in their groups) equals the layer's
         weight, cast to the weight's dtype.
 
@@ -306,7 +314,10 @@ class GPTQModifier(OneShotCompressionBase):
                 rule="-",
                 allowed=("calibration_start", "calibration_end"),
             )
-        return {name: self._export_layer(name) for name in self._layers}
+        exported = {name: self._export_layer(name) for name in self._layers}
+        if self._kv is not None:
+            exported.update(self._kv.export())
+        return exported
 
     def _export_layer(self, name: str) -> dict[str, Any]:
         record, layer = self._records[name], self._layers[name]
@@ -332,15 +343,140 @@ class GPTQModifier(OneShotCompressionBase):
                 field="export",
                 value=name,
             )
+        inputs, outputs = self._sides.get(name, (None, None))
         entry: dict[str, Any] = {
             "weight": codes,
             "weight_scale": scale.clone(),
             "weight_zero_point": zero_point.clone(),
-            "scheme": {"weights": args.to_dict(), "input_activations": None},
+            "scheme": {
+                "weights": args.to_dict(),
+                "input_activations": None if inputs is None else inputs.to_dict(),
+            },
         }
+        if outputs is not None:
+            entry["scheme"]["output_activations"] = outputs.to_dict()
         if g_idx is not None:
             entry["weight_g_idx"] = g_idx.clone()
+        if self._activations is not None:
+            entry.update(self._activations.export(name))
         return entry
+
+    # --- activation and KV-cache quantization (hooks on from CALIBRATION_START to finalize) ----
+
+    @property
+    def kv_cache(self) -> KVCacheQuantizer | None:
+        """The KV-cache quantizer (``kv_cache_scheme``), bound at initialize; None without."""
+        return self._kv
+
+    def on_initialize(self, state: State, **kwargs: Any) -> bool:
+        done = super().on_initialize(state, **kwargs)
+        self._activations = (
+            ActivationQuantizer(self.lifecycle_label, dict(self._sides)) if self._sides else None
+        )
+        self._kv = self._new_kv(self._model(state))
+        return done
+
+    def on_calibration_start(self, state: State, event: Event, **kwargs: Any) -> None:
+        super().on_calibration_start(state, event, **kwargs)
+        self._attach_quantizers()
+        if self._activations is not None:
+            self._activations.observe(n for n in self._layers if n not in self._records)
+        if self._kv is not None:
+            self._kv.thaw()
+
+    def on_sequential_epoch_end(
+        self,
+        state: State,
+        event: Event,
+        modules: torch.nn.Module | Iterable[torch.nn.Module] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        before = set(self._records)
+        super().on_sequential_epoch_end(state, event, modules=modules, **kwargs)
+        if self._activations is not None:
+            self._activations.settle(set(self._records) - before)
+        if self._kv is not None and modules is not None:
+            self._kv.settle([modules] if isinstance(modules, torch.nn.Module) else modules)
+
+    def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
+        super().on_calibration_end(state, event, **kwargs)
+        if self._activations is not None:
+            self._activations.settle(self._layers)
+        if self._kv is not None:
+            self._kv.freeze()
+
+    def on_finalize(self, state: State, **kwargs: Any) -> bool:
+        done = super().on_finalize(state, **kwargs)
+        layer_schemes.clear(self._layers.values(), self._annotated.values())
+        if self._kv is not None:
+            self._kv.detach()  # the engine removes every hook this modifier registered
+        return done
+
+    def state_dict(self) -> dict[str, Any]:
+        saved = super().state_dict()
+        if self._activations is not None:
+            saved["activations"] = self._activations.state_dict()
+        if self._kv is not None:
+            saved["kv_cache"] = self._kv.state_dict()
+        return saved
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], state: State) -> None:
+        saved = dict(state_dict)
+        activations, kv_saved = saved.pop("activations", None), saved.pop("kv_cache", None)
+        model = self._model(state) if self.initialized else None
+        if model is not None:  # the plan comes from the recipe and the model, not the state
+            self._resolve(model)
+        quantizer = (
+            ActivationQuantizer(self.lifecycle_label, dict(self._sides))
+            if model is not None and self._sides
+            else None
+        )
+        kv = self._new_kv(model) if model is not None else None
+        problem = ""
+        for name, mine, theirs in (
+            ("activation scales", quantizer, activations),
+            ("KV-cache scales", kv, kv_saved),
+        ):
+            if (mine is None) != (theirs is None):
+                problem = (
+                    f"it holds {name}, but this modifier has none"
+                    if mine is None
+                    else f"this modifier keeps {name}, but the state holds none"
+                )
+                break
+        if not problem and quantizer is not None:
+            problem = quantizer.load_state_dict(activations)
+        if not problem and kv is not None:
+            problem = kv.check_state_dict(kv_saved)
+        if problem:  # checked before anything changes
+            self._refuse_state(problem)
+        super().load_state_dict(saved, state)  # checks the rest; removes every hook
+        if self._kv is not None:
+            self._kv.detach()
+        if kv is not None:
+            kv.load_state_dict(kv_saved)
+        self._activations, self._kv = quantizer, kv
+        # the hooks are on from the first CALIBRATION_START until finalize
+        if not self.finalized and (self.calibrating or self._records):
+            self._attach_quantizers()
+
+    def _new_kv(self, model: torch.nn.Module) -> KVCacheQuantizer | None:
+        if self.kv_cache_scheme is None:
+            return None
+        kv = KVCacheQuantizer(
+            parse_kv_cache_scheme(_OWNER, self.kv_cache_scheme),
+            observe=lambda attention: self.calibrating,
+            owner=_OWNER,
+        )
+        kv.bind(model)
+        return kv
+
+    def _attach_quantizers(self) -> None:
+        if self._activations is not None and not self._wrapped:
+            self._activations.attach(self._layers, self.register_hook)
+            self._wrapped = True
+        if self._kv is not None:
+            self._kv.attach(self)  # a no-op while attached
 
     # --- what the base class asks for ---------------------------------------------------------
 
@@ -348,6 +484,8 @@ class GPTQModifier(OneShotCompressionBase):
         ignore = as_names(self.ignore)
         found: dict[str, torch.nn.Module] = {}
         plan: dict[str, QuantizationArgs] = {}
+        sides: dict[str, tuple[QuantizationArgs | None, QuantizationArgs | None]] = {}
+        schemes: dict[str, QuantizationScheme] = {}
         owners: dict[str, int] = {}
         for position, scheme in enumerate(self._schemes):
             for name, layer in resolve(_OWNER, model, list(scheme.targets), ignore).items():
@@ -363,6 +501,8 @@ class GPTQModifier(OneShotCompressionBase):
                 owners[name] = position
                 assert scheme.weights is not None, "checked at construction"
                 found[name], plan[name] = layer, scheme.weights
+                sides[name] = (scheme.input_activations, scheme.output_activations)
+                schemes[name] = scheme
         order = {name: index for index, name in enumerate(dict(model.named_modules()))}
         found = dict(sorted(found.items(), key=lambda item: order[item[0]]))
         for name, args in plan.items():
@@ -377,6 +517,9 @@ class GPTQModifier(OneShotCompressionBase):
                     value=args.group_size,
                 )
         self._plan = {name: plan[name] for name in found}
+        self._sides = {name: sides[name] for name in found if any(sides[name])}
+        self._annotated = {name: schemes[name] for name in found}
+        layer_schemes.annotate(found, self._annotated)  # for a transform before it (AWQ)
         return found
 
     def _compress(self, name: str, layer: torch.nn.Linear, hessian: torch.Tensor) -> dict[str, Any]:
@@ -433,10 +576,6 @@ class GPTQModifier(OneShotCompressionBase):
             "worth at a time with a sequential pipeline)",
         )  # fmt: skip
         refuse_unless(
-            _OWNER, "kv_cache_scheme", self.kv_cache_scheme, (None,),
-            "leave it out: GPTQModifier quantizes weights only",
-        )  # fmt: skip
-        refuse_unless(
             _OWNER, "bypass_divisibility_checks", self.bypass_divisibility_checks, (False,),
             "leave it false, and pick a group_size that divides every target layer's inputs "
             "(or ignore the layers it does not)",
@@ -444,8 +583,8 @@ class GPTQModifier(OneShotCompressionBase):
         for field in ("input_observer", "output_observer"):
             refuse_unless(
                 _OWNER, field, getattr(self, field), (None,),
-                "leave it out: GPTQModifier quantizes weights only (QuantizationModifier "
-                "observes activations)",
+                "leave it out, and name the observer in the scheme's activation arguments "
+                "(config_groups: ... input_activations: {observer: minmax})",
             )  # fmt: skip
         weights = self.weight_observer
         if self.observer is not None:

@@ -47,6 +47,14 @@ One-shot calibration (the one-shot pipeline's events, whatever ``start`` says):
   forward); finalize writes the weights on the same grid again (they are unchanged
   unless trained since) and the engine removes the hooks.
 
+KV cache (``kv_cache_scheme``, :mod:`modfsm.modifiers.quantization.kv_cache`): the keys
+(after the rotary embedding) and values every attention layer stores in its cache are
+fake-quantized with static scales, observed while the activation observers are (every
+calibration forward; in training, ``train()`` forwards inside the window), frozen with
+them (a sequential epoch's end for the layers inside it, ``CALIBRATION_END``, finalize),
+and exported per attention layer as ``k_scale`` and ``v_scale``. A ``kv_cache_scheme``
+alone (no ``scheme`` or ``config_groups``) quantizes only the KV cache, as in the reference.
+
 The checkpoint (:meth:`state_dict`) keeps what calibration decided (whether it is
 calibrating, the settled layers, the frozen weight scales and the report), so a
 resumed one-shot run exports what the uninterrupted one does.
@@ -71,6 +79,7 @@ from modfsm.engine import (
     Modifier,
     State,
 )
+from modfsm.modifiers.quantization import layer_schemes
 from modfsm.modifiers.quantization.args import (
     QuantizationArgs,
     QuantizationScheme,
@@ -85,6 +94,11 @@ from modfsm.modifiers.quantization.fake import (
     quantize,
     scale_shape,
     weight_qparams,
+)
+from modfsm.modifiers.quantization.kv_cache import (
+    KVCacheQuantizer,
+    KVCacheScheme,
+    parse_kv_cache_scheme,
 )
 from modfsm.modifiers.targets import (
     as_names,
@@ -127,17 +141,9 @@ def _check_optional_names(instance: Any, attribute: attrs.Attribute[Any], value:
         check_names(_OWNER, attribute.name, value)
 
 
-def _refuse_kv_cache_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+def _check_kv_cache_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
-        raise ConfigError(
-            f"{_OWNER}.kv_cache_scheme is not supported yet, got {value!r}: quantizing the "
-            "attention layers' keys and values (the KV cache) arrives with issue 22. To fix, "
-            "remove kv_cache_scheme (the KV cache then stays in float), or quantize the "
-            "k_proj/v_proj outputs with output_activations in config_groups meanwhile.",
-            owner=_OWNER,
-            field="kv_cache_scheme",
-            value=value,
-        )
+        parse_kv_cache_scheme(_OWNER, value)
 
 
 def _model_input(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -158,7 +164,8 @@ class QuantizationModifier(Modifier):
     ``W4A16``, ``W4A16_ASYM``, ``FP8``, ``FP8_DYNAMIC``; ``group_size`` changes a
     grouped preset's group), or ``config_groups`` (see
     :mod:`modfsm.modifiers.quantization.args`); ``ignore``; ``start``, ``end``;
-    ``kv_cache_scheme`` (refused until issue 22).
+    ``kv_cache_scheme`` (the KV cache's arguments; see
+    :mod:`modfsm.modifiers.quantization.kv_cache`).
 
     Attributes:
         targets: the layers a ``scheme`` applies to (default ``Linear``); with
@@ -167,8 +174,9 @@ class QuantizationModifier(Modifier):
         scheme: a preset name.
         config_groups: explicit schemes by group name.
         group_size: the group width for a grouped preset.
-        kv_cache_scheme: accepted only as None: KV-cache quantization is not
-            implemented yet (a value is refused at construction).
+        kv_cache_scheme: how the attention layers' cached keys and values are
+            quantized (``{num_bits: 8, type: float, strategy: tensor}``; strategy
+            ``tensor`` or ``attn_head``; static scales only), or None (float).
     """
 
     __lifecycle__ = CALIBRATION_LIFECYCLE
@@ -178,7 +186,7 @@ class QuantizationModifier(Modifier):
     scheme: str | None = attrs.field(default=None, validator=_check_scheme)
     config_groups: dict[str, Any] | None = None
     group_size: int | None = attrs.field(default=None, validator=_check_group_size)
-    kv_cache_scheme: Any = attrs.field(default=None, validator=_refuse_kv_cache_scheme)
+    kv_cache_scheme: Any = attrs.field(default=None, validator=_check_kv_cache_scheme)
     _schemes: tuple[QuantizationScheme, ...] = attrs.field(init=False, repr=False, default=())
     _plan: dict[str, QuantizationScheme] = attrs.field(init=False, repr=False, factory=dict)
     _layers: dict[str, torch.nn.Module] = attrs.field(init=False, repr=False, factory=dict)
@@ -192,11 +200,23 @@ class QuantizationModifier(Modifier):
     )
     _exported: dict[str, dict[str, Any]] | None = attrs.field(init=False, repr=False, default=None)
     _report: dict[str, dict[str, float]] = attrs.field(init=False, repr=False, factory=dict)
+    _kv_scheme: KVCacheScheme | None = attrs.field(init=False, repr=False, default=None)
+    _kv: KVCacheQuantizer | None = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        self._schemes = parse_schemes(
-            _OWNER, self.scheme, self.config_groups, self.targets, group_size=self.group_size
+        if self.kv_cache_scheme is not None:
+            self._kv_scheme = parse_kv_cache_scheme(_OWNER, self.kv_cache_scheme)
+        kv_cache_only = (
+            self._kv_scheme is not None
+            and self.scheme is None
+            and self.config_groups is None
+            and self.targets is None
+            and self.group_size is None
         )
+        if not kv_cache_only:
+            self._schemes = parse_schemes(
+                _OWNER, self.scheme, self.config_groups, self.targets, group_size=self.group_size
+            )
 
     # --- views ------------------------------------------------------------------------------
 
@@ -209,6 +229,11 @@ class QuantizationModifier(Modifier):
     def plan(self) -> dict[str, QuantizationScheme]:
         """The scheme of every target layer, resolved at initialize."""
         return dict(self._plan)
+
+    @property
+    def kv_cache(self) -> KVCacheQuantizer | None:
+        """The KV-cache quantizer (``kv_cache_scheme``), bound at initialize; None without."""
+        return self._kv
 
     @property
     def report(self) -> dict[str, dict[str, float]]:
@@ -225,7 +250,7 @@ class QuantizationModifier(Modifier):
 
     def on_initialize(self, state: State, **kwargs: Any) -> bool:
         self._bind(state)
-        static = bool(self._observers or self._output_observers)
+        static = bool(self._observers or self._output_observers or self._kv is not None)
         if self.start == -1 and static and state.data.calib is None:
             raise ConfigError(
                 f"{self.lifecycle_label}: a one-shot run (start: -1) with static activation "
@@ -252,6 +277,7 @@ class QuantizationModifier(Modifier):
     def on_finalize(self, state: State, **kwargs: Any) -> bool:
         if self.started:
             self._freeze()  # after CALIBRATION_END: the same scales, the weights unchanged
+        layer_schemes.clear(self._layers.values(), self._plan.values())
         return True
 
     # --- one-shot calibration hooks (CALIBRATION_LIFECYCLE) ---------------------------------
@@ -262,6 +288,8 @@ class QuantizationModifier(Modifier):
             self._attach()
         self._weight_qparams, self._exported, self._report = {}, None, {}
         self._settled = set()
+        if self._kv is not None:
+            self._kv.thaw()
         self._observing = True
         self._calibrating = True
 
@@ -276,10 +304,13 @@ class QuantizationModifier(Modifier):
         layer): their observers stop, and their weights are written on their grid."""
         if not self._calibrating:
             return
-        inside = {id(sub) for module in modules or () for sub in module.modules()}
+        modules = list(modules or ())
+        inside = {id(sub) for module in modules for sub in module.modules()}
         names = [name for name, layer in self._layers.items() if id(layer) in inside]
         self._settled.update(names)
         self._write_on_grid(names)
+        if self._kv is not None:
+            self._kv.settle(modules)
 
     def on_calibration_end(self, state: State, event: Event, **kwargs: Any) -> None:
         """Freeze: activation scales fixed, weights written on their grid, export filled
@@ -323,6 +354,11 @@ class QuantizationModifier(Modifier):
         arguments, as recipe values). ``dequantize(weight)`` equals the layer's
         weight after finalize (or after ``CALIBRATION_END``), exactly.
 
+        With ``kv_cache_scheme``, each attention layer (``model.layers.0.self_attn``) has
+        an entry too: ``k_scale`` and ``v_scale`` (float32, ``(1,)`` or ``(heads, 1, 1)``),
+        ``k_zero_point``/``v_zero_point`` for an asymmetric integer grid, and ``scheme``
+        (``{"kv_cache": arguments}``); see :mod:`modfsm.modifiers.quantization.kv_cache`.
+
         Raises:
             IllegalTransitionError: the modifier is neither calibrated
                 (``CALIBRATION_END``) nor finalized yet, or its window never opened
@@ -356,6 +392,8 @@ class QuantizationModifier(Modifier):
             saved["output_observers"] = {
                 name: obs.state_dict() for name, obs in self._output_observers.items()
             }
+        if self._kv is not None:
+            saved["kv_cache"] = self._kv.state_dict()
         if self._calibrating or self._settled or self._exported is not None:
             saved["calibration"] = {
                 "calibrating": self._calibrating,
@@ -375,6 +413,8 @@ class QuantizationModifier(Modifier):
         keys = {"observing", "observers"}
         if self._output_observers:
             keys.add("output_observers")
+        if self._kv is not None:
+            keys.add("kv_cache")
         calibration = _read_calibration(state_dict.get("calibration"), self._layers)
         calibrating = isinstance(calibration, _Calibration) and calibration.calibrating
         if isinstance(calibration, _Calibration) and calibration.frozen:
@@ -407,8 +447,12 @@ class QuantizationModifier(Modifier):
                 f"'{self.lifecycle_state}' (it observes exactly while its window is open, "
                 "unless start is -1)"
             )
-        elif not all(isinstance(state_dict[key], Mapping) for key in keys - {"observing"}):
+        elif not all(
+            isinstance(state_dict[key], Mapping) for key in keys - {"observing", "kv_cache"}
+        ):
             problem = "observers is not a dict of layer name to observer state"
+        elif self._kv is not None:
+            problem = self._kv.check_state_dict(state_dict["kv_cache"])
         if problem:
             raise ConfigError(
                 f"{self.lifecycle_label}.load_state_dict: {problem}. To fix, resume with the "
@@ -442,6 +486,8 @@ class QuantizationModifier(Modifier):
             for name, saved in state_dict[key].items():
                 # on the layer's device: a checkpoint loaded to the CPU may resume a CUDA model
                 mine[name].load_state_dict(saved, weight_of(self._layers[name]).device)
+        if self._kv is not None:
+            self._kv.load_state_dict(state_dict["kv_cache"])
         self._observing = state_dict["observing"]
         self._calibrating, self._settled = calibrating, set()
         self._weight_qparams, self._exported, self._report = {}, None, {}
@@ -489,7 +535,7 @@ class QuantizationModifier(Modifier):
         found = layers(model)
         for name, scheme in plan.items():
             weights = scheme.weights
-            if weights is not None and weights.strategy == "group":
+            if weights is not None and weights.strategy in ("group", "tensor_group"):
                 assert weights.group_size is not None
                 width = weight_of(found[name])[0].numel()
                 if width % weights.group_size:
@@ -503,6 +549,7 @@ class QuantizationModifier(Modifier):
                     )
         self._plan = plan
         self._layers = {name: found[name] for name in plan}
+        layer_schemes.annotate(self._layers, plan)  # for a transform before it (AWQ)
         self._observers = {
             name: Observer(scheme.input_activations)
             for name, scheme in plan.items()
@@ -513,12 +560,26 @@ class QuantizationModifier(Modifier):
             for name, scheme in plan.items()
             if scheme.output_activations is not None and not scheme.output_activations.dynamic
         }
+        if self._kv_scheme is not None:
+            if self._kv is None:
+                self._kv = KVCacheQuantizer(
+                    self._kv_scheme, observe=self._kv_observes, owner=_OWNER
+                )
+            if not self._kv.bound_to(model):
+                self._kv.bind(model)
+
+    def _kv_observes(self, attention: torch.nn.Module) -> bool:
+        """Whether an attention layer's forward updates its KV-cache ranges: as for the
+        activation observers (settled layers are frozen by the quantizer itself)."""
+        return self._observing and (attention.training or self._calibrating)
 
     def _attach(self) -> None:
         for name, layer in self._layers.items():
             self.register_hook(
                 layer, self._quantized_forward(name, self._plan[name]), "forward_wrap"
             )
+        if self._kv is not None:
+            self._kv.attach(self)
 
     def _quantized_forward(self, name: str, scheme: QuantizationScheme) -> Callable[..., Any]:
         """The layer's forward while quantizing: fake-quantized weight, input and output.
@@ -565,7 +626,9 @@ class QuantizationModifier(Modifier):
     ) -> torch.Tensor:
         """``x`` (a layer's input or output) fake-quantized: dynamic from its own values, or
         static from ``observer``, updated first while observing (in ``train()`` mode, or
-        calibrating) unless the layer is settled, and always when it has seen nothing."""
+        calibrating) unless the layer is settled, and always when it has seen nothing.
+        ``dynamic: local`` (FP4 groups) takes its group scales from its own values and its
+        global scale from ``observer``."""
         if observer is None:  # dynamic: this batch's own range (per tensor or per token)
             scale, zero_point = dynamic_qparams(x, args)
         else:
@@ -575,13 +638,21 @@ class QuantizationModifier(Modifier):
                 and (module.training or self._calibrating)
             ) or not observer.observed:
                 observer.update(x)
-            scale, zero_point = observer.qparams()
+            # dynamic: local (FP4 groups): the group scales from x, under the observer's
+            # static global scale
+            scale, zero_point = (
+                dynamic_qparams(x, args, observer.global_scale())
+                if args.local
+                else observer.qparams()
+            )
         return fake_quantize(x, scale, zero_point, args)
 
     def _freeze(self) -> None:
         """Fix the scales and write every weight on its grid; fill :meth:`export`."""
         self._write_on_grid(self._layers)
         self._observing = False
+        if self._kv is not None:
+            self._kv.freeze()
         self._exported = self._export_entries()
 
     def _write_on_grid(self, names: Iterable[str]) -> None:
@@ -608,7 +679,7 @@ class QuantizationModifier(Modifier):
                     norm = float(weight.norm())
                     self._report[name] = {
                         "max_error": float((weight - snapped).abs().max()),
-                        "bound": grid_step_bound(scale, args),
+                        "bound": grid_step_bound(scale, args, zero_point),
                         "relative_error": float((weight - snapped).norm()) / norm if norm else 0.0,
                     }
                 weight.copy_(snapped)
@@ -625,8 +696,12 @@ class QuantizationModifier(Modifier):
                     weight = weight_of(layer)
                     scale, zero_point = self._weight_qparams[name]
                     shape = scale_shape(weight, args)
+                    entry["weight"] = quantize(weight, scale, zero_point, args)
+                    if args.is_fp4:  # the pair is (group scales, global scale): see fake.py
+                        entry["weight_global_scale"] = zero_point.reshape(1).clone()
+                        scale = scale.to(torch.float8_e4m3fn)
+                        zero_point = torch.zeros_like(scale, dtype=torch.int32)
                     entry.update(
-                        weight=quantize(weight, scale, zero_point, args),
                         weight_scale=scale.reshape(shape),
                         weight_zero_point=zero_point.reshape(shape),
                     )
@@ -635,11 +710,15 @@ class QuantizationModifier(Modifier):
                     ("output", self._output_observers),
                 ):
                     observer = observers.get(name)
-                    if observer is not None and observer.observed:
+                    if observer is not None and observer.observed and observer.args.local:
+                        entry[f"{prefix}_global_scale"] = observer.global_scale()
+                    elif observer is not None and observer.observed:
                         static_scale, static_zero_point = observer.qparams()
                         entry[f"{prefix}_scale"] = static_scale.reshape(1)
                         entry[f"{prefix}_zero_point"] = static_zero_point.reshape(1)
                 exported[name] = entry
+        if self._kv is not None:
+            exported.update(self._kv.export())
         return exported
 
 

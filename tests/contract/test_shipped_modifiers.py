@@ -75,7 +75,7 @@ def test_magnitude_pruning_leaves_the_model_alone_when_its_window_never_opens() 
 
 
 class TestQuantizationContract(ModifierContract):
-    """W8A8: static input scales; fake quantization stays on after the window until finalize.
+    """int8 with static input scales; fake quantization stays on after the window until finalize.
 
     With calibration data, so that a one-shot window (``start: -1``) is accepted.
     """
@@ -83,7 +83,14 @@ class TestQuantizationContract(ModifierContract):
     holds_after_end = True
 
     def make_modifier(self, start: float | None, end: float | None) -> Modifier:
-        return QuantizationModifier(scheme="W8A8", start=start, end=end)
+        groups = {
+            "int8": {
+                "targets": ["Linear"],
+                "weights": {"num_bits": 8, "strategy": "channel"},
+                "input_activations": {"num_bits": 8, "observer": "moving_average"},
+            }
+        }
+        return QuantizationModifier(config_groups=groups, start=start, end=end)
 
     def make_calib_data(self) -> Any:
         generator = torch.Generator().manual_seed(7)

@@ -15,7 +15,13 @@ import torch
 
 from benchmarks.oneshot import GPTQ_CHANNEL, GPTQ_W4A16, SPARSEGPT, magnitude_prune, rtn
 from modfsm.engine.app import causal_lm
-from modfsm.engine.app.oneshot import OneshotConfig, OneshotResult, oneshot, read_compressed
+from modfsm.engine.app.oneshot import (
+    OneshotConfig,
+    OneshotResult,
+    format_summary,
+    oneshot,
+    read_compressed,
+)
 from modfsm.engine.tools.replay import read_jsonl, verify
 
 pytest.importorskip("transformers")
@@ -117,6 +123,8 @@ def test_every_sample_one_shot_recipe_runs_end_to_end(cache: Path, recipe: Path)
     changed = [row for row in result.layers if row.bits is not None or row.sparsity >= 0.5]
     assert len(changed) == 14, result.layers  # every decoder Linear layer, not the head
     assert result.perplexity_after < 2 * result.perplexity_before
+    printed = format_summary(result)
+    assert ("\nkv cache: " in printed) == ("kv_cache_scheme" in recipe.read_text())
 
 
 def test_the_default_recipe_is_the_sample_gptq_recipe() -> None:

@@ -1,6 +1,6 @@
 """``modfsm run``: the main job, end to end, on a short schedule.
 
-Accuracy floor: the short recipe (150 steps, 50% sparsity, W8A8 from step 100)
+Accuracy floor: the short recipe (150 steps, 50% sparsity, int8 from step 100)
 reached 89.4-91.9% final test accuracy over seeds 0-7 when this test was
 written; the floor below is 85%. The default recipe (600 steps) reached 96.4%.
 """

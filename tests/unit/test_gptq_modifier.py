@@ -302,7 +302,10 @@ Refused = tuple[dict[str, Any], str]
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"scheme": "W8A8"}, r"quantizes activations.*To fix.*QuantizationModifier"),
+        (
+            {"config_groups": {"g": {"targets": "Linear", "input_activations": {"num_bits": 8}}}},
+            r"quantizes no weights.*To fix.*QuantizationModifier",
+        ),
         (
             {
                 "config_groups": {
@@ -322,8 +325,11 @@ Refused = tuple[dict[str, Any], str]
         ),
         ({"scheme": {"W8A16": "Linear"}, "targets": "Linear"}, "names the targets"),
         ({"scheme": "W8A16", "offload_hessians": True}, r"offload_hessians=True.*To fix"),
-        ({"scheme": "W8A16", "kv_cache_scheme": {"num_bits": 8}}, r"kv_cache_scheme.*To fix"),
-        ({"scheme": "W8A16", "input_observer": "minmax"}, r"input_observer.*weights only"),
+        (
+            {"scheme": "W8A16", "kv_cache_scheme": {"num_bits": 8, "dynamic": True}},
+            r"kv_cache_scheme\.dynamic.*To fix",
+        ),
+        ({"scheme": "W8A16", "input_observer": "minmax"}, r"input_observer.*input_activations"),
         ({"scheme": "W8A16", "weight_observer": "mse"}, r"'mse' is not supported.*To fix"),
         ({"scheme": "W8A16", "observer": {"input": "mse"}}, "only a weights observer"),
         ({"scheme": "W8A16", "bypass_divisibility_checks": True}, "bypass_divisibility"),
@@ -459,7 +465,7 @@ def test_the_sample_recipes_load_and_build_the_one_shot_modifiers() -> None:
 def test_a_recipe_in_the_reference_shape_reports_bad_gptq_arguments_by_path() -> None:
     text = (
         "oneshot_stage:\n  quantization_modifiers:\n    GPTQModifier:\n"
-        "      scheme: W8A8\n      ignore: [lm_head]\n"
+        "      scheme: W8A8\n      ignore: [lm_head]\n      dampening_frac: -1\n"
     )
-    with pytest.raises(ValueError, match=r"GPTQModifier.*quantizes activations"):
+    with pytest.raises(ValueError, match=r"GPTQModifier.*dampening_frac"):
         Recipe.load(text).build()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
@@ -105,3 +106,38 @@ def test_every_bad_option_is_refused_before_any_work_naming_it_and_the_fix(
     with pytest.raises(ConfigError, match="To fix") as caught:
         OneshotConfig(**change).check()
     assert message in str(caught.value)
+
+
+def test_the_summary_names_each_layers_weight_format_inputs_and_the_kv_cache() -> None:
+    from modfsm.engine.app.oneshot import LayerRow, OneshotResult, format_summary
+
+    def row(name: str, **changes: Any) -> LayerRow:
+        fields: dict[str, Any] = {"name": name, "parameters": 100, "zeros": 50, "bits": 4,
+                                      "group_size": 16, "strategy": "tensor_group"}  # fmt: skip
+        return LayerRow(**{**fields, **changes})
+
+    rows = (
+        row("a", kind="fp4", inputs="fp4 tensor_group local"),
+        row("b", bits=8, group_size=None, strategy="channel", inputs="int8 token"),
+        row("c", bits=8, group_size=None, strategy="channel", kind="float8"),
+        row("head", bits=None, group_size=None, strategy=None, zeros=0),
+    )
+    result = OneshotResult(
+        model="m", recipe="r", modifiers=("QuantizationModifier",), pipeline="basic", calib=1,
+        seq_len=8, perplexity_before=2.0, perplexity_after=2.5, layers=rows, float_bytes=400,
+        compressed_bytes=100, seconds=1.0, written=(), kv_cache="fp8 keys and values",
+    )  # fmt: skip
+    lines = format_summary(result).splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines[5:9]}
+    assert table == {
+        "a": ["50.0%", "fp4*", "16", "fp4", "tensor_group", "local"],
+        "b": ["50.0%", "int8", "channel", "int8", "token"],
+        "c": ["50.0%", "fp8", "channel", "-"],
+        "head": ["0.0%", "-", "-", "-"],
+    }
+    assert any(line.startswith("* fp4: FP4 E2M1 values emulated") for line in lines)
+    assert "kv cache: fp8 keys and values" in lines
+    plain = attrs.evolve(result, layers=rows[1:], kv_cache="")
+    assert not any(
+        line.startswith(("* fp4", "kv cache")) for line in format_summary(plain).splitlines()
+    )

@@ -18,13 +18,13 @@ from modfsm.modifiers.quantization.args import (
 )
 
 
-def test_w8a8_quantizes_weights_per_channel_and_inputs_per_tensor_statically() -> None:
+def test_w8a8_quantizes_weights_per_channel_and_inputs_per_token_dynamically() -> None:
     scheme = preset("W8A8", ("Linear",), None)
     assert scheme.weights == QuantizationArgs(num_bits=8, symmetric=True, strategy="channel")
     assert scheme.input_activations is not None
-    assert scheme.input_activations.strategy == "tensor"
-    assert not scheme.input_activations.dynamic
-    assert scheme.describe() == "weights int8 sym channel; inputs int8 sym tensor"
+    assert scheme.input_activations.strategy == "token"
+    assert scheme.input_activations.dynamic
+    assert scheme.describe() == "weights int8 sym channel; inputs int8 sym token dynamic"
 
 
 def test_weight_only_presets_leave_inputs_in_float() -> None:

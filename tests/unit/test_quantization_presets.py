@@ -77,13 +77,25 @@ REFERENCE: dict[str, dict[str, dict[str, Any] | None]] = {
                               "strategy": "token", "group_size": None, "dynamic": True,
                               "observer": None},
     },
+    "NVFP4A16": {
+        "weights": {"num_bits": 4, "type": "float", "symmetric": True,
+                    "strategy": "tensor_group", "group_size": 16, "dynamic": False,
+                    "observer": None},
+        "input_activations": None,
+    },
+    "NVFP4": {
+        "weights": {"num_bits": 4, "type": "float", "symmetric": True,
+                    "strategy": "tensor_group", "group_size": 16, "dynamic": False,
+                    "observer": None},
+        "input_activations": {"num_bits": 4, "type": "float", "symmetric": True,
+                              "strategy": "tensor_group", "group_size": 16,
+                              "dynamic": "local", "observer": "static_minmax"},
+    },
 }  # fmt: skip
 
 # Where modfsm's preset keeps its earlier definition (documented in args.py's table):
 # (preset, tensor) -> the fields that differ, as modfsm has them.
 DEPARTURES: dict[tuple[str, str], dict[str, Any]] = {
-    # a static per-tensor input scale kept by a moving average (the reference's "minmax")
-    ("W8A8", "input_activations"): {"strategy": "tensor", "dynamic": False, "observer": "minmax"},
     # llm-compressor 0.14's W8A16 has groups of 128; earlier releases (and modfsm) per channel
     ("W8A16", "weights"): {"strategy": "channel", "group_size": None},
 }
@@ -111,7 +123,7 @@ def as_reference(args: QuantizationArgs | None, *, weights: bool) -> dict[str, A
         "symmetric": args.symmetric,
         "strategy": args.strategy,
         "group_size": args.group_size,
-        "dynamic": args.dynamic,
+        "dynamic": "local" if args.local else args.dynamic,
         "observer": observer,
     }
 
@@ -545,12 +557,6 @@ def group(**parts: Any) -> dict[str, Any]:
     ("kwargs", "field", "value", "says"),
     [
         (
-            {"scheme": "FP8", "kv_cache_scheme": {"num_bits": 8, "type": "float"}},
-            "kv_cache_scheme",
-            {"num_bits": 8, "type": "float"},
-            "arrives with issue 22",
-        ),
-        (
             group(weights={"type": "float", "num_bits": 4}),
             "config_groups.g.weights.num_bits",
             4,
@@ -585,7 +591,7 @@ def group(**parts: Any) -> dict[str, Any]:
             group(weights={"strategy": "block"}),
             "config_groups.g.weights.strategy",
             "block",
-            "FP8_BLOCK, NVFP4",
+            "FP8_BLOCK and attention-head",
         ),
         (
             group(input_activations={"observer": "mse"}),
@@ -695,11 +701,15 @@ def test_a_reference_shaped_recipe_with_float_config_groups_loads_builds_and_cal
     session.finalize()
 
 
-def test_a_recipe_with_a_kv_cache_scheme_is_refused_when_it_is_checked() -> None:
+def test_a_recipe_with_a_kv_cache_scheme_builds_and_a_bad_one_is_refused_by_path() -> None:
     ModifierFactory.refresh()
     text = (
         "quant_stage:\n  quant_modifiers:\n    QuantizationModifier:\n"
         "      scheme: FP8\n      kv_cache_scheme: {num_bits: 8, type: float}\n"
     )
-    with pytest.raises(RecipeError, match="kv_cache_scheme is not supported yet"):
-        Recipe.load(text).build()
+    (stage,) = Recipe.load(text).build()
+    (modifier,) = stage.modifiers
+    assert isinstance(modifier, QuantizationModifier)
+    assert modifier.kv_cache_scheme == {"num_bits": 8, "type": "float"}
+    with pytest.raises(RecipeError, match=r"kv_cache_scheme\.num_bits"):
+        Recipe.load(text.replace("num_bits: 8", "num_bits: 1")).build()
