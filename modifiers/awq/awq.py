@@ -77,6 +77,8 @@ Arguments, against llm-compressor:
   the reference halves its grid instead). Refused with per-tensor weight
   scales, as the reference refuses it.
 * ``n_grid``: the number of ratios tried (default 20), at least 1.
+* ``kv_cache_scheme``: only null; the fix names the shape 0.14 splits such a recipe
+  into (``AWQModifier`` then ``QuantizationModifier`` with the ``kv_cache_scheme``).
 * ``offload_device``: only null (modfsm keeps statistics, not activations, on the
   layers' device, so there is nothing to offload).
 
@@ -182,6 +184,15 @@ def _check_offload(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
     )  # fmt: skip
 
 
+def _refuse_kv_cache_scheme(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    refuse_unless(
+        _OWNER, attribute.name, value, (None,),
+        "move it to a QuantizationModifier after AWQModifier (the shape llm-compressor 0.14 "
+        "turns this recipe into: AWQModifier smooths, QuantizationModifier quantizes the "
+        "weights and the KV cache)",
+    )  # fmt: skip
+
+
 @attrs.define(eq=False)
 class AWQModifier(CalibrationBase):
     """Smooth each mapping by AWQ's searched scales, then round the target weights to the grid.
@@ -210,6 +221,7 @@ class AWQModifier(CalibrationBase):
     duo_scaling: bool | str = attrs.field(default=True, validator=_check_duo_scaling)
     n_grid: int = attrs.field(default=20, validator=_check_n_grid)
     offload_device: Any = attrs.field(default=None, validator=_check_offload)
+    kv_cache_scheme: Any = attrs.field(default=None, validator=_refuse_kv_cache_scheme)
     _patterns: tuple[MappingPatterns, ...] = attrs.field(init=False, repr=False, default=())
     _schemes: tuple[QuantizationScheme, ...] = attrs.field(init=False, repr=False, default=())
     _plan: dict[str, QuantizationArgs] = attrs.field(init=False, repr=False, factory=dict)
@@ -620,33 +632,11 @@ class AWQModifier(CalibrationBase):
         """The mappings in use, by smooth layer, in the model order of their first balance
         layer (a Llama block's: ``q, k, v``; ``o``; ``gate, up``; ``down``).
 
-        Each pattern pair is resolved on its own: AWQ chains mappings (``v_proj`` is
-        a balance layer of ``input_layernorm`` and the smooth layer of ``o_proj``), so
-        a layer may be a smooth layer once and a balance layer once, not either twice.
+        AWQ chains mappings (``v_proj`` is a balance layer of ``input_layernorm`` and the
+        smooth layer of ``o_proj``), which :func:`resolve_mappings` allows: a layer may
+        have each role once.
         """
-        ignore = as_names(self.ignore)
-        resolved: list[ResolvedMapping] = []
-        for pair in self._patterns:
-            resolved += resolve_mappings(_OWNER, model, [pair], ignore)
-        roles: dict[tuple[str, str], str] = {}
-        for mapping in resolved:
-            for role, name in (
-                ("smooth", mapping.smooth_name),
-                *(("balance", n) for n in mapping.balance_names),
-            ):
-                earlier = roles.get((role, name))
-                if earlier is not None:
-                    raise ConfigError(
-                        f"{self.lifecycle_label}: layer {name!r} is the {role} layer of two "
-                        f"mappings (with smooth layers {earlier!r} and "
-                        f"{mapping.smooth_name!r}), so it would be rescaled twice. To fix, make "
-                        "the patterns match each layer in one mapping per role (anchor them, "
-                        "e.g. 're:.*q_proj$').",
-                        owner=_OWNER,
-                        field="mappings",
-                        value=name,
-                    )
-                roles[(role, name)] = mapping.smooth_name
+        resolved = resolve_mappings(_OWNER, model, self._patterns, as_names(self.ignore))
         order = {name: index for index, name in enumerate(dict(model.named_modules()))}
         kept: dict[str, ResolvedMapping] = {}
         for mapping in sorted(resolved, key=lambda m: order[m.balance_names[0]]):

@@ -17,7 +17,10 @@ Each target ``Linear`` layer's Hessian is collected during calibration and the
 layer is quantized by :func:`~modfsm.modifiers.solvers.gptq_quantize` when the
 pipeline says its block is done (``SEQUENTIAL_EPOCH_END``) or at
 ``CALIBRATION_END`` (:mod:`modfsm.modifiers.calibration` has the lifecycle).
-The weight is written in place on its integer grid; the scale, zero point
+The weight is written in place on its grid (integers, or float8_e4m3fn for ``FP8``
+and ``FP8_DYNAMIC``: the solver rounds each column with the scheme's own
+quantization, whatever its grid; FP4's group scales under a global scale are
+refused); the scale, zero point
 (and ``g_idx`` with ``actorder: group``) are kept for :meth:`GPTQModifier.export`,
 which returns what ``QuantizationModifier.export`` returns.
 
@@ -243,12 +246,12 @@ class GPTQModifier(OneShotCompressionBase):
                     field="config_groups",
                     value=scheme.describe(),
                 )
-            kind = getattr(scheme.weights, "type", "int")
-            if kind != "int":
+            if scheme.weights.is_float and scheme.weights.num_bits != 8:
                 raise ConfigError(
-                    f"{_OWNER}: {where} quantizes weights to {kind!r}; GPTQ here solves for "
-                    "integer grids only. To fix, use an integer scheme (W4A16, W8A16), or "
-                    "QuantizationModifier for this one.",
+                    f"{_OWNER}: {where} quantizes weights to FP4 ({scheme.describe()}); GPTQ "
+                    "here solves for integer and float8 grids, not for FP4's group scales "
+                    "under a global scale. To fix, use QuantizationModifier for NVFP4 "
+                    "(round to nearest), or an integer or FP8 scheme here.",
                     owner=_OWNER,
                     field="scheme" if self.scheme is not None else "config_groups",
                     value=scheme.describe(),
@@ -283,7 +286,7 @@ class GPTQModifier(OneShotCompressionBase):
     # --- export -------------------------------------------------------------------------------
 
     def export(self) -> dict[str, dict[str, Any]]:
-        """Per layer: the integer weight, its scale and zero point, as ``QuantizationModifier``.
+        """Per layer: the quantized weight, its scale and zero point, as ``QuantizationModifier``.
 
         Each entry has ``weight`` (int8, the layer's shape), ``weight_scale``
         (float32; ``(1,)``, ``(out, 1)`` or ``(out, groups)``), ``weight_zero_point``

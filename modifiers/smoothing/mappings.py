@@ -31,7 +31,9 @@ Theory of operation:
   the pair would change the model's function; llm-compressor skips only when
   all are ignored, and rescales ignored layers otherwise). A pattern matching
   no module at all is a ``ConfigError`` naming it and listing similar names;
-  so is a layer given to two mappings (it would be rescaled twice).
+  so is a layer given the same role in two mappings (it would be rescaled
+  twice). A layer may be the balance layer of one mapping and the smooth layer
+  of the next (AWQ chains ``input_layernorm -> v_proj -> o_proj``).
 * :func:`apply_smoothing` divides the smooth layer's output channels by the
   scales and multiplies the balance layers' input columns by them, so
   ``balance(smooth(x))`` is unchanged up to float rounding.
@@ -231,7 +233,7 @@ def resolve_mappings(
     Raises:
         ConfigError: a pattern matches no module of the model (named, with similar
             module names); a balance match is not a ``Linear``; a smooth match has
-            no weight; or a layer belongs to two mappings.
+            no weight; or a layer has the same role in two mappings.
     """
     named = {name: module for name, module in model.named_modules() if name}
     order = {name: index for index, name in enumerate(named)}
@@ -251,7 +253,7 @@ def resolve_mappings(
         return hits
 
     resolved: list[ResolvedMapping] = []
-    owners: dict[str, str] = {}
+    owners: dict[tuple[str, str], str] = {}
     for balance_patterns, smooth_pattern in mappings:
         smooth_hits = matches(smooth_pattern)
         balance_hits = [matches(pattern) for pattern in balance_patterns]
@@ -300,18 +302,19 @@ def resolve_mappings(
                     owner, smooth_name, ", ".join(chosen), ", ".join(ignored),
                 )  # fmt: skip
                 continue
-            for name in (smooth_name, *chosen):
-                if name in owners:
+            for role, name in (("smooth", smooth_name), *(("balance", n) for n in chosen)):
+                earlier = owners.get((role, name))
+                if earlier is not None:
                     raise ConfigError(
-                        f"{owner}: layer {name!r} belongs to two mappings (with smooth layers "
-                        f"{owners[name]!r} and {smooth_name!r}), so it would be rescaled "
-                        "twice. To fix, make the patterns match each layer in one mapping only "
-                        "(anchor them, e.g. 're:.*q_proj$').",
+                        f"{owner}: layer {name!r} is the {role} layer of two mappings (with "
+                        f"smooth layers {earlier!r} and {smooth_name!r}), so it would be "
+                        "rescaled twice. To fix, make the patterns match each layer in one "
+                        "mapping per role (anchor them, e.g. 're:.*q_proj$').",
                         owner=owner,
                         field="mappings",
                         value=name,
                     )
-                owners[name] = smooth_name
+                owners[role, name] = smooth_name
             resolved.append(ResolvedMapping(smooth_name, smooth, tuple(chosen), balance))
     resolved.sort(key=lambda mapping: order[mapping.smooth_name])
     return resolved

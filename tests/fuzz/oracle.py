@@ -29,7 +29,7 @@ EXAMPLES = int(os.environ.get("MODFSM_FUZZ_EXAMPLES", "0")) or (
     1000 if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else 400
 )
 """Examples per fuzz test (the command-line test takes twice as many): 400 in ``make
-test`` (about 2,700 inputs in all), 1,000 under CI's profile (about 6,300); set
+test`` (about 2,900 inputs in all), 1,000 under CI's profile (about 6,800); set
 ``MODFSM_FUZZ_EXAMPLES`` for a longer run."""
 
 COUNTED: dict[str, int] = {}

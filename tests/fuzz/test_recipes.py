@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.oracle import EXAMPLES, assert_refused, invoke, unchanged
+from tests.fuzz.oracle import EXAMPLES, LOADED, assert_refused, invoke, unchanged
 from tests.fuzz.strategies import YAML_KEYS, YAML_VALUES, damaged_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +20,17 @@ SEEDS = [
     ROOT / "engine" / "app" / "data" / "default_recipe.yaml",
 ]
 TEXTS = [path.read_bytes() for path in SEEDS]
+ONE_SHOT_TEXTS = [
+    p.read_bytes() for p in sorted((ROOT / "docs" / "recipes").glob("oneshot_*.yaml"))
+]
 _SCALAR = re.compile(rb"(?m)(:[ \t]+)([^\s#][^\n#]*)$")
 _KEY = re.compile(rb"(?m)^([ \t]*(?:- )?)([A-Za-z_][\w.]*)(:)")
 
 
 @st.composite
-def hostile_recipes(draw: st.DrawFn) -> bytes:
+def hostile_recipes(draw: st.DrawFn, texts: list[bytes] = TEXTS) -> bytes:
     """A shipped recipe with a value, a key, lines or bytes replaced; or a built bomb."""
-    text = draw(st.sampled_from(TEXTS))
+    text = draw(st.sampled_from(texts))
     kind = draw(st.sampled_from(["value", "key", "lines", "bytes", "nest", "bomb", "tail"]))
     if kind == "value" and (spots := list(_SCALAR.finditer(text))):
         spot = draw(st.sampled_from(spots))
@@ -81,3 +84,20 @@ def test_a_hostile_recipe_runs_or_is_refused_with_one_message(recipe: bytes) -> 
             assert_refused(outcome, argv)
         else:
             assert outcome.out.startswith("modfsm run: "), outcome
+
+
+@settings(max_examples=EXAMPLES // 2, suppress_health_check=[HealthCheck.too_slow])
+@given(recipe=hostile_recipes(ONE_SHOT_TEXTS))
+def test_a_hostile_one_shot_recipe_is_refused_with_one_message_before_any_work(
+    recipe: bytes,
+) -> None:
+    # the one-shot modifiers (GPTQ, SparseGPT, SmoothQuant, AWQ, NVFP4, KV-cache schemes)
+    # check every argument before the model loads; one that passes stops there (oracle)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "recipe.yaml"
+        path.write_bytes(recipe)
+        argv = ["oneshot", str(path), "--calib", "1"]
+        with unchanged(Path(folder), repr(recipe[:200])):
+            outcome = invoke(argv, "one-shot recipes")
+        assert_refused(outcome, argv)
+        assert outcome.loaded == (LOADED in outcome.err), outcome

@@ -336,6 +336,11 @@ def test_the_transform_refuses_a_float8_grid_and_skips_layers_left_in_float() ->
     session.finalize()
 
 
+def test_a_kv_cache_scheme_is_refused_with_the_shape_that_takes_it() -> None:
+    with pytest.raises(ConfigError, match=r"kv_cache_scheme.*To fix, move it to a Quantiz"):
+        AWQModifier(scheme="W4A16_ASYM", kv_cache_scheme={"num_bits": 8, "type": "float"})
+
+
 def test_targets_without_a_scheme_are_refused_with_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"transform.*To fix, move targets there") as caught:
         AWQModifier(targets="Linear")

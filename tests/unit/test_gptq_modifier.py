@@ -189,7 +189,7 @@ def correlated_inputs(rows: int, width: int, rank: int = 6) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("scheme", ["W4A16", "W8A16"])
+@pytest.mark.parametrize("scheme", ["W4A16", "W8A16", "FP8_DYNAMIC"])
 def test_its_output_error_on_calibration_data_is_below_round_to_nearest(scheme: str) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(128, 32, bias=False)
@@ -306,14 +306,7 @@ Refused = tuple[dict[str, Any], str]
             {"config_groups": {"g": {"targets": "Linear", "input_activations": {"num_bits": 8}}}},
             r"quantizes no weights.*To fix.*QuantizationModifier",
         ),
-        (
-            {
-                "config_groups": {
-                    "g": {"targets": "Linear", "weights": {"num_bits": 8, "type": "float"}}
-                }
-            },
-            r"'float'.*integer grids only.*To fix",
-        ),
+        ({"scheme": "NVFP4A16"}, r"FP4.*not for FP4's group scales.*To fix"),
         ({"scheme": "W4A16", "config_groups": {}}, "exactly one of scheme and config_groups"),
         ({}, "exactly one of scheme and config_groups, got neither"),
         (

@@ -119,10 +119,16 @@ def test_a_mapping_with_an_ignored_smooth_or_balance_layer_is_left_out_whole() -
     ]
 
 
-def test_a_layer_claimed_by_two_mappings_is_refused() -> None:
+def test_a_layer_with_the_same_role_in_two_mappings_is_refused() -> None:
     mappings = [(("re:.*q_proj",), "re:.*input_layernorm"), (("re:.*q_proj",), "re:.*v_proj")]
-    with pytest.raises(ConfigError, match=r"'model\.layers\.0\.self_attn\.q_proj' belongs to two"):
+    with pytest.raises(ConfigError, match=r"'model\.layers\.0\.self_attn\.q_proj' is the balance"):
         resolve_mappings("M", tiny_llama(), mappings, [])
+    chained = [(("re:.*v_proj$",), "re:.*input_layernorm$"), (("re:.*o_proj$",), "re:.*v_proj$")]
+    found = resolve_mappings("M", tiny_llama(), chained, [])  # v_proj: balance, then smooth
+    assert {m.smooth_name for m in found if ".layers.0." in m.smooth_name} == {
+        "model.layers.0.input_layernorm",
+        "model.layers.0.self_attn.v_proj",
+    }
 
 
 def test_a_balance_layer_that_is_not_linear_is_refused() -> None:
