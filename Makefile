@@ -146,6 +146,7 @@ bench-llmc: $(LLMC_STAMP)
 llmc-exact: $(LLMC_STAMP)
 	$(LLMC_VENV)/bin/python -m tests.llmc_differential --table calibration
 	$(LLMC_VENV)/bin/python -m tests.llmc_differential --table lifecycle --without-calibration
+	$(LLMC_VENV)/bin/python -m tests.llmc_quantization_differential
 
 clean:
 	rm -rf $(VENV) $(LLMC_VENV) build src demo-out .pytest_cache .mypy_cache .ruff_cache .hypothesis mutants
