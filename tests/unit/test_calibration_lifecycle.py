@@ -131,9 +131,20 @@ def test_calibration_events_are_refused_before_initialize_and_after_finalize(
         modifier.update_event(STATE, Event(kind))
     modifier.initialize(STATE)
     modifier.finalize(STATE)
-    with pytest.raises(IllegalTransitionError, match="already finalized"):
+    with pytest.raises(IllegalTransitionError, match="already finalized") as refused:
         modifier.update_event(STATE, Event(kind))
     assert modifier.lifecycle_state == "finalized_initialized"
+    # the message says the call as the user made it, as for the first table's events
+    assert str(refused.value).startswith(f"update_event({kind.name}) is not allowed on ")
+
+
+def test_the_calibration_triggers_are_described_as_the_first_tables_events_are() -> None:
+    calls = {spec.name: spec for spec in CALIBRATION_LIFECYCLE.triggers}
+    batch_start = calls["batch_start"]
+    for trigger in CALIBRATION_TRIGGERS.values():
+        spec = calls[trigger]
+        assert (spec.call, spec.prelude) == (batch_start.call, batch_start.prelude)
+        assert spec.doc == batch_start.doc.replace("BATCH_START", trigger.upper())  # 0.13 name
 
 
 def test_the_calibration_table_is_the_first_table_plus_its_calibration_rows() -> None:
