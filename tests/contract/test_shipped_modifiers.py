@@ -162,16 +162,11 @@ class TestSparseGPTContract(_OneShotContract):
         return SparseGPTModifier(sparsity=0.5, start=start, end=end)
 
 
-class TestSparseGPTOnATransformersModelContract(_OneShotContract):
-    """2:4 inside the decoder layers of a Llama called with a padded batch."""
+class OneShotOnALlamaContract(_OneShotContract):
+    """The one-shot contract on a one-layer transformers Llama called with a padded batch
+    (the base of the contracts of modifiers that need a Llama: mappings, decoder layers)."""
 
     max_examples = 8
-
-    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
-        return SparseGPTModifier(
-            sparsity=0.5, mask_structure="2:4", targets="re:model.layers.\\d+$", start=start,
-            end=end,
-        )  # fmt: skip
 
     def make_model(self) -> torch.nn.Module:
         model: torch.nn.Module = tiny_llama()
@@ -182,3 +177,13 @@ class TestSparseGPTOnATransformersModelContract(_OneShotContract):
         mask = torch.ones(2, 5, dtype=torch.long)
         mask[1, :2] = 0  # the second sequence is padded on the left
         return {"input_ids": ids, "attention_mask": mask}
+
+
+class TestSparseGPTOnATransformersModelContract(OneShotOnALlamaContract):
+    """2:4 inside the decoder layers of a Llama called with a padded batch."""
+
+    def make_modifier(self, start: float | None, end: float | None) -> Modifier:
+        return SparseGPTModifier(
+            sparsity=0.5, mask_structure="2:4", targets="re:model.layers.\\d+$", start=start,
+            end=end,
+        )  # fmt: skip
