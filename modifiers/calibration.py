@@ -186,6 +186,37 @@ class CalibrationBase(Modifier):
             value=None,
         )
 
+    def _check_layers(
+        self, model: torch.nn.Module, found: Mapping[str, torch.nn.Module]
+    ) -> dict[str, torch.nn.Linear]:
+        """``found``, once every layer is a ``Linear`` whose weight no other module shares."""
+        owner = type(self).__name__
+        others = [name for name, layer in found.items() if not isinstance(layer, torch.nn.Linear)]
+        if others:
+            listed = ", ".join(f"{n} ({type(found[n]).__name__})" for n in others)
+            raise ConfigError(
+                f"{self.lifecycle_label} compresses torch.nn.Linear layers only; the targets "
+                f"select {listed}. To fix, add those to ignore or narrow targets.",
+                owner=owner,
+                field="targets",
+                value=others,
+            )
+        weights = {id(layer.weight): name for name, layer in found.items()}
+        for other, module in model.named_modules(remove_duplicate=False):
+            weight = module._parameters.get("weight")
+            name = weights.get(id(weight)) if weight is not None else None
+            if name is not None and found[name] is not module:
+                raise ConfigError(
+                    f"{self.lifecycle_label}: layer {name!r} shares its weight with "
+                    f"{other!r} (tied weights, e.g. an lm_head tied to the embeddings), so "
+                    f"compressing it in place would change {other!r} too. To fix, add "
+                    f"{name!r} to ignore, or untie the weights before compressing.",
+                    owner=owner,
+                    field="targets",
+                    value=name,
+                )
+        return {name: layer for name, layer in found.items() if isinstance(layer, torch.nn.Linear)}
+
     def _collect_inputs(
         self, layer: torch.nn.Module, update: Callable[[torch.Tensor], None]
     ) -> Handle:
@@ -429,37 +460,6 @@ class OneShotCompressionBase(CalibrationBase):
             self._accumulators = {}
 
     # --- internals ------------------------------------------------------------------------------
-
-    def _check_layers(
-        self, model: torch.nn.Module, found: Mapping[str, torch.nn.Module]
-    ) -> dict[str, torch.nn.Linear]:
-        """``found``, once every layer is a ``Linear`` whose weight no other module shares."""
-        owner = type(self).__name__
-        others = [name for name, layer in found.items() if not isinstance(layer, torch.nn.Linear)]
-        if others:
-            listed = ", ".join(f"{n} ({type(found[n]).__name__})" for n in others)
-            raise ConfigError(
-                f"{self.lifecycle_label} compresses torch.nn.Linear layers only; the targets "
-                f"select {listed}. To fix, add those to ignore or narrow targets.",
-                owner=owner,
-                field="targets",
-                value=others,
-            )
-        weights = {id(layer.weight): name for name, layer in found.items()}
-        for other, module in model.named_modules(remove_duplicate=False):
-            weight = module._parameters.get("weight")
-            name = weights.get(id(weight)) if weight is not None else None
-            if name is not None and found[name] is not module:
-                raise ConfigError(
-                    f"{self.lifecycle_label}: layer {name!r} shares its weight with "
-                    f"{other!r} (tied weights, e.g. an lm_head tied to the embeddings), so "
-                    f"compressing it in place would change {other!r} too. To fix, add "
-                    f"{name!r} to ignore, or untie the weights before compressing.",
-                    owner=owner,
-                    field="targets",
-                    value=name,
-                )
-        return {name: layer for name, layer in found.items() if isinstance(layer, torch.nn.Linear)}
 
     def _new_accumulator(self, layer: torch.nn.Linear) -> HessianAccumulator:
         return HessianAccumulator(layer.in_features, dtype=_ACCUMULATE, device=layer.weight.device)

@@ -109,6 +109,7 @@ from modfsm.engine import (
 from modfsm.engine.kernel.validate import check_int
 from modfsm.modifiers.awq.search import InputStatistics, round_to_grid, search_scales
 from modfsm.modifiers.calibration import CalibrationBase, layers_inside, refuse_unless
+from modfsm.modifiers.quantization import layer_schemes
 from modfsm.modifiers.quantization.args import (
     QuantizationArgs,
     QuantizationScheme,
@@ -124,7 +125,7 @@ from modfsm.modifiers.smoothing.mappings import (
     resolve_mappings,
 )
 from modfsm.modifiers.solvers import CalibrationError
-from modfsm.modifiers.targets import as_names, check_names, check_target_names, resolve
+from modfsm.modifiers.targets import as_names, check_names, check_target_names
 
 if TYPE_CHECKING:
     from modfsm.engine.runtime.hooks import Handle
@@ -566,67 +567,16 @@ class AWQModifier(CalibrationBase):
     def _resolve_targets(
         self, model: torch.nn.Module
     ) -> tuple[dict[str, torch.nn.Linear], dict[str, QuantizationArgs]]:
-        ignore = as_names(self.ignore)
-        found: dict[str, torch.nn.Module] = {}
-        plan: dict[str, QuantizationArgs] = {}
-        owners: dict[str, int] = {}
         field = "config_groups" if self.config_groups is not None else "scheme"
-        for position, scheme in enumerate(self._schemes):
-            for name, layer in resolve(_OWNER, model, list(scheme.targets), ignore).items():
-                if name in owners:
-                    raise ConfigError(
-                        f"{self.lifecycle_label}: layer {name!r} is targeted by scheme groups "
-                        f"{owners[name]} and {position}. To fix, make each layer match one "
-                        "group.",
-                        owner=_OWNER,
-                        field=field,
-                        value=name,
-                    )
-                owners[name] = position
-                assert scheme.weights is not None, "checked at construction"
-                found[name], plan[name] = layer, scheme.weights
-        order = {name: index for index, name in enumerate(dict(model.named_modules()))}
-        names = sorted(found, key=order.__getitem__)
-        others = [n for n in names if not isinstance(found[n], torch.nn.Linear)]
-        if others:
-            listed = ", ".join(f"{n} ({type(found[n]).__name__})" for n in others)
-            raise ConfigError(
-                f"{self.lifecycle_label} quantizes torch.nn.Linear layers only; the targets "
-                f"select {listed}. To fix, add those to ignore or narrow targets.",
-                owner=_OWNER,
-                field="targets",
-                value=others,
-            )
-        layers = {n: m for n in names if isinstance(m := found[n], torch.nn.Linear)}
-        for name, layer in layers.items():
-            group = plan[name].group_size
-            if group is not None and layer.in_features % group:
-                raise ConfigError(
-                    f"{self.lifecycle_label}: layer {name!r} has {layer.in_features} inputs, "
-                    f"not a multiple of group_size {group}. To fix, pick a group size that "
-                    f"divides {layer.in_features} (config_groups), or add {name!r} to ignore.",
-                    owner=_OWNER,
-                    field="group_size",
-                    value=group,
-                )
-        self._check_untied(model, layers)
-        return layers, {name: plan[name] for name in layers}
-
-    def _check_untied(self, model: torch.nn.Module, layers: Mapping[str, torch.nn.Linear]) -> None:
-        weights = {id(layer.weight): name for name, layer in layers.items()}
-        for other, module in model.named_modules(remove_duplicate=False):
-            weight = module._parameters.get("weight")
-            name = weights.get(id(weight)) if weight is not None else None
-            if name is not None and layers[name] is not module:
-                raise ConfigError(
-                    f"{self.lifecycle_label}: layer {name!r} shares its weight with {other!r} "
-                    f"(tied weights, e.g. an lm_head tied to the embeddings), so quantizing it "
-                    f"in place would change {other!r} too. To fix, add {name!r} to ignore, or "
-                    "untie the weights first.",
-                    owner=_OWNER,
-                    field="targets",
-                    value=name,
-                )
+        found, schemes = layer_schemes.plan_layers(
+            self.lifecycle_label, _OWNER, field, model, self._schemes, as_names(self.ignore)
+        )
+        layers = self._check_layers(model, found)
+        plan: dict[str, QuantizationArgs] = {}
+        for name, scheme in schemes.items():
+            assert scheme.weights is not None, "checked at construction"
+            plan[name] = scheme.weights
+        return layers, plan
 
     def _resolve_mappings(self, model: torch.nn.Module) -> dict[str, ResolvedMapping]:
         """The mappings in use, by smooth layer, in the model order of their first balance

@@ -104,8 +104,6 @@ from modfsm.modifiers.targets import (
     as_names,
     check_names,
     check_target_names,
-    resolve,
-    weight_of,
 )
 
 __all__ = ["GPTQModifier"]
@@ -484,45 +482,22 @@ class GPTQModifier(OneShotCompressionBase):
     # --- what the base class asks for ---------------------------------------------------------
 
     def _resolve(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        ignore = as_names(self.ignore)
-        found: dict[str, torch.nn.Module] = {}
+        field = "config_groups" if self.config_groups is not None else "scheme"
+        found, schemes = layer_schemes.plan_layers(
+            self.lifecycle_label, _OWNER, field, model, self._schemes, as_names(self.ignore)
+        )
         plan: dict[str, QuantizationArgs] = {}
-        sides: dict[str, tuple[QuantizationArgs | None, QuantizationArgs | None]] = {}
-        schemes: dict[str, QuantizationScheme] = {}
-        owners: dict[str, int] = {}
-        for position, scheme in enumerate(self._schemes):
-            for name, layer in resolve(_OWNER, model, list(scheme.targets), ignore).items():
-                if name in owners:
-                    raise ConfigError(
-                        f"{self.lifecycle_label}: layer {name!r} is targeted by scheme groups "
-                        f"{owners[name]} and {position}. To fix, make each layer match one "
-                        "group.",
-                        owner=_OWNER,
-                        field="config_groups" if self.config_groups is not None else "scheme",
-                        value=name,
-                    )
-                owners[name] = position
-                assert scheme.weights is not None, "checked at construction"
-                found[name], plan[name] = layer, scheme.weights
-                sides[name] = (scheme.input_activations, scheme.output_activations)
-                schemes[name] = scheme
-        order = {name: index for index, name in enumerate(dict(model.named_modules()))}
-        found = dict(sorted(found.items(), key=lambda item: order[item[0]]))
-        for name, args in plan.items():
-            width = weight_of(found[name])[0].numel()
-            if args.group_size is not None and width % args.group_size:
-                raise ConfigError(
-                    f"{self.lifecycle_label}: layer {name!r} has {width} inputs, not a multiple "
-                    f"of group_size {args.group_size}. To fix, pick a group size that divides "
-                    f"{width} (config_groups), or add {name!r} to ignore.",
-                    owner=_OWNER,
-                    field="group_size",
-                    value=args.group_size,
-                )
-        self._plan = {name: plan[name] for name in found}
-        self._sides = {name: sides[name] for name in found if any(sides[name])}
-        self._annotated = {name: schemes[name] for name in found}
-        layer_schemes.annotate(found, self._annotated)  # for a transform before it (AWQ)
+        for name, scheme in schemes.items():
+            assert scheme.weights is not None, "checked at construction"
+            plan[name] = scheme.weights
+        self._plan = plan
+        self._sides = {
+            name: (scheme.input_activations, scheme.output_activations)
+            for name, scheme in schemes.items()
+            if scheme.input_activations is not None or scheme.output_activations is not None
+        }
+        self._annotated = schemes
+        layer_schemes.annotate(found, schemes)  # for a transform before it (AWQ)
         return found
 
     def _compress(self, name: str, layer: torch.nn.Linear, hessian: torch.Tensor) -> dict[str, Any]:

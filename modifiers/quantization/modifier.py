@@ -104,8 +104,6 @@ from modfsm.modifiers.targets import (
     as_names,
     check_names,
     check_target_names,
-    layers,
-    resolve,
     weight_of,
 )
 
@@ -516,39 +514,11 @@ class QuantizationModifier(Modifier):
                 field="model",
                 value=None,
             )
-        ignore = as_names(self.ignore)
-        plan: dict[str, QuantizationScheme] = {}
-        owners: dict[str, int] = {}
-        for position, scheme in enumerate(self._schemes):
-            for name in resolve(_OWNER, model, list(scheme.targets), ignore):
-                if name in owners:
-                    raise ConfigError(
-                        f"{self.lifecycle_label}: layer {name!r} is targeted by config groups "
-                        f"{owners[name]} and {position}. To fix, make each layer match one "
-                        "group (or add it to one group's ignore).",
-                        owner=_OWNER,
-                        field="config_groups",
-                        value=name,
-                    )
-                owners[name] = position
-                plan[name] = scheme
-        found = layers(model)
-        for name, scheme in plan.items():
-            weights = scheme.weights
-            if weights is not None and weights.strategy in ("group", "tensor_group"):
-                assert weights.group_size is not None
-                width = weight_of(found[name])[0].numel()
-                if width % weights.group_size:
-                    raise ConfigError(
-                        f"{self.lifecycle_label}: layer {name!r} has {width} inputs, not a "
-                        f"multiple of group_size {weights.group_size}. To fix, pick a group size "
-                        f"that divides {width}, or ignore the layer.",
-                        owner=_OWNER,
-                        field="group_size",
-                        value=weights.group_size,
-                    )
+        field = "config_groups" if self.config_groups is not None else "scheme"
+        self._layers, plan = layer_schemes.plan_layers(
+            self.lifecycle_label, _OWNER, field, model, self._schemes, as_names(self.ignore)
+        )
         self._plan = plan
-        self._layers = {name: found[name] for name in plan}
         layer_schemes.annotate(self._layers, plan)  # for a transform before it (AWQ)
         self._observers = {
             name: Observer(scheme.input_activations)
